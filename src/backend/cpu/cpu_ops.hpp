@@ -1,0 +1,61 @@
+// fp32 CPU operators of a Llama-family decoder: the reference every other backend is tested
+// against. GEMMs go to OpenBLAS (single-threaded per call, sliced over our own ThreadPool so
+// every pipeline stage has its own thread budget); the rest is plain C++ over the pool.
+#pragma once
+
+#include <cstdint>
+#include <span>
+
+#include "backend/cpu/thread_pool.hpp"
+
+namespace conveyor::cpu {
+
+// out[i, :] = table[ids[i], :]. Ids are validated by the caller.
+void embedding(const float* table,    // [vocab, hidden]
+               const int32_t* ids,    // [n]
+               int64_t n, int64_t hidden,
+               float* out,            // [n, hidden]
+               ThreadPool& pool);
+
+// out = x / sqrt(mean(x^2) + eps) * weight, row by row. `out` may alias `x`.
+void rmsnorm(const float* x,       // [n, hidden]
+             const float* weight,  // [hidden]
+             int64_t n, int64_t hidden, double eps,
+             float* out,           // [n, hidden]
+             ThreadPool& pool);
+
+// y = x * w^T (+ bias) (+ y when accumulate). Hugging Face [out, in] weight orientation.
+struct LinearArgs {
+  const float* x = nullptr;     // [n, in]
+  const float* w = nullptr;     // [out, in]
+  const float* bias = nullptr;  // [out] or nullptr
+  float* y = nullptr;           // [n, out]
+  int64_t n = 0, in = 0, out = 0;
+  bool accumulate = false;      // y += x w^T (residual add fused into the GEMM)
+};
+void linear(const LinearArgs& args, ThreadPool& pool);
+
+// Rotary embedding in the Hugging Face rotate-half convention, in place:
+// for pair (i, i + head_dim/2): x' = x*cos - x2*sin, x2' = x2*cos + x*sin with angle pos*inv_freq[i].
+void rope(float* x,                // [n, n_heads, head_dim]
+          const int64_t* positions,  // [n]
+          int64_t n, int64_t n_heads, int64_t head_dim,
+          const float* inv_freq,   // [head_dim / 2]
+          ThreadPool& pool);
+
+// Causal GQA attention of the n new tokens of one sequence, at positions [pos0, pos0 + n),
+// against that sequence's keys/values at positions [0, pos0 + n) (the new ones already written).
+// Query head h reads kv head h / (n_heads / n_kv_heads). Softmax scale 1/sqrt(head_dim).
+struct AttentionArgs {
+  const float* q = nullptr;  // [n, n_heads, head_dim]
+  const float* k = nullptr;  // [>= pos0 + n, n_kv_heads, head_dim] (cache rows of the sequence)
+  const float* v = nullptr;  // [>= pos0 + n, n_kv_heads, head_dim]
+  float* out = nullptr;      // [n, n_heads, head_dim]
+  int64_t n = 0, pos0 = 0, n_heads = 0, n_kv_heads = 0, head_dim = 0;
+};
+void attention(const AttentionArgs& args, ThreadPool& pool);
+
+// out = silu(gate) * up, elementwise. `out` may alias `gate`.
+void swiglu(const float* gate, const float* up, int64_t count, float* out, ThreadPool& pool);
+
+}  // namespace conveyor::cpu

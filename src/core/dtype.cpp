@@ -1,0 +1,70 @@
+// DType names and the IEEE half <-> fp32 conversions.
+#include <cmath>
+
+#include "conveyor/dtype.hpp"
+#include "core/dtype_convert.hpp"
+
+namespace conveyor {
+
+std::size_t dtype_size(DType dtype) noexcept { return dtype == DType::kF32 ? 4 : 2; }
+
+std::string_view dtype_name(DType dtype) noexcept {
+  switch (dtype) {
+    case DType::kF32: return "F32";
+    case DType::kF16: return "F16";
+    case DType::kBF16: return "BF16";
+  }
+  return "?";
+}
+
+bool parse_dtype(std::string_view text, DType& out) noexcept {
+  if (text == "F32" || text == "f32" || text == "float32") {
+    out = DType::kF32;
+  } else if (text == "F16" || text == "f16" || text == "float16") {
+    out = DType::kF16;
+  } else if (text == "BF16" || text == "bf16" || text == "bfloat16") {
+    out = DType::kBF16;
+  } else {
+    return false;
+  }
+  return true;
+}
+
+float f16_to_f32(uint16_t h) noexcept {
+  const uint32_t sign = (h >> 15) & 1u;
+  const uint32_t exponent = (h >> 10) & 0x1fu;
+  const uint32_t mantissa = h & 0x3ffu;
+  float value;
+  if (exponent == 0) {
+    value = std::ldexp(static_cast<float>(mantissa), -24);  // subnormal or zero
+  } else if (exponent == 31) {
+    value = mantissa == 0 ? INFINITY : NAN;
+  } else {
+    value = std::ldexp(static_cast<float>(mantissa | 0x400u), static_cast<int>(exponent) - 25);
+  }
+  return sign ? -value : value;
+}
+
+uint16_t f32_to_f16(float f) noexcept {
+  uint32_t bits;
+  std::memcpy(&bits, &f, sizeof bits);
+  const uint32_t sign = (bits >> 16) & 0x8000u;
+  const uint32_t abs = bits & 0x7fffffffu;
+  if (abs >= 0x7f800000u) {  // inf or nan
+    return static_cast<uint16_t>(sign | 0x7c00u | (abs > 0x7f800000u ? 0x200u : 0u));
+  }
+  if (abs >= 0x477ff000u) return static_cast<uint16_t>(sign | 0x7c00u);  // overflow -> inf
+  if (abs < 0x38800000u) {  // result is subnormal in half: round |f| * 2^24 to nearest even
+    float scaled;
+    uint32_t abs_bits = abs;
+    std::memcpy(&scaled, &abs_bits, sizeof scaled);
+    scaled = std::nearbyint(scaled * 16777216.0f);  // default rounding mode is to-nearest-even
+    return static_cast<uint16_t>(sign | static_cast<uint32_t>(scaled));
+  }
+  // Normal: rebias exponent, round mantissa 23 -> 10 bits to nearest even.
+  uint32_t value = abs - 0x38000000u;  // exponent bias 127 -> 15
+  uint32_t rounding = 0xfffu + ((value >> 13) & 1u);
+  return static_cast<uint16_t>(sign | ((value + rounding) >> 13));
+}
+
+}  // namespace conveyor
