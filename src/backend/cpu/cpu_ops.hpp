@@ -11,17 +11,17 @@
 namespace conveyor::cpu {
 
 // out[i, :] = table[ids[i], :]. Ids are validated by the caller.
-void embedding(const float* table,    // [vocab, hidden]
-               const int32_t* ids,    // [n]
+void embedding(const float* table,  // [vocab, hidden]
+               const int32_t* ids,  // [n]
                int64_t n, int64_t hidden,
-               float* out,            // [n, hidden]
+               float* out,  // [n, hidden]
                ThreadPool& pool);
 
 // out = x / sqrt(mean(x^2) + eps) * weight, row by row. `out` may alias `x`.
 void rmsnorm(const float* x,       // [n, hidden]
              const float* weight,  // [hidden]
              int64_t n, int64_t hidden, double eps,
-             float* out,           // [n, hidden]
+             float* out,  // [n, hidden]
              ThreadPool& pool);
 
 // y = x * w^T (+ bias) (+ y when accumulate). Hugging Face [out, in] weight orientation.
@@ -31,16 +31,17 @@ struct LinearArgs {
   const float* bias = nullptr;  // [out] or nullptr
   float* y = nullptr;           // [n, out]
   int64_t n = 0, in = 0, out = 0;
-  bool accumulate = false;      // y += x w^T (residual add fused into the GEMM)
+  bool accumulate = false;  // y += x w^T (residual add fused into the GEMM)
 };
 void linear(const LinearArgs& args, ThreadPool& pool);
 
 // Rotary embedding in the Hugging Face rotate-half convention, in place:
-// for pair (i, i + head_dim/2): x' = x*cos - x2*sin, x2' = x2*cos + x*sin with angle pos*inv_freq[i].
-void rope(float* x,                // [n, n_heads, head_dim]
+// for pair (i, i + head_dim/2): x' = x*cos - x2*sin, x2' = x2*cos + x*sin with angle
+// pos*inv_freq[i].
+void rope(float* x,                  // [n, n_heads, head_dim]
           const int64_t* positions,  // [n]
           int64_t n, int64_t n_heads, int64_t head_dim,
-          const float* inv_freq,   // [head_dim / 2]
+          const float* inv_freq,  // [head_dim / 2]
           ThreadPool& pool);
 
 // Causal GQA attention of the n new tokens of one sequence, at positions [pos0, pos0 + n),

@@ -2,15 +2,21 @@
 // with T threads each use S*T cores.
 #pragma once
 
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <exception>
 #include <functional>
 #include <mutex>
 #include <thread>
+#include <utility>
 #include <vector>
 
 namespace conveyor::cpu {
 
+// Thread safety: one thread at a time may call parallel_for (the stage that owns the pool).
+// Idle workers spin for a few microseconds after a job, then sleep on a condition variable, so
+// an idle pool costs no CPU.
 class ThreadPool {
  public:
   // n_threads >= 1; the calling thread is one of them (n_threads - 1 workers are spawned).
@@ -34,10 +40,13 @@ class ThreadPool {
   std::mutex mutex_;
   std::condition_variable work_ready_;
   std::condition_variable work_done_;
+  // Guarded by mutex_: the job of the current generation; ranges_[0] is the caller's, range
+  // w + 1 belongs to worker w.
   const std::function<void(int64_t, int64_t)>* job_ = nullptr;
   std::vector<std::pair<int64_t, int64_t>> ranges_;
-  uint64_t generation_ = 0;
-  int pending_ = 0;
+  // Written under mutex_; atomic so that waiting threads can spin on them without the lock.
+  std::atomic<uint64_t> generation_{0};
+  std::atomic<int> pending_{0};
   bool stopping_ = false;
   std::exception_ptr error_;
 };

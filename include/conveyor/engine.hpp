@@ -1,0 +1,119 @@
+// Engine: the public entry point — open a model directory across S pipeline stages and generate
+// tokens for batches of requests.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "conveyor/fault.hpp"
+#include "conveyor/model_config.hpp"
+#include "conveyor/partition.hpp"
+#include "conveyor/sampling.hpp"
+#include "conveyor/step_plan.hpp"
+#include "conveyor/trace.hpp"
+
+namespace conveyor {
+
+struct EngineOptions {
+  int n_stages = 1;
+  // Explicit layer counts per stage (empty: Partition::even). Their sum must be n_layers.
+  std::vector<int64_t> layers_per_stage;
+  int threads_per_stage = 1;     // each stage has its own pool: S stages use S * T cores
+  int prefill_micro_batches = 0; // 0: one per stage (enough to fill the pipeline)
+  int decode_micro_batches = 0;  // 0: min(stages, sequences in the step)
+  int64_t chunk_tokens = 0;      // > 0: prefill long prompts in chunks of this many tokens
+  int32_t max_batch = 8;         // sequences per generate() call
+  int64_t max_context = 0;       // prompt + generated tokens; 0: min(max_position_embeddings, 4096)
+  int64_t link_timeout_ms = 120'000;
+  bool record_trace = false;     // keep per-instruction events (GenerateResult::trace)
+
+  FaultInjection fault;          // testing only
+
+  // Throws conveyor::Error(kInvalidArgument) naming the field, value, limit and fix.
+  void validate() const;
+};
+
+struct Request {
+  std::vector<int32_t> prompt;  // token ids, each in [0, vocab_size)
+  int64_t max_new_tokens = 16;  // 0: prefill only (useful with logits)
+  SamplingParams sampling;
+  bool stop_at_eos = true;             // stop at the model's eos_token_id(s)
+  std::vector<int32_t> stop_token_ids; // further ids that end the request
+};
+
+enum class FinishReason { kLength, kStopToken };
+
+// Streamed as each token is sampled (on the calling thread, between steps).
+struct TokenEvent {
+  size_t request = 0;
+  int32_t token = 0;
+  int64_t index = 0;  // 0 for the first generated token
+  bool finished = false;
+};
+
+struct GenerateOptions {
+  // Logits per request in GenerateResult: the row each generated token was sampled from
+  // (one per generated token); with all_logits, first one row per prompt position.
+  bool return_logits = false;
+  bool all_logits = false;
+  std::function<void(const TokenEvent&)> on_token;
+};
+
+struct RequestResult {
+  std::vector<int32_t> tokens;  // generated ids (the prompt is not repeated)
+  FinishReason finish = FinishReason::kLength;
+  int64_t logits_rows = 0;
+  std::vector<float> logits;    // [logits_rows, vocab] when requested
+};
+
+struct StepStats {
+  int64_t step = 0;
+  Phase phase = Phase::kPrefill;
+  int64_t n_seqs = 0;
+  int64_t n_tokens = 0;
+  int n_micro_batches = 0;
+  double seconds = 0.0;
+};
+
+struct GenerateResult {
+  std::vector<RequestResult> requests;
+  std::vector<StepStats> steps;
+  int64_t prefill_tokens = 0;
+  double prefill_seconds = 0.0;
+  int64_t decode_tokens = 0;
+  double decode_seconds = 0.0;
+  Trace trace;  // when EngineOptions::record_trace
+};
+
+// Not thread-safe: one generate() at a time. After a failed generate() (the error names the
+// stage and instruction) every KV cache is back at its last commit and the engine is usable.
+class Engine {
+ public:
+  // Reads config.json, partitions the layers, loads each stage's weights (only its layers) and
+  // starts the stage workers.
+  static Engine open(const std::filesystem::path& model_dir, const EngineOptions& options = {});
+  Engine(Engine&&) noexcept;
+  Engine& operator=(Engine&&) noexcept;
+  ~Engine();
+
+  const ModelConfig& config() const;
+  const EngineOptions& options() const;
+  const Partition& partition() const;
+  int64_t max_context() const;
+  double load_seconds() const;
+  // fp32 weight bytes held by each stage.
+  std::vector<int64_t> stage_weight_bytes() const;
+
+  GenerateResult generate(const std::vector<Request>& requests, const GenerateOptions& options = {});
+
+ private:
+  struct Impl;
+  explicit Engine(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace conveyor

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The whole test suite: install dependencies, build, run every CTest test, then the pipeline
+# tests under ThreadSanitizer and a short fuzz run of the safetensors parser. Idempotent.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install-deps.sh
+jobs=$(nproc)
+
+echo "== build (Release) =="
+cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release
+cmake --build build -j "$jobs"
+echo "== tests =="
+ctest --test-dir build --output-on-failure -j "$jobs" --timeout 900
+
+echo "== ThreadSanitizer: runtime tests =="
+cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCONVEYOR_SANITIZE=thread \
+  -DCONVEYOR_BUILD_BENCHMARKS=OFF -DCONVEYOR_BUILD_EXAMPLES=OFF
+tsan_targets=$(cd tests/cpu && ls test_pipeline*.cpp test_engine*.cpp test_link*.cpp test_thread_pool*.cpp 2>/dev/null | sed 's/\.cpp$//' | tr '\n' ' ')
+cmake --build build-tsan -j "$jobs" --target $tsan_targets
+for t in $tsan_targets; do
+  echo "-- $t (tsan)"
+  TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" "build-tsan/tests/$t" --gtest_brief=1
+done
+
+echo "== fuzz: safetensors parser (60 s) =="
+CC=clang CXX=clang++ cmake -S . -B build-fuzz -G Ninja -DCONVEYOR_FUZZ=ON \
+  -DCONVEYOR_BUILD_TESTS=OFF -DCONVEYOR_BUILD_BENCHMARKS=OFF -DCONVEYOR_BUILD_EXAMPLES=OFF
+cmake --build build-fuzz -j "$jobs" --target fuzz_safetensors
+mkdir -p build-fuzz/corpus
+./build-fuzz/fuzz/fuzz_safetensors -max_total_time=60 -print_final_stats=1 \
+  build-fuzz/corpus tests/fuzz_corpus
+echo "== all tests passed =="

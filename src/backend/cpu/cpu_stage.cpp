@@ -1,0 +1,197 @@
+// CpuStage: embedding, decoder layers (RMSNorm, GQA attention over the KV cache, SwiGLU MLP) and
+// the head of one pipeline stage, in fp32.
+#include "backend/cpu/cpu_stage.hpp"
+
+#include <algorithm>
+#include <cstring>
+
+#include "backend/cpu/cpu_ops.hpp"
+#include "backend/sampler.hpp"
+#include "core/check.hpp"
+#include "model/rope.hpp"
+
+namespace conveyor::cpu {
+
+namespace {
+
+template <typename T>
+T* grow(std::vector<T>& buffer, int64_t count) {
+  if (static_cast<int64_t>(buffer.size()) < count) buffer.resize(static_cast<size_t>(count));
+  return buffer.data();
+}
+
+}  // namespace
+
+CpuStage::CpuStage(const ModelConfig& config, StageWeights weights, const CpuStageOptions& options)
+    : config_(config),
+      weights_(std::move(weights)),
+      inv_freq_(rope_inv_freq(config)),
+      pool_(options.n_threads),
+      kv_(KvCacheShape{
+          .n_layers = weights_.spec.last_layer - weights_.spec.first_layer,
+          .n_kv_heads = config.n_kv_heads,
+          .head_dim = config.head_dim,
+          .max_seqs = options.max_seqs,
+          .max_context = options.max_context,
+      }) {}
+
+void CpuStage::compute(const MicroBatch& mb, const StepContext& ctx,
+                       std::vector<float>& activations) {
+  const int64_t n = mb.n_tokens();
+  const int64_t hidden = config_.hidden_size;
+  // Reserve every chunk's KV positions first: KV order is checked before any work is done.
+  int64_t* positions = grow(positions_, n);
+  int64_t row = 0;
+  for (const SeqChunk& chunk : mb.chunks) {
+    kv_.reserve(chunk.seq, chunk.begin, chunk.end);
+    for (int64_t p = chunk.begin; p < chunk.end; ++p)
+      positions[row++] = p;
+  }
+
+  if (weights_.spec.embedding) {
+    activations.resize(static_cast<size_t>(n * hidden));
+    std::vector<int32_t> ids(static_cast<size_t>(n));
+    row = 0;
+    for (const SeqChunk& chunk : mb.chunks) {
+      const std::vector<int32_t>& tokens = ctx.tokens[static_cast<size_t>(chunk.seq)];
+      CONVEYOR_ASSERT(chunk.end <= static_cast<int64_t>(tokens.size()));
+      for (int64_t p = chunk.begin; p < chunk.end; ++p)
+        ids[static_cast<size_t>(row++)] = tokens[static_cast<size_t>(p)];
+    }
+    embedding(weights_.embedding.data(), ids.data(), n, hidden, activations.data(), pool_);
+  } else if (static_cast<int64_t>(activations.size()) != n * hidden) {
+    fail(ErrorCode::kCommunication,
+         "stage received {} activation values for micro-batch {} but expected {} ({} tokens x "
+         "hidden {})",
+         activations.size(), mb.id, n * hidden, n, hidden);
+  }
+
+  for (size_t l = 0; l < weights_.layers.size(); ++l) {
+    run_layer(weights_.layers[l], static_cast<int64_t>(l), mb, activations.data());
+  }
+}
+
+void CpuStage::run_layer(const LayerWeights& w, int64_t local_layer, const MicroBatch& mb,
+                         float* hidden) {
+  const ModelConfig& c = config_;
+  const int64_t n = mb.n_tokens();
+  const int64_t h = c.hidden_size, q_dim = c.q_dim(), kv_dim = c.kv_dim();
+  const int64_t inter = c.intermediate_size;
+
+  // Attention block: hidden += o_proj(attention(rope(q), rope(k), v)).
+  float* normed = grow(normed_, n * h);
+  rmsnorm(hidden, w.attn_norm.data(), n, h, c.rms_norm_eps, normed, pool_);
+  float* q = grow(q_, n * q_dim);
+  float* k = grow(k_, n * kv_dim);
+  float* v = grow(v_, n * kv_dim);
+  auto bias = [](const std::vector<float>& b) { return b.empty() ? nullptr : b.data(); };
+  linear({.x = normed, .w = w.wq.data(), .bias = bias(w.bq), .y = q, .n = n, .in = h, .out = q_dim},
+         pool_);
+  linear(
+      {.x = normed, .w = w.wk.data(), .bias = bias(w.bk), .y = k, .n = n, .in = h, .out = kv_dim},
+      pool_);
+  linear(
+      {.x = normed, .w = w.wv.data(), .bias = bias(w.bv), .y = v, .n = n, .in = h, .out = kv_dim},
+      pool_);
+  rope(q, positions_.data(), n, c.n_heads, c.head_dim, inv_freq_.data(), pool_);
+  rope(k, positions_.data(), n, c.n_kv_heads, c.head_dim, inv_freq_.data(), pool_);
+
+  float* attn = grow(attn_, n * q_dim);
+  int64_t row = 0;
+  for (const SeqChunk& chunk : mb.chunks) {
+    const int64_t len = chunk.end - chunk.begin;
+    float* k_cache = kv_.keys(local_layer, chunk.seq);
+    float* v_cache = kv_.values(local_layer, chunk.seq);
+    std::memcpy(k_cache + chunk.begin * kv_dim, k + row * kv_dim, sizeof(float) * len * kv_dim);
+    std::memcpy(v_cache + chunk.begin * kv_dim, v + row * kv_dim, sizeof(float) * len * kv_dim);
+    attention({.q = q + row * q_dim,
+               .k = k_cache,
+               .v = v_cache,
+               .out = attn + row * q_dim,
+               .n = len,
+               .pos0 = chunk.begin,
+               .n_heads = c.n_heads,
+               .n_kv_heads = c.n_kv_heads,
+               .head_dim = c.head_dim},
+              pool_);
+    row += len;
+  }
+  linear(
+      {.x = attn, .w = w.wo.data(), .y = hidden, .n = n, .in = q_dim, .out = h, .accumulate = true},
+      pool_);
+
+  // MLP block: hidden += down(silu(gate(x)) * up(x)).
+  rmsnorm(hidden, w.mlp_norm.data(), n, h, c.rms_norm_eps, normed, pool_);
+  float* gate = grow(gate_, n * inter);
+  float* up = grow(up_, n * inter);
+  linear({.x = normed, .w = w.w_gate.data(), .y = gate, .n = n, .in = h, .out = inter}, pool_);
+  linear({.x = normed, .w = w.w_up.data(), .y = up, .n = n, .in = h, .out = inter}, pool_);
+  swiglu(gate, up, n * inter, gate, pool_);
+  linear({.x = gate,
+          .w = w.w_down.data(),
+          .y = hidden,
+          .n = n,
+          .in = inter,
+          .out = h,
+          .accumulate = true},
+         pool_);
+}
+
+void CpuStage::sample(const MicroBatch& mb, const StepContext& ctx,
+                      std::span<const float> activations, std::vector<SampledToken>& tokens,
+                      std::vector<LogitsRow>& logits) {
+  CONVEYOR_ASSERT(weights_.spec.head);
+  const int64_t h = config_.hidden_size, vocab = config_.vocab_size;
+  CONVEYOR_ASSERT(static_cast<int64_t>(activations.size()) == mb.n_tokens() * h);
+
+  // Rows that need logits: the last row of each sampled chunk, or every row for all_logits.
+  struct Row {
+    int32_t seq;
+    int64_t position;
+    int64_t index;  // row in the micro-batch
+    bool sample;
+  };
+  std::vector<Row> rows;
+  int64_t index = 0;
+  for (const SeqChunk& chunk : mb.chunks) {
+    for (int64_t p = chunk.begin; p < chunk.end; ++p, ++index) {
+      const bool sampled = chunk.sample && p == chunk.end - 1;
+      if (sampled || (ctx.capture_logits && ctx.all_logits)) {
+        rows.push_back({chunk.seq, p, index, sampled});
+      }
+    }
+  }
+  if (rows.empty()) return;
+
+  const int64_t n_rows = static_cast<int64_t>(rows.size());
+  float* normed = grow(normed_, n_rows * h);
+  for (int64_t r = 0; r < n_rows; ++r) {
+    std::memcpy(normed + r * h, activations.data() + rows[static_cast<size_t>(r)].index * h,
+                sizeof(float) * h);
+  }
+  rmsnorm(normed, weights_.final_norm.data(), n_rows, h, config_.rms_norm_eps, normed, pool_);
+  std::vector<float> out(static_cast<size_t>(n_rows * vocab));
+  linear({.x = normed,
+          .w = weights_.lm_head.data(),
+          .y = out.data(),
+          .n = n_rows,
+          .in = h,
+          .out = vocab},
+         pool_);
+
+  for (int64_t r = 0; r < n_rows; ++r) {
+    const Row& row = rows[static_cast<size_t>(r)];
+    std::span<const float> row_logits(out.data() + r * vocab, static_cast<size_t>(vocab));
+    if (row.sample) {
+      tokens.push_back(
+          {row.seq, row.position,
+           sample_token(row_logits, ctx.sampling[static_cast<size_t>(row.seq)], row.position)});
+    }
+    if (ctx.capture_logits) {
+      logits.push_back(
+          {row.seq, row.position, std::vector<float>(row_logits.begin(), row_logits.end())});
+    }
+  }
+}
+
+}  // namespace conveyor::cpu

@@ -1,0 +1,64 @@
+// StageBackend: what the pipeline runtime asks of a backend (CPU, CUDA) for one stage — run its
+// layers on a micro-batch, apply the head and sample on the last stage, and keep its KV cache
+// in step with the commit barrier. One instance per stage, used by that stage's worker only.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "conveyor/sampling.hpp"
+#include "conveyor/step_plan.hpp"
+
+namespace conveyor {
+
+// Read-only inputs of one engine step, shared by every stage while the step runs.
+struct StepContext {
+  // By sequence slot: every token of the sequence so far (prompt + generated); a stage that
+  // embeds reads the tokens at its chunks' positions.
+  std::span<const std::vector<int32_t>> tokens;
+  std::span<const SamplingParams> sampling;  // by sequence slot
+  bool capture_logits = false;  // return the logits rows of the sampled positions
+  bool all_logits = false;      // ... and of every other position of the step too
+};
+
+// The token sampled after `position` of sequence `seq`.
+struct SampledToken {
+  int32_t seq = 0;
+  int64_t position = 0;
+  int32_t token = 0;
+};
+
+struct LogitsRow {
+  int32_t seq = 0;
+  int64_t position = 0;
+  std::vector<float> values;  // [vocab]
+};
+
+class StageBackend {
+ public:
+  virtual ~StageBackend() = default;
+
+  virtual int64_t hidden_size() const = 0;
+
+  // Runs this stage's decoder layers on `mb`. `activations` is [mb.n_tokens(), hidden]: on entry
+  // the previous stage's output (ignored by the first stage, which embeds the tokens), on exit
+  // this stage's output. Writes the micro-batch's K/V after each sequence's pending length.
+  virtual void compute(const MicroBatch& mb, const StepContext& ctx,
+                       std::vector<float>& activations) = 0;
+
+  // Last stage only: final norm + lm_head on the rows of `mb` that need logits, then samples
+  // the chunks marked `sample`. Appends to `tokens` and, when ctx.capture_logits, to `logits`.
+  virtual void sample(const MicroBatch& mb, const StepContext& ctx,
+                      std::span<const float> activations, std::vector<SampledToken>& tokens,
+                      std::vector<LogitsRow>& logits) = 0;
+
+  // The KV commit barrier (docs/architecture.md): make the step's writes visible, or drop them.
+  virtual void commit(int64_t step) = 0;
+  virtual void rollback() = 0;
+  // Forget a sequence slot before it is reused by another request.
+  virtual void release(int32_t seq) = 0;
+  virtual int64_t committed(int32_t seq) const = 0;
+};
+
+}  // namespace conveyor

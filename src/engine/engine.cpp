@@ -1,0 +1,342 @@
+// Engine: opens a model across pipeline stages and runs generate() as a sequence of validated
+// step plans — one prefill step, then strictly one decode step at a time behind the KV commit
+// barrier (spec: step dependency).
+#include "conveyor/engine.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <chrono>
+#include <map>
+
+#include "backend/cpu/cpu_stage.hpp"
+#include "conveyor/error.hpp"
+#include "core/check.hpp"
+#include "model/weights.hpp"
+#include "plan/plan_builders.hpp"
+#include "runtime/pipeline.hpp"
+
+namespace conveyor {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+Partition make_partition(const ModelConfig& config, const EngineOptions& options) {
+  if (!options.layers_per_stage.empty()) {
+    if (static_cast<int>(options.layers_per_stage.size()) != options.n_stages) {
+      fail(ErrorCode::kInvalidArgument,
+           "layers_per_stage lists {} stages but n_stages is {}; give one layer count per stage",
+           options.layers_per_stage.size(), options.n_stages);
+    }
+    return Partition::from_counts(config.n_layers, options.layers_per_stage);
+  }
+  return Partition::even(config.n_layers, options.n_stages);
+}
+
+}  // namespace
+
+void EngineOptions::validate() const {
+  if (n_stages < 1) {
+    fail(ErrorCode::kInvalidArgument, "n_stages is {} but must be at least 1", n_stages);
+  }
+  if (threads_per_stage < 1) {
+    fail(ErrorCode::kInvalidArgument, "threads_per_stage is {} but must be at least 1",
+         threads_per_stage);
+  }
+  if (prefill_micro_batches < 0 || decode_micro_batches < 0) {
+    fail(ErrorCode::kInvalidArgument,
+         "micro-batch counts must be >= 0 (0 picks the default); got prefill {} and decode {}",
+         prefill_micro_batches, decode_micro_batches);
+  }
+  if (chunk_tokens < 0) {
+    fail(ErrorCode::kInvalidArgument, "chunk_tokens is {} but must be >= 0 (0 disables chunking)",
+         chunk_tokens);
+  }
+  if (max_batch < 1) {
+    fail(ErrorCode::kInvalidArgument, "max_batch is {} but must be at least 1", max_batch);
+  }
+  if (max_context < 0) {
+    fail(ErrorCode::kInvalidArgument,
+         "max_context is {} but must be >= 0 (0 picks min(max_position_embeddings, 4096))",
+         max_context);
+  }
+  if (link_timeout_ms < 1) {
+    fail(ErrorCode::kInvalidArgument, "link_timeout_ms is {} but must be at least 1",
+         link_timeout_ms);
+  }
+}
+
+struct Engine::Impl {
+  Impl(ModelConfig config_in, EngineOptions options_in, Partition partition_in)
+      : config(std::move(config_in)), options(std::move(options_in)),
+        partition(std::move(partition_in)) {}
+
+  ModelConfig config;
+  EngineOptions options;
+  Partition partition;
+  int64_t max_context = 0;
+  double load_seconds = 0.0;
+  std::vector<int64_t> weight_bytes;
+  std::unique_ptr<Pipeline> pipeline;
+  int64_t next_step = 0;
+
+  void check_requests(const std::vector<Request>& requests, const GenerateOptions& gen) const;
+};
+
+Engine::Engine(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Engine::Engine(Engine&&) noexcept = default;
+Engine& Engine::operator=(Engine&&) noexcept = default;
+Engine::~Engine() = default;
+
+const ModelConfig& Engine::config() const { return impl_->config; }
+const EngineOptions& Engine::options() const { return impl_->options; }
+const Partition& Engine::partition() const { return impl_->partition; }
+int64_t Engine::max_context() const { return impl_->max_context; }
+double Engine::load_seconds() const { return impl_->load_seconds; }
+std::vector<int64_t> Engine::stage_weight_bytes() const { return impl_->weight_bytes; }
+
+Engine Engine::open(const std::filesystem::path& model_dir, const EngineOptions& options) {
+  const auto start = Clock::now();
+  options.validate();
+  if (!std::filesystem::is_directory(model_dir)) {
+    fail(ErrorCode::kInvalidArgument,
+         "model directory {} does not exist; pass a directory with config.json and "
+         "*.safetensors (conveyor-make-model writes one)",
+         model_dir.string());
+  }
+  ModelConfig config = ModelConfig::load(model_dir);
+  const int64_t default_context = std::min<int64_t>(config.max_position_embeddings, 4096);
+  const int64_t max_context = options.max_context > 0 ? options.max_context : default_context;
+  if (max_context > config.max_position_embeddings) {
+    fail(ErrorCode::kInvalidArgument,
+         "max_context {} exceeds the model's max_position_embeddings {}; lower "
+         "EngineOptions::max_context",
+         max_context, config.max_position_embeddings);
+  }
+  if (config.sliding_window && max_context > *config.sliding_window) {
+    fail(ErrorCode::kInvalidArgument,
+         "max_context {} exceeds the model's sliding_window {}, and conveyor does not implement "
+         "windowed attention; lower EngineOptions::max_context to at most {}",
+         max_context, *config.sliding_window, *config.sliding_window);
+  }
+  if (options.n_stages > config.n_layers) {
+    fail(ErrorCode::kInvalidArgument,
+         "{} stages but the model has only {} layers; use at most {} stages", options.n_stages,
+         config.n_layers, config.n_layers);
+  }
+  Partition partition = make_partition(config, options);
+  auto impl = std::make_unique<Impl>(config, options, std::move(partition));
+  impl->max_context = max_context;
+
+  SafeTensors tensors = SafeTensors::open(model_dir);
+  std::vector<std::unique_ptr<StageBackend>> stages;
+  for (int s = 0; s < impl->partition.n_stages(); ++s) {
+    const LayerRange range = impl->partition.range(s);
+    StageWeightsSpec spec{.first_layer = range.first,
+                          .last_layer = range.last,
+                          .embedding = impl->partition.has_embedding(s),
+                          .head = impl->partition.has_head(s)};
+    StageWeights weights = load_stage_weights(tensors, config, spec);
+    impl->weight_bytes.push_back(weights.bytes());
+    stages.push_back(std::make_unique<cpu::CpuStage>(
+        config, std::move(weights),
+        cpu::CpuStageOptions{.n_threads = options.threads_per_stage,
+                             .max_seqs = options.max_batch,
+                             .max_context = impl->max_context}));
+  }
+  impl->pipeline = std::make_unique<Pipeline>(
+      std::move(stages),
+      PipelineOptions{.link_timeout = std::chrono::milliseconds(options.link_timeout_ms),
+                      .record_trace = options.record_trace,
+                      .fault = options.fault});
+  impl->load_seconds = seconds_since(start);
+  spdlog::debug("opened {} in {:.2f}s: {} stages, partition {}", model_dir.string(),
+                impl->load_seconds, impl->partition.n_stages(), impl->partition.to_string());
+  return Engine(std::move(impl));
+}
+
+void Engine::Impl::check_requests(const std::vector<Request>& requests,
+                                  const GenerateOptions& gen) const {
+  if (requests.empty()) {
+    fail(ErrorCode::kInvalidArgument, "generate() got no requests; pass at least one prompt");
+  }
+  if (static_cast<int64_t>(requests.size()) > options.max_batch) {
+    fail(ErrorCode::kInvalidArgument,
+         "batch of {} requests exceeds max_batch {}; raise EngineOptions::max_batch (--max-batch) "
+         "or split the batch",
+         requests.size(), options.max_batch);
+  }
+  if (gen.all_logits && !gen.return_logits) {
+    fail(ErrorCode::kInvalidArgument, "all_logits needs return_logits");
+  }
+  for (size_t r = 0; r < requests.size(); ++r) {
+    const Request& req = requests[r];
+    if (req.prompt.empty()) {
+      fail(ErrorCode::kInvalidArgument, "request {} has an empty prompt; give at least one token id",
+           r);
+    }
+    for (size_t i = 0; i < req.prompt.size(); ++i) {
+      const int32_t id = req.prompt[i];
+      if (id < 0 || id >= config.vocab_size) {
+        fail(ErrorCode::kInvalidArgument,
+             "request {}: token id {} at prompt position {} is outside the vocabulary [0, {})", r,
+             id, i, config.vocab_size);
+      }
+    }
+    if (req.max_new_tokens < 0) {
+      fail(ErrorCode::kInvalidArgument, "request {}: max_new_tokens is {} but must be >= 0", r,
+           req.max_new_tokens);
+    }
+    const int64_t total = static_cast<int64_t>(req.prompt.size()) + req.max_new_tokens;
+    if (total > max_context) {
+      fail(ErrorCode::kInvalidArgument,
+           "request {}: prompt of {} tokens + max_new_tokens {} = {} exceeds max_context {}; raise "
+           "EngineOptions::max_context (--max-context) or shorten the request",
+           r, req.prompt.size(), req.max_new_tokens, total, max_context);
+    }
+    for (int32_t id : req.stop_token_ids) {
+      if (id < 0 || id >= config.vocab_size) {
+        fail(ErrorCode::kInvalidArgument,
+             "request {}: stop token id {} is outside the vocabulary [0, {})", r, id,
+             config.vocab_size);
+      }
+    }
+    req.sampling.validate();
+  }
+}
+
+GenerateResult Engine::generate(const std::vector<Request>& requests, const GenerateOptions& gen) {
+  Impl& d = *impl_;
+  d.check_requests(requests, gen);
+  d.pipeline->take_trace();  // drop events of an earlier failed call
+  const size_t n = requests.size();
+
+  // Sequence slot i serves request i for the whole call.
+  std::vector<std::vector<int32_t>> tokens(static_cast<size_t>(d.options.max_batch));
+  std::vector<SamplingParams> sampling(static_cast<size_t>(d.options.max_batch));
+  for (size_t i = 0; i < static_cast<size_t>(d.options.max_batch); ++i) {
+    d.pipeline->release(static_cast<int32_t>(i));
+  }
+  for (size_t i = 0; i < n; ++i) {
+    tokens[i] = requests[i].prompt;
+    sampling[i] = requests[i].sampling;
+  }
+  StepContext ctx{.tokens = tokens, .sampling = sampling, .capture_logits = gen.return_logits,
+                  .all_logits = gen.all_logits};
+
+  GenerateResult result;
+  result.requests.resize(n);
+  std::vector<bool> active(n);
+  // Logits rows per request keyed by position, assembled at the end.
+  std::vector<std::map<int64_t, std::vector<float>>> rows(n);
+
+  auto finish_token = [&](size_t r, int32_t token) {
+    const Request& req = requests[r];
+    RequestResult& out = result.requests[r];
+    out.tokens.push_back(token);
+    tokens[r].push_back(token);
+    const auto& eos = d.config.eos_token_ids;
+    const bool stop = std::find(req.stop_token_ids.begin(), req.stop_token_ids.end(), token) !=
+                          req.stop_token_ids.end() ||
+                      (req.stop_at_eos && std::find(eos.begin(), eos.end(), token) != eos.end());
+    const bool length = static_cast<int64_t>(out.tokens.size()) >= req.max_new_tokens;
+    if (stop || length) {
+      active[r] = false;
+      out.finish = stop ? FinishReason::kStopToken : FinishReason::kLength;
+    }
+    if (gen.on_token) {
+      gen.on_token(TokenEvent{.request = r,
+                              .token = token,
+                              .index = static_cast<int64_t>(out.tokens.size()) - 1,
+                              .finished = !active[r]});
+    }
+  };
+
+  auto run = [&](const StepPlan& plan, int64_t n_tokens) {
+    const auto start = Clock::now();
+    StepResult step = d.pipeline->run_step(plan, ctx);
+    const double seconds = seconds_since(start);
+    result.steps.push_back(StepStats{.step = plan.step,
+                                     .phase = plan.phase,
+                                     .n_seqs = static_cast<int64_t>(plan.seqs.size()),
+                                     .n_tokens = n_tokens,
+                                     .n_micro_batches = static_cast<int>(plan.micro_batches.size()),
+                                     .seconds = seconds});
+    for (LogitsRow& row : step.logits) {
+      rows[static_cast<size_t>(row.seq)][row.position] = std::move(row.values);
+    }
+    return std::pair{std::move(step.tokens), seconds};
+  };
+
+  // Prefill: every prompt in one step, micro-batched (and chunked) across the stages.
+  {
+    std::vector<PrefillSeq> seqs;
+    int64_t n_tokens = 0;
+    for (size_t r = 0; r < n; ++r) {
+      seqs.push_back({static_cast<int32_t>(r), 0, static_cast<int64_t>(requests[r].prompt.size())});
+      n_tokens += static_cast<int64_t>(requests[r].prompt.size());
+      active[r] = requests[r].max_new_tokens > 0;
+    }
+    const StepPlan plan = build_prefill_plan(
+        d.next_step++, seqs,
+        PrefillPlanOptions{.n_stages = d.partition.n_stages(),
+                           .n_micro_batches = d.options.prefill_micro_batches,
+                           .chunk_tokens = d.options.chunk_tokens,
+                           .sample_rule = gen.all_logits ? SampleRule::kEveryMicroBatch
+                                                         : SampleRule::kWhereChunksSample});
+    auto [sampled, seconds] = run(plan, n_tokens);
+    result.prefill_tokens = n_tokens;
+    result.prefill_seconds = seconds;
+    for (const SampledToken& t : sampled) {
+      const size_t r = static_cast<size_t>(t.seq);
+      if (active[r]) finish_token(r, t.token);
+    }
+  }
+
+  // Decode: strictly one step at a time; step t+1 is planned only after step t committed.
+  for (;;) {
+    std::vector<SeqState> seqs;
+    for (size_t r = 0; r < n; ++r) {
+      if (active[r]) {
+        seqs.push_back({static_cast<int32_t>(r), static_cast<int64_t>(tokens[r].size()) - 1});
+      }
+    }
+    if (seqs.empty()) break;
+    const StepPlan plan = build_decode_plan(
+        d.next_step++, seqs,
+        DecodePlanOptions{.n_stages = d.partition.n_stages(),
+                          .n_micro_batches = d.options.decode_micro_batches});
+    auto [sampled, seconds] = run(plan, static_cast<int64_t>(seqs.size()));
+    result.decode_tokens += static_cast<int64_t>(sampled.size());
+    result.decode_seconds += seconds;
+    for (const SampledToken& t : sampled) finish_token(static_cast<size_t>(t.seq), t.token);
+  }
+
+  if (gen.return_logits) {
+    const int64_t vocab = d.config.vocab_size;
+    for (size_t r = 0; r < n; ++r) {
+      RequestResult& out = result.requests[r];
+      const int64_t prompt_len = static_cast<int64_t>(requests[r].prompt.size());
+      // Rows that produced generated tokens: positions prompt_len - 1 onwards.
+      const int64_t first = gen.all_logits ? 0 : prompt_len - 1;
+      const int64_t last = prompt_len - 1 + static_cast<int64_t>(out.tokens.size());  // exclusive
+      const int64_t end = gen.all_logits ? std::max(last, prompt_len) : last;
+      for (int64_t p = first; p < end; ++p) {
+        auto it = rows[r].find(p);
+        CONVEYOR_ASSERT(it != rows[r].end());
+        out.logits.insert(out.logits.end(), it->second.begin(), it->second.end());
+        ++out.logits_rows;
+      }
+      CONVEYOR_ASSERT(static_cast<int64_t>(out.logits.size()) == out.logits_rows * vocab);
+    }
+  }
+  if (d.options.record_trace) result.trace = d.pipeline->take_trace();
+  return result;
+}
+
+}  // namespace conveyor

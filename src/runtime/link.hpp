@@ -1,0 +1,54 @@
+// Link: the ordered channel that carries one micro-batch's activations from stage s to s+1.
+// HostLink is the in-process implementation for host memory (CPU backend): bounded,
+// double-buffered, cancellable, with receive timeouts so a dead peer never hangs a stage.
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <mutex>
+#include <vector>
+
+namespace conveyor {
+
+struct LinkMessage {
+  int32_t micro_batch = -1;
+  int64_t step = -1;
+  std::vector<float> activations;  // [n_tokens, hidden]
+};
+
+class Link {
+ public:
+  virtual ~Link() = default;
+  // Blocks while the link is full. Throws conveyor::Error(kAborted) once cancelled,
+  // kTimeout after `timeout`.
+  virtual void send(LinkMessage&& message, std::chrono::milliseconds timeout) = 0;
+  // Blocks while the link is empty; messages come out in the order they were sent.
+  virtual LinkMessage recv(std::chrono::milliseconds timeout) = 0;
+  // Wakes every blocked sender and receiver with kAborted; later calls fail the same way.
+  virtual void cancel() = 0;
+  // Drops queued messages and clears the cancelled state (between steps).
+  virtual void reset() = 0;
+};
+
+class HostLink final : public Link {
+ public:
+  // capacity >= 1 messages in flight; 2 = double buffering (the sender fills one while the
+  // receiver reads the other).
+  explicit HostLink(int capacity = 2);
+
+  void send(LinkMessage&& message, std::chrono::milliseconds timeout) override;
+  LinkMessage recv(std::chrono::milliseconds timeout) override;
+  void cancel() override;
+  void reset() override;
+
+ private:
+  const size_t capacity_;
+  std::mutex mutex_;
+  std::condition_variable changed_;
+  std::deque<LinkMessage> queue_;
+  bool cancelled_ = false;
+};
+
+}  // namespace conveyor

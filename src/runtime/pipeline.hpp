@@ -1,0 +1,84 @@
+// Pipeline: S stage workers (one thread each, each owning its StageBackend) joined by ordered
+// links, running one validated StepPlan at a time behind a KV commit barrier.
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <exception>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "backend/stage_backend.hpp"
+#include "conveyor/fault.hpp"
+#include "conveyor/step_plan.hpp"
+#include "conveyor/trace.hpp"
+#include "runtime/link.hpp"
+
+namespace conveyor {
+
+struct PipelineOptions {
+  std::chrono::milliseconds link_timeout{120'000};
+  int link_capacity = 2;  // messages in flight per link (2 = double-buffered)
+  bool record_trace = true;
+  FaultInjection fault;
+};
+
+struct StepResult {
+  std::vector<SampledToken> tokens;  // from the last stage, in sampling order
+  std::vector<LogitsRow> logits;     // when StepContext::capture_logits
+};
+
+// Thread safety: run_step, release and take_trace are called from one thread (the engine's).
+class Pipeline {
+ public:
+  Pipeline(std::vector<std::unique_ptr<StageBackend>> stages, const PipelineOptions& options);
+  ~Pipeline();
+  Pipeline(const Pipeline&) = delete;
+  Pipeline& operator=(const Pipeline&) = delete;
+
+  int n_stages() const { return static_cast<int>(workers_.size()); }
+  const PipelineOptions& options() const { return options_; }
+  void set_fault(const FaultInjection& fault) { options_.fault = fault; }
+
+  // Validates `plan` (the runtime never executes an unvalidated plan), runs every stage's
+  // program, and — only when every stage reached its Commit — commits the step's KV writes on
+  // all stages. On any failure every stage is aborted (links cancelled), every KV cache rolls
+  // back to its last commit, and the first failure is rethrown with its stage and instruction
+  // named; the pipeline stays usable. `ctx` must stay unchanged until run_step returns.
+  StepResult run_step(const StepPlan& plan, const StepContext& ctx);
+
+  // Frees a sequence slot on every stage (between steps).
+  void release(int32_t seq);
+  // Committed KV length of `seq` on `stage`.
+  int64_t committed(int stage, int32_t seq) const;
+
+  // Events recorded since the last call.
+  Trace take_trace();
+  // Time base of the trace.
+  std::chrono::steady_clock::time_point epoch() const { return epoch_; }
+
+ private:
+  struct Worker;
+  void worker_loop(Worker& worker);
+  void run_program(Worker& worker, const StepPlan& plan, const StepContext& ctx);
+  void abort_step();
+
+  PipelineOptions options_;
+  std::chrono::steady_clock::time_point epoch_;
+  std::vector<std::unique_ptr<Worker>> workers_;
+  std::vector<std::unique_ptr<HostLink>> links_;  // links_[s] carries stage s -> s+1
+
+  std::mutex mutex_;
+  std::condition_variable job_ready_;
+  std::condition_variable job_done_;
+  uint64_t generation_ = 0;
+  int n_done_ = 0;
+  bool stopping_ = false;
+  const StepPlan* plan_ = nullptr;
+  const StepContext* ctx_ = nullptr;
+};
+
+}  // namespace conveyor

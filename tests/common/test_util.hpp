@@ -1,0 +1,38 @@
+// Shared test helpers: temporary directories, relative error norms, models made on the fly.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <span>
+#include <string>
+
+namespace conveyor::testing {
+
+// A fresh directory under the system temp dir, removed at destruction.
+class TempDir {
+ public:
+  explicit TempDir(const std::string& prefix = "conveyor-test");
+  ~TempDir();
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  const std::filesystem::path& path() const { return path_; }
+
+ private:
+  std::filesystem::path path_;
+};
+
+// ||a - b|| / ||b|| (L2); infinity when sizes differ or any value is NaN.
+double relative_error(std::span<const float> a, std::span<const float> b);
+// max |a - b| / max |b|.
+double max_relative_error(std::span<const float> a, std::span<const float> b);
+
+// Path of a binary built in this build tree, e.g. binary_path("conveyor-make-model").
+std::filesystem::path binary_path(const std::string& name);
+
+// Writes the `tiny` preset with `n_layers` layers (and the given seed) into `dir`.
+void make_tiny_model(const std::filesystem::path& dir, int64_t n_layers, uint64_t seed = 5);
+
+// Runs a shell command, returns its exit status and captures stdout+stderr into `output`.
+int run_command(const std::string& command, std::string* output = nullptr);
+
+}  // namespace conveyor::testing

@@ -1,0 +1,83 @@
+// KvCache: committed/pending lengths, KV order, commit and rollback.
+#include <gtest/gtest.h>
+
+#include "backend/kv_cache.hpp"
+#include "conveyor/error.hpp"
+
+namespace conveyor {
+namespace {
+
+KvCacheShape small_shape() {
+  return {.n_layers = 2, .n_kv_heads = 2, .head_dim = 4, .max_seqs = 3, .max_context = 100};
+}
+
+TEST(KvCache, ReserveCommitRollback) {
+  KvCache kv(small_shape());
+  EXPECT_EQ(kv.committed(0), 0);
+  kv.reserve(0, 0, 5);
+  EXPECT_EQ(kv.pending(0), 5);
+  EXPECT_EQ(kv.committed(0), 0);
+  kv.keys(1, 0)[4 * 8 + 7] = 3.5f;  // row 4, last element of layer 1
+  kv.commit(0);
+  EXPECT_EQ(kv.committed(0), 5);
+  EXPECT_EQ(kv.last_committed_step(), 0);
+
+  kv.reserve(0, 5, 6);
+  kv.reserve(1, 0, 2);
+  kv.rollback();
+  EXPECT_EQ(kv.pending(0), 5);
+  EXPECT_EQ(kv.pending(1), 0);
+  EXPECT_FLOAT_EQ(kv.keys(1, 0)[4 * 8 + 7], 3.5f);  // committed data survives a rollback
+}
+
+TEST(KvCache, ChunksMustArriveInPositionOrder) {
+  KvCache kv(small_shape());
+  kv.reserve(2, 0, 4);
+  kv.reserve(2, 4, 8);  // the next chunk of the same step
+  try {
+    kv.reserve(2, 12, 16);  // skips positions 8..11
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("causal/KV order"), std::string::npos) << e.what();
+  }
+}
+
+TEST(KvCache, ContextLimitNamesTheFix) {
+  KvCache kv(small_shape());
+  try {
+    kv.reserve(0, 0, 101);
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kInvalidArgument);
+    EXPECT_NE(std::string(e.what()).find("max_context is 100"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(kv.reserve(3, 0, 1), Error);  // slot out of range
+}
+
+TEST(KvCache, CommitStepsIncrease) {
+  KvCache kv(small_shape());
+  kv.commit(4);
+  EXPECT_THROW(kv.commit(4), Error);
+  EXPECT_THROW(kv.commit(2), Error);
+  kv.commit(5);
+}
+
+TEST(KvCache, GrowthKeepsWrittenRows) {
+  KvCache kv(small_shape());
+  kv.reserve(0, 0, 1);
+  kv.values(0, 0)[0] = 7.0f;
+  kv.commit(0);
+  for (int64_t p = 1; p < 100; ++p) {
+    kv.reserve(0, p, p + 1);
+    kv.values(0, 0)[p * 8] = static_cast<float>(p);
+    kv.commit(p);
+  }
+  EXPECT_FLOAT_EQ(kv.values(0, 0)[0], 7.0f);
+  EXPECT_FLOAT_EQ(kv.values(0, 0)[99 * 8], 99.0f);
+  EXPECT_EQ(kv.allocated_bytes(), 2 * 2 * 100 * 8 * 4);
+  kv.release(0);
+  EXPECT_EQ(kv.committed(0), 0);
+}
+
+}  // namespace
+}  // namespace conveyor

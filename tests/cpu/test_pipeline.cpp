@@ -1,0 +1,154 @@
+// Pipeline: the KV commit barrier. A step that fails anywhere commits nothing on any stage, the
+// next step runs as if the failed one never happened, and unvalidated plans never run.
+#include <gtest/gtest.h>
+
+#include "backend/cpu/cpu_stage.hpp"
+#include "common/test_util.hpp"
+#include "conveyor/error.hpp"
+#include "conveyor/partition.hpp"
+#include "plan/plan_builders.hpp"
+#include "runtime/pipeline.hpp"
+
+namespace conveyor {
+namespace {
+
+class PipelineTest : public ::testing::Test {
+ protected:
+  static constexpr int kStages = 3;
+
+  void SetUp() override {
+    testing::make_tiny_model(dir_.path(), 4, 9);
+    config_ = ModelConfig::load(dir_.path());
+    tokens_ = {{5, 9, 2, 7, 1, 3}, {8, 8, 4}};
+    sampling_.resize(2);
+  }
+
+  std::unique_ptr<Pipeline> make_pipeline(const PipelineOptions& options = {}) {
+    SafeTensors tensors = SafeTensors::open(dir_.path());
+    Partition partition = Partition::even(config_.n_layers, kStages);
+    std::vector<std::unique_ptr<StageBackend>> stages;
+    for (int s = 0; s < kStages; ++s) {
+      StageWeightsSpec spec{.first_layer = partition.range(s).first,
+                            .last_layer = partition.range(s).last,
+                            .embedding = partition.has_embedding(s),
+                            .head = partition.has_head(s)};
+      stages.push_back(std::make_unique<cpu::CpuStage>(
+          config_, load_stage_weights(tensors, config_, spec),
+          cpu::CpuStageOptions{.n_threads = 1, .max_seqs = 2, .max_context = 64}));
+    }
+    return std::make_unique<Pipeline>(std::move(stages), options);
+  }
+
+  StepContext context() const { return {.tokens = tokens_, .sampling = sampling_}; }
+
+  StepPlan prefill(int64_t step) const {
+    return build_prefill_plan(step, {{0, 0, 6}, {1, 0, 3}},
+                              {.n_stages = kStages, .n_micro_batches = 2, .chunk_tokens = 2});
+  }
+  // Decode of both sequences after `generated` tokens were appended to each.
+  StepPlan decode(int64_t step) const {
+    return build_decode_plan(step,
+                             {{0, static_cast<int64_t>(tokens_[0].size()) - 1},
+                              {1, static_cast<int64_t>(tokens_[1].size()) - 1}},
+                             {.n_stages = kStages, .n_micro_batches = 2});
+  }
+  void append(const StepResult& result) {
+    for (const SampledToken& t : result.tokens) tokens_[static_cast<size_t>(t.seq)].push_back(t.token);
+  }
+  void expect_committed(const Pipeline& p, int64_t seq0, int64_t seq1) {
+    for (int s = 0; s < kStages; ++s) {
+      EXPECT_EQ(p.committed(s, 0), seq0) << "stage " << s;
+      EXPECT_EQ(p.committed(s, 1), seq1) << "stage " << s;
+    }
+  }
+
+  testing::TempDir dir_{"conveyor-pipeline"};
+  ModelConfig config_;
+  std::vector<std::vector<int32_t>> tokens_;
+  std::vector<SamplingParams> sampling_;
+};
+
+TEST_F(PipelineTest, CommitAdvancesEveryStage) {
+  auto p = make_pipeline();
+  StepResult r = p->run_step(prefill(0), context());
+  ASSERT_EQ(r.tokens.size(), 2u);
+  expect_committed(*p, 6, 3);
+  append(r);
+  append(p->run_step(decode(1), context()));
+  expect_committed(*p, 7, 4);
+}
+
+TEST_F(PipelineTest, FailedDecodeStepCommitsNothingAnywhere) {
+  // The reference continuation, without faults.
+  auto clean = make_pipeline();
+  const auto saved = tokens_;
+  append(clean->run_step(prefill(0), context()));
+  append(clean->run_step(decode(1), context()));
+  append(clean->run_step(decode(2), context()));
+  const auto expected = tokens_;
+
+  for (int stage = 0; stage < kStages; ++stage) {
+    const int n_instructions = static_cast<int>(decode(1).programs[static_cast<size_t>(stage)].size());
+    for (int instruction = 0; instruction < n_instructions; ++instruction) {
+      tokens_ = saved;
+      auto p = make_pipeline();
+      append(p->run_step(prefill(0), context()));
+      append(p->run_step(decode(1), context()));
+      p->set_fault({.stage = stage, .step = 2, .instruction = instruction});
+      try {
+        p->run_step(decode(2), context());
+        FAIL() << "no error for fault at stage " << stage << " instruction " << instruction;
+      } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find("stage " + std::to_string(stage) + " failed"),
+                  std::string::npos)
+            << e.what();
+      }
+      // Every stage is back at the commit of step 1; the retried step 2 gives the clean result.
+      expect_committed(*p, 7, 4);
+      p->set_fault({});
+      append(p->run_step(decode(2), context()));
+      EXPECT_EQ(tokens_, expected) << "stage " << stage << " instruction " << instruction;
+    }
+  }
+}
+
+TEST_F(PipelineTest, FailedPrefillLeavesEmptyCaches) {
+  auto p = make_pipeline();
+  p->set_fault({.stage = 2, .step = -1, .instruction = 4});
+  EXPECT_THROW(p->run_step(prefill(0), context()), Error);
+  expect_committed(*p, 0, 0);
+  p->set_fault({});
+  p->run_step(prefill(1), context());
+  expect_committed(*p, 6, 3);
+}
+
+TEST_F(PipelineTest, RefusesUnvalidatedPlans) {
+  auto p = make_pipeline();
+  StepPlan plan = prefill(0);
+  plan.programs[1].pop_back();  // drop stage 1's Commit
+  try {
+    p->run_step(plan, context());
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("is invalid (step dependency)"), std::string::npos) << e.what();
+  }
+  expect_committed(*p, 0, 0);
+  StepPlan wrong_shape = prefill(0);
+  wrong_shape.n_stages = 2;
+  EXPECT_THROW(p->run_step(wrong_shape, context()), Error);
+}
+
+TEST_F(PipelineTest, TraceRecordsEveryInstruction) {
+  auto p = make_pipeline();
+  const StepPlan plan = prefill(0);
+  p->run_step(plan, context());
+  Trace trace = p->take_trace();
+  size_t n = 0;
+  for (const auto& program : plan.programs) n += program.size();
+  EXPECT_EQ(trace.size(), n);
+  for (const TraceEvent& e : trace) EXPECT_LE(e.start_us, e.end_us);
+  EXPECT_TRUE(p->take_trace().empty());
+}
+
+}  // namespace
+}  // namespace conveyor
