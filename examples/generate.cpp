@@ -1,10 +1,11 @@
 // conveyor-generate: run a model directory across S pipeline stages and print generated ids,
 // timings and the stage balance; optionally write logits (.npy), a Chrome trace and a timeline.
-#include <CLI/CLI.hpp>
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 #include <spdlog/spdlog.h>
+#include <CLI/CLI.hpp>
 
+#include <algorithm>
 #include <cstdio>
 
 #include "conveyor/engine.hpp"
@@ -81,8 +82,8 @@ int run(Args& args) {
   const conveyor::ModelConfig& config = engine.config();
   const auto& partition = engine.partition();
   fmt::print("model {}: {}, {} layers, hidden {}, vocab {}, {:.1f}M params\n", args.model,
-             conveyor::architecture_name(config.architecture), config.n_layers,
-             config.hidden_size, config.vocab_size, static_cast<double>(config.n_params()) / 1e6);
+             conveyor::architecture_name(config.architecture), config.n_layers, config.hidden_size,
+             config.vocab_size, static_cast<double>(config.n_params()) / 1e6);
   fmt::print("pipeline: {} stage(s), layers {}, {} thread(s) per stage, max_context {}\n",
              partition.n_stages(), partition.to_string(), args.engine.threads_per_stage,
              engine.max_context());
@@ -116,17 +117,26 @@ int run(Args& args) {
   auto rate = [](int64_t tokens, double seconds) {
     return seconds > 0 ? static_cast<double>(tokens) / seconds : 0.0;
   };
-  fmt::print("load {:.3f} s | prefill {} tok in {:.3f} s = {:.1f} tok/s | decode {} tok in {:.3f} s "
-             "= {:.1f} tok/s\n",
-             engine.load_seconds(), result.prefill_tokens, result.prefill_seconds,
-             rate(result.prefill_tokens, result.prefill_seconds), result.decode_tokens,
-             result.decode_seconds, rate(result.decode_tokens, result.decode_seconds));
+  fmt::print(
+      "load {:.3f} s | prefill {} tok in {:.3f} s = {:.1f} tok/s | decode {} tok in {:.3f} s "
+      "= {:.1f} tok/s\n",
+      engine.load_seconds(), result.prefill_tokens, result.prefill_seconds,
+      rate(result.prefill_tokens, result.prefill_seconds), result.decode_tokens,
+      result.decode_seconds, rate(result.decode_tokens, result.decode_seconds));
 
   const int n_stages = partition.n_stages();
   if (!args.quiet) {
-    const int m = result.steps.empty() ? 1 : result.steps.front().n_micro_batches;
-    fmt::print("{}", conveyor::format_balance_report(
-                         conveyor::balance_report(result.trace, n_stages, m)));
+    // The ideal bubble (S-1)/(M+S-1) describes one pipelined step, so report per phase.
+    for (conveyor::Phase phase : {conveyor::Phase::kPrefill, conveyor::Phase::kDecode}) {
+      int m = 0;
+      for (const auto& step : result.steps) {
+        if (step.phase == phase) m = std::max(m, step.n_micro_batches);
+      }
+      if (m == 0) continue;
+      fmt::print("{} stage balance:\n{}", conveyor::to_string(phase),
+                 conveyor::format_balance_report(
+                     conveyor::balance_report_for_phase(result.trace, n_stages, m, phase)));
+    }
   }
   if (!args.logits_out.empty()) {
     std::vector<float> all;
@@ -155,7 +165,8 @@ int run(Args& args) {
 int main(int argc, char** argv) {
   Args args;
   CLI::App app{"conveyor-generate: pipeline-parallel generation with a Llama-family model"};
-  app.add_option("--model", args.model, "model directory (config.json + *.safetensors)")->required();
+  app.add_option("--model", args.model, "model directory (config.json + *.safetensors)")
+      ->required();
   app.add_option("--prompt-ids", args.prompt_ids, "prompt token ids, e.g. 1,2,3 (repeatable)");
   app.add_option("--prompt-ids-file", args.prompt_ids_file, "file with one prompt per line");
   app.add_option("--batch", args.batch, "several prompts separated by ';', e.g. '1,2,3;4,5'");

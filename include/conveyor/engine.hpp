@@ -22,16 +22,16 @@ struct EngineOptions {
   int n_stages = 1;
   // Explicit layer counts per stage (empty: Partition::even). Their sum must be n_layers.
   std::vector<int64_t> layers_per_stage;
-  int threads_per_stage = 1;     // each stage has its own pool: S stages use S * T cores
-  int prefill_micro_batches = 0; // 0: one per stage (enough to fill the pipeline)
-  int decode_micro_batches = 0;  // 0: min(stages, sequences in the step)
-  int64_t chunk_tokens = 0;      // > 0: prefill long prompts in chunks of this many tokens
-  int32_t max_batch = 8;         // sequences per generate() call
-  int64_t max_context = 0;       // prompt + generated tokens; 0: min(max_position_embeddings, 4096)
+  int threads_per_stage = 1;      // each stage has its own pool: S stages use S * T cores
+  int prefill_micro_batches = 0;  // 0: one per stage (enough to fill the pipeline)
+  int decode_micro_batches = 0;   // 0: min(stages, sequences in the step)
+  int64_t chunk_tokens = 0;       // > 0: prefill long prompts in chunks of this many tokens
+  int32_t max_batch = 8;          // sequences per generate() call
+  int64_t max_context = 0;  // prompt + generated tokens; 0: min(max_position_embeddings, 4096)
   int64_t link_timeout_ms = 120'000;
-  bool record_trace = false;     // keep per-instruction events (GenerateResult::trace)
+  bool record_trace = false;  // keep per-instruction events (GenerateResult::trace)
 
-  FaultInjection fault;          // testing only
+  FaultInjection fault;  // testing only
 
   // Throws conveyor::Error(kInvalidArgument) naming the field, value, limit and fix.
   void validate() const;
@@ -41,8 +41,8 @@ struct Request {
   std::vector<int32_t> prompt;  // token ids, each in [0, vocab_size)
   int64_t max_new_tokens = 16;  // 0: prefill only (useful with logits)
   SamplingParams sampling;
-  bool stop_at_eos = true;             // stop at the model's eos_token_id(s)
-  std::vector<int32_t> stop_token_ids; // further ids that end the request
+  bool stop_at_eos = true;              // stop at the model's eos_token_id(s)
+  std::vector<int32_t> stop_token_ids;  // further ids that end the request
 };
 
 enum class FinishReason { kLength, kStopToken };
@@ -67,7 +67,7 @@ struct RequestResult {
   std::vector<int32_t> tokens;  // generated ids (the prompt is not repeated)
   FinishReason finish = FinishReason::kLength;
   int64_t logits_rows = 0;
-  std::vector<float> logits;    // [logits_rows, vocab] when requested
+  std::vector<float> logits;  // [logits_rows, vocab] when requested
 };
 
 struct StepStats {
@@ -108,7 +108,8 @@ class Engine {
   // fp32 weight bytes held by each stage.
   std::vector<int64_t> stage_weight_bytes() const;
 
-  GenerateResult generate(const std::vector<Request>& requests, const GenerateOptions& options = {});
+  GenerateResult generate(const std::vector<Request>& requests,
+                          const GenerateOptions& options = {});
 
  private:
   struct Impl;

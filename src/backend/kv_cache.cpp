@@ -34,8 +34,12 @@ const KvCache::Slot& KvCache::slot(int32_t seq) const {
   return const_cast<KvCache*>(this)->slot(seq);
 }
 
-int64_t KvCache::committed(int32_t seq) const { return slot(seq).committed; }
-int64_t KvCache::pending(int32_t seq) const { return slot(seq).pending; }
+int64_t KvCache::committed(int32_t seq) const {
+  return slot(seq).committed;
+}
+int64_t KvCache::pending(int32_t seq) const {
+  return slot(seq).pending;
+}
 
 void KvCache::reserve(int32_t seq, int64_t begin, int64_t end) {
   Slot& s = slot(seq);
@@ -53,8 +57,8 @@ void KvCache::reserve(int32_t seq, int64_t begin, int64_t end) {
   }
   if (end > s.capacity) {
     // Grow geometrically so a decode loop reallocates O(log n) times.
-    int64_t capacity = std::max<int64_t>(end, std::min<int64_t>(shape_.max_context,
-                                                                 std::max<int64_t>(64, 2 * s.capacity)));
+    int64_t capacity = std::max<int64_t>(
+        end, std::min<int64_t>(shape_.max_context, std::max<int64_t>(64, 2 * s.capacity)));
     const size_t floats = static_cast<size_t>(capacity * shape_.kv_dim());
     for (int64_t l = 0; l < shape_.n_layers; ++l) {
       s.k[static_cast<size_t>(l)].resize(floats);
@@ -84,12 +88,14 @@ void KvCache::commit(int64_t step) {
          "step dependency: commit of step {} after step {} was already committed", step,
          last_committed_step_);
   }
-  for (Slot& s : slots_) s.committed = s.pending;
+  for (Slot& s : slots_)
+    s.committed = s.pending;
   last_committed_step_ = step;
 }
 
 void KvCache::rollback() {
-  for (Slot& s : slots_) s.pending = s.committed;
+  for (Slot& s : slots_)
+    s.pending = s.committed;
 }
 
 void KvCache::release(int32_t seq) {
@@ -100,7 +106,8 @@ void KvCache::release(int32_t seq) {
 
 int64_t KvCache::allocated_bytes() const {
   int64_t bytes = 0;
-  for (const Slot& s : slots_) bytes += 2 * shape_.n_layers * s.capacity * shape_.kv_dim() * 4;
+  for (const Slot& s : slots_)
+    bytes += 2 * shape_.n_layers * s.capacity * shape_.kv_dim() * 4;
   return bytes;
 }
 

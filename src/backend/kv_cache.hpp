@@ -10,7 +10,7 @@
 namespace conveyor {
 
 struct KvCacheShape {
-  int64_t n_layers = 0;     // layers held by this stage
+  int64_t n_layers = 0;  // layers held by this stage
   int64_t n_kv_heads = 0;
   int64_t head_dim = 0;
   int32_t max_seqs = 0;     // sequence slots
@@ -61,7 +61,7 @@ class KvCache {
   struct Slot {
     int64_t committed = 0;
     int64_t pending = 0;
-    int64_t capacity = 0;  // rows allocated per layer
+    int64_t capacity = 0;               // rows allocated per layer
     std::vector<std::vector<float>> k;  // per layer: [capacity, kv_dim]
     std::vector<std::vector<float>> v;
   };

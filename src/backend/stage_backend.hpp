@@ -18,8 +18,8 @@ struct StepContext {
   // embeds reads the tokens at its chunks' positions.
   std::span<const std::vector<int32_t>> tokens;
   std::span<const SamplingParams> sampling;  // by sequence slot
-  bool capture_logits = false;  // return the logits rows of the sampled positions
-  bool all_logits = false;      // ... and of every other position of the step too
+  bool capture_logits = false;               // return the logits rows of the sampled positions
+  bool all_logits = false;                   // ... and of every other position of the step too
 };
 
 // The token sampled after `position` of sequence `seq`.

@@ -15,12 +15,12 @@ template <typename... Args>
 }
 
 // A broken internal invariant; names the file and line so a bug report can point at it.
-#define CONVEYOR_ASSERT(cond)                                                                 \
-  do {                                                                                        \
-    if (!(cond)) {                                                                            \
+#define CONVEYOR_ASSERT(cond)                                                                     \
+  do {                                                                                            \
+    if (!(cond)) {                                                                                \
       ::conveyor::fail(::conveyor::ErrorCode::kInternal, "internal invariant failed: {} ({}:{})", \
-                       #cond, __FILE__, __LINE__);                                            \
-    }                                                                                         \
+                       #cond, __FILE__, __LINE__);                                                \
+    }                                                                                             \
   } while (0)
 
 }  // namespace conveyor

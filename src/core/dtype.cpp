@@ -6,13 +6,18 @@
 
 namespace conveyor {
 
-std::size_t dtype_size(DType dtype) noexcept { return dtype == DType::kF32 ? 4 : 2; }
+std::size_t dtype_size(DType dtype) noexcept {
+  return dtype == DType::kF32 ? 4 : 2;
+}
 
 std::string_view dtype_name(DType dtype) noexcept {
   switch (dtype) {
-    case DType::kF32: return "F32";
-    case DType::kF16: return "F16";
-    case DType::kBF16: return "BF16";
+    case DType::kF32:
+      return "F32";
+    case DType::kF16:
+      return "F16";
+    case DType::kBF16:
+      return "BF16";
   }
   return "?";
 }

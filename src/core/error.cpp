@@ -5,18 +5,27 @@ namespace conveyor {
 
 std::string_view to_string(ErrorCode code) noexcept {
   switch (code) {
-    case ErrorCode::kInvalidArgument: return "invalid argument";
-    case ErrorCode::kModelFormat: return "model format";
-    case ErrorCode::kOutOfMemory: return "out of memory";
-    case ErrorCode::kDevice: return "device";
-    case ErrorCode::kCommunication: return "communication";
-    case ErrorCode::kTimeout: return "timeout";
-    case ErrorCode::kAborted: return "aborted";
-    case ErrorCode::kInternal: return "internal";
+    case ErrorCode::kInvalidArgument:
+      return "invalid argument";
+    case ErrorCode::kModelFormat:
+      return "model format";
+    case ErrorCode::kOutOfMemory:
+      return "out of memory";
+    case ErrorCode::kDevice:
+      return "device";
+    case ErrorCode::kCommunication:
+      return "communication";
+    case ErrorCode::kTimeout:
+      return "timeout";
+    case ErrorCode::kAborted:
+      return "aborted";
+    case ErrorCode::kInternal:
+      return "internal";
   }
   return "unknown";
 }
 
-Error::Error(ErrorCode code, const std::string& message) : std::runtime_error(message), code_(code) {}
+Error::Error(ErrorCode code, const std::string& message)
+    : std::runtime_error(message), code_(code) {}
 
 }  // namespace conveyor

@@ -73,7 +73,8 @@ void EngineOptions::validate() const {
 
 struct Engine::Impl {
   Impl(ModelConfig config_in, EngineOptions options_in, Partition partition_in)
-      : config(std::move(config_in)), options(std::move(options_in)),
+      : config(std::move(config_in)),
+        options(std::move(options_in)),
         partition(std::move(partition_in)) {}
 
   ModelConfig config;
@@ -93,12 +94,24 @@ Engine::Engine(Engine&&) noexcept = default;
 Engine& Engine::operator=(Engine&&) noexcept = default;
 Engine::~Engine() = default;
 
-const ModelConfig& Engine::config() const { return impl_->config; }
-const EngineOptions& Engine::options() const { return impl_->options; }
-const Partition& Engine::partition() const { return impl_->partition; }
-int64_t Engine::max_context() const { return impl_->max_context; }
-double Engine::load_seconds() const { return impl_->load_seconds; }
-std::vector<int64_t> Engine::stage_weight_bytes() const { return impl_->weight_bytes; }
+const ModelConfig& Engine::config() const {
+  return impl_->config;
+}
+const EngineOptions& Engine::options() const {
+  return impl_->options;
+}
+const Partition& Engine::partition() const {
+  return impl_->partition;
+}
+int64_t Engine::max_context() const {
+  return impl_->max_context;
+}
+double Engine::load_seconds() const {
+  return impl_->load_seconds;
+}
+std::vector<int64_t> Engine::stage_weight_bytes() const {
+  return impl_->weight_bytes;
+}
 
 Engine Engine::open(const std::filesystem::path& model_dir, const EngineOptions& options) {
   const auto start = Clock::now();
@@ -143,11 +156,11 @@ Engine Engine::open(const std::filesystem::path& model_dir, const EngineOptions&
                           .head = impl->partition.has_head(s)};
     StageWeights weights = load_stage_weights(tensors, config, spec);
     impl->weight_bytes.push_back(weights.bytes());
-    stages.push_back(std::make_unique<cpu::CpuStage>(
-        config, std::move(weights),
-        cpu::CpuStageOptions{.n_threads = options.threads_per_stage,
-                             .max_seqs = options.max_batch,
-                             .max_context = impl->max_context}));
+    stages.push_back(
+        std::make_unique<cpu::CpuStage>(config, std::move(weights),
+                                        cpu::CpuStageOptions{.n_threads = options.threads_per_stage,
+                                                             .max_seqs = options.max_batch,
+                                                             .max_context = impl->max_context}));
   }
   impl->pipeline = std::make_unique<Pipeline>(
       std::move(stages),
@@ -177,8 +190,8 @@ void Engine::Impl::check_requests(const std::vector<Request>& requests,
   for (size_t r = 0; r < requests.size(); ++r) {
     const Request& req = requests[r];
     if (req.prompt.empty()) {
-      fail(ErrorCode::kInvalidArgument, "request {} has an empty prompt; give at least one token id",
-           r);
+      fail(ErrorCode::kInvalidArgument,
+           "request {} has an empty prompt; give at least one token id", r);
     }
     for (size_t i = 0; i < req.prompt.size(); ++i) {
       const int32_t id = req.prompt[i];
@@ -226,7 +239,9 @@ GenerateResult Engine::generate(const std::vector<Request>& requests, const Gene
     tokens[i] = requests[i].prompt;
     sampling[i] = requests[i].sampling;
   }
-  StepContext ctx{.tokens = tokens, .sampling = sampling, .capture_logits = gen.return_logits,
+  StepContext ctx{.tokens = tokens,
+                  .sampling = sampling,
+                  .capture_logits = gen.return_logits,
                   .all_logits = gen.all_logits};
 
   GenerateResult result;
@@ -307,14 +322,15 @@ GenerateResult Engine::generate(const std::vector<Request>& requests, const Gene
       }
     }
     if (seqs.empty()) break;
-    const StepPlan plan = build_decode_plan(
-        d.next_step++, seqs,
-        DecodePlanOptions{.n_stages = d.partition.n_stages(),
-                          .n_micro_batches = d.options.decode_micro_batches});
+    const StepPlan plan =
+        build_decode_plan(d.next_step++, seqs,
+                          DecodePlanOptions{.n_stages = d.partition.n_stages(),
+                                            .n_micro_batches = d.options.decode_micro_batches});
     auto [sampled, seconds] = run(plan, static_cast<int64_t>(seqs.size()));
     result.decode_tokens += static_cast<int64_t>(sampled.size());
     result.decode_seconds += seconds;
-    for (const SampledToken& t : sampled) finish_token(static_cast<size_t>(t.seq), t.token);
+    for (const SampledToken& t : sampled)
+      finish_token(static_cast<size_t>(t.seq), t.token);
   }
 
   if (gen.return_logits) {

@@ -14,10 +14,12 @@ std::vector<int32_t> parse_token_ids(std::string_view text, std::string_view wha
   size_t i = 0;
   auto is_separator = [](char c) { return c == ',' || c == ' ' || c == '\t' || c == '\r'; };
   while (i < text.size()) {
-    while (i < text.size() && is_separator(text[i])) ++i;
+    while (i < text.size() && is_separator(text[i]))
+      ++i;
     if (i == text.size()) break;
     size_t j = i;
-    while (j < text.size() && !is_separator(text[j])) ++j;
+    while (j < text.size() && !is_separator(text[j]))
+      ++j;
     const std::string_view item = text.substr(i, j - i);
     int64_t value = 0;
     auto [end, ec] = std::from_chars(item.data(), item.data() + item.size(), value);
@@ -37,8 +39,7 @@ std::vector<int32_t> parse_token_ids(std::string_view text, std::string_view wha
 std::vector<std::vector<int32_t>> read_token_ids_file(const std::filesystem::path& path) {
   std::ifstream in(path);
   if (!in) {
-    fail(ErrorCode::kInvalidArgument, "cannot read prompt file {}: check the path",
-         path.string());
+    fail(ErrorCode::kInvalidArgument, "cannot read prompt file {}: check the path", path.string());
   }
   std::vector<std::vector<int32_t>> prompts;
   std::string line;

@@ -63,8 +63,9 @@ NpyMatrix read_npy_f32(const std::filesystem::path& path) {
   if (!std::regex_search(header, std::regex("'descr':\\s*'<f4'")) ||
       !std::regex_search(header, std::regex("'fortran_order':\\s*False")) ||
       !std::regex_search(header, match, std::regex("'shape':\\s*\\((\\d+),\\s*(\\d+),?\\)"))) {
-    fail(ErrorCode::kModelFormat, "{}: expected a 2-D little-endian float32 C-order array, header {}",
-         path.string(), header);
+    fail(ErrorCode::kModelFormat,
+         "{}: expected a 2-D little-endian float32 C-order array, header {}", path.string(),
+         header);
   }
   NpyMatrix m;
   m.rows = std::stoll(match[1].str());

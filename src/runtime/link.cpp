@@ -13,8 +13,8 @@ HostLink::HostLink(int capacity) : capacity_(static_cast<size_t>(capacity)) {
 
 void HostLink::send(LinkMessage&& message, std::chrono::milliseconds timeout) {
   std::unique_lock lock(mutex_);
-  const bool ready = changed_.wait_for(
-      lock, timeout, [&] { return cancelled_ || queue_.size() < capacity_; });
+  const bool ready =
+      changed_.wait_for(lock, timeout, [&] { return cancelled_ || queue_.size() < capacity_; });
   if (cancelled_) {
     fail(ErrorCode::kAborted, "link cancelled while sending micro-batch {}", message.micro_batch);
   }

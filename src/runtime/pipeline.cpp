@@ -20,7 +20,6 @@ struct Pipeline::Worker {
   Trace trace;
 };
 
-
 Pipeline::Pipeline(std::vector<std::unique_ptr<StageBackend>> stages,
                    const PipelineOptions& options)
     : options_(options), epoch_(std::chrono::steady_clock::now()) {
@@ -85,7 +84,8 @@ void Pipeline::worker_loop(Worker& worker) {
 }
 
 void Pipeline::abort_step() {
-  for (auto& link : links_) link->cancel();
+  for (auto& link : links_)
+    link->cancel();
 }
 
 void Pipeline::run_program(Worker& worker, const StepPlan& plan, const StepContext& ctx) {
@@ -93,7 +93,8 @@ void Pipeline::run_program(Worker& worker, const StepPlan& plan, const StepConte
   const bool first = s == 0;
   const bool last = s == n_stages() - 1;
   std::unordered_map<int32_t, const MicroBatch*> by_id;
-  for (const MicroBatch& mb : plan.micro_batches) by_id[mb.id] = &mb;
+  for (const MicroBatch& mb : plan.micro_batches)
+    by_id[mb.id] = &mb;
   std::unordered_map<int32_t, std::vector<float>> activations;  // micro-batches held here
 
   const std::vector<Instruction>& program = plan.programs[static_cast<size_t>(s)];
@@ -150,8 +151,9 @@ void Pipeline::run_program(Worker& worker, const StepPlan& plan, const StepConte
           ins.kind == OpKind::kCommit
               ? std::string("commit")
               : fmt::format("{} of micro-batch {}", to_string(ins.kind), ins.micro_batch);
-      throw Error(e.code(), fmt::format("stage {} failed at instruction {} ({}) of step {} ({}): {}",
-                                        s, i, where, plan.step, to_string(plan.phase), e.what()));
+      throw Error(e.code(),
+                  fmt::format("stage {} failed at instruction {} ({}) of step {} ({}): {}", s, i,
+                              where, plan.step, to_string(plan.phase), e.what()));
     }
     if (options_.record_trace) {
       const auto end = std::chrono::steady_clock::now();
@@ -206,17 +208,21 @@ StepResult Pipeline::run_step(const StepPlan& plan, const StepContext& ctx) {
       failed = worker.get();
     }
   }
-  for (auto& link : links_) link->reset();
+  for (auto& link : links_)
+    link->reset();
   if (failed) {
-    for (auto& worker : workers_) worker->backend->rollback();
+    for (auto& worker : workers_)
+      worker->backend->rollback();
     std::rethrow_exception(failed->error);
   }
-  for (auto& worker : workers_) worker->backend->commit(plan.step);
+  for (auto& worker : workers_)
+    worker->backend->commit(plan.step);
   return std::move(workers_.back()->result);
 }
 
 void Pipeline::release(int32_t seq) {
-  for (auto& worker : workers_) worker->backend->release(seq);
+  for (auto& worker : workers_)
+    worker->backend->release(seq);
 }
 
 int64_t Pipeline::committed(int stage, int32_t seq) const {

@@ -3,14 +3,14 @@
 
 #include "model/make_model.hpp"
 
+#include <sys/wait.h>
+#include <unistd.h>
 #include <array>
 #include <atomic>
 #include <cmath>
 #include <cstdio>
 #include <limits>
 #include <random>
-#include <sys/wait.h>
-#include <unistd.h>
 
 namespace conveyor::testing {
 

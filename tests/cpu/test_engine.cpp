@@ -40,9 +40,12 @@ class EngineTest : public ::testing::Test {
   // Mixed prompt lengths, and one sampled request to check sampling is pipeline-invariant.
   static std::vector<Request> requests() {
     std::vector<Request> reqs(3);
-    for (int i = 0; i < 5; ++i) reqs[0].prompt.push_back(3 + 7 * i);
-    for (int i = 0; i < 17; ++i) reqs[1].prompt.push_back((11 * i + 5) % 500);
-    for (int i = 0; i < 9; ++i) reqs[2].prompt.push_back(400 - 13 * i);
+    for (int i = 0; i < 5; ++i)
+      reqs[0].prompt.push_back(3 + 7 * i);
+    for (int i = 0; i < 17; ++i)
+      reqs[1].prompt.push_back((11 * i + 5) % 500);
+    for (int i = 0; i < 9; ++i)
+      reqs[2].prompt.push_back(400 - 13 * i);
     for (auto& r : reqs) {
       r.max_new_tokens = 6;
       r.stop_at_eos = false;
@@ -136,15 +139,18 @@ TEST_F(EngineTest, StreamingCallbackAndStopTokens) {
   const auto& first = result.requests[0];
   // The stop token may appear earlier in the reference continuation.
   const auto& ref = reference_->requests[0].tokens;
-  const size_t expected_len = static_cast<size_t>(std::find(ref.begin(), ref.end(), stop) - ref.begin()) + 1;
+  const size_t expected_len =
+      static_cast<size_t>(std::find(ref.begin(), ref.end(), stop) - ref.begin()) + 1;
   EXPECT_EQ(first.tokens.size(), expected_len);
   EXPECT_EQ(first.finish, FinishReason::kStopToken);
   EXPECT_EQ(result.requests[1].finish, FinishReason::kLength);
   size_t total = 0;
-  for (const auto& r : result.requests) total += r.tokens.size();
+  for (const auto& r : result.requests)
+    total += r.tokens.size();
   EXPECT_EQ(events.size(), total);
   int finished = 0;
-  for (const auto& e : events) finished += e.finished;
+  for (const auto& e : events)
+    finished += e.finished;
   EXPECT_EQ(finished, 3);
 }
 
@@ -179,11 +185,17 @@ TEST_F(EngineTest, BadInputIsRefusedClearly) {
     change(reqs);
     return error_of([&] { engine.generate(reqs); });
   };
-  EXPECT_NE(with([](auto& r) { r[0].prompt[1] = 512; }).find("token id 512 at prompt position 1 is outside the vocabulary [0, 512)"), std::string::npos);
+  EXPECT_NE(with([](auto& r) {
+              r[0].prompt[1] = 512;
+            }).find("token id 512 at prompt position 1 is outside the vocabulary [0, 512)"),
+            std::string::npos);
   EXPECT_NE(with([](auto& r) { r[0].prompt[0] = -4; }).find("token id -4"), std::string::npos);
   EXPECT_NE(with([](auto& r) { r[0].prompt.clear(); }).find("empty prompt"), std::string::npos);
-  EXPECT_NE(with([](auto& r) { r[0].max_new_tokens = 62; }).find("exceeds max_context 64"), std::string::npos);
-  EXPECT_NE(with([](auto& r) { r.resize(3, r[0]); }).find("batch of 3 requests exceeds max_batch 2"), std::string::npos);
+  EXPECT_NE(with([](auto& r) { r[0].max_new_tokens = 62; }).find("exceeds max_context 64"),
+            std::string::npos);
+  EXPECT_NE(
+      with([](auto& r) { r.resize(3, r[0]); }).find("batch of 3 requests exceeds max_batch 2"),
+      std::string::npos);
   EXPECT_NE(with([](auto& r) { r[0].sampling.top_p = 2; }).find("top_p is 2"), std::string::npos);
   // The engine is still fine after refusals.
   std::vector<Request> ok(1);
@@ -191,10 +203,18 @@ TEST_F(EngineTest, BadInputIsRefusedClearly) {
   ok[0].max_new_tokens = 2;
   EXPECT_EQ(engine.generate(ok).requests[0].tokens.size(), 2u);
 
-  EXPECT_NE(error_of([&] { Engine::open(dir_->path() / "nope", {}); }).find("does not exist"), std::string::npos);
-  EXPECT_NE(error_of([&] { Engine::open(dir_->path(), {.n_stages = 7}); }).find("only 6 layers"), std::string::npos);
-  EXPECT_NE(error_of([&] { Engine::open(dir_->path(), {.n_stages = 2, .layers_per_stage = {3, 2}}); }).find("sum"), std::string::npos);
-  EXPECT_NE(error_of([&] { Engine::open(dir_->path(), {.max_context = 100000}); }).find("max_position_embeddings"), std::string::npos);
+  EXPECT_NE(error_of([&] { Engine::open(dir_->path() / "nope", {}); }).find("does not exist"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { Engine::open(dir_->path(), {.n_stages = 7}); }).find("only 6 layers"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] {
+              Engine::open(dir_->path(), {.n_stages = 2, .layers_per_stage = {3, 2}});
+            }).find("sum"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] {
+              Engine::open(dir_->path(), {.max_context = 100000});
+            }).find("max_position_embeddings"),
+            std::string::npos);
 }
 
 // Every (stage, instruction) of a prefill step and of a decode step: the failure names the
@@ -207,8 +227,8 @@ TEST_F(EngineTest, FaultInjectionAtEveryInstruction) {
     for (int stage = 0; stage < stages; ++stage) {
       const int n_instructions = stage == 0 ? 5 : 7;
       for (int instruction = 0; instruction < n_instructions; ++instruction) {
-        EngineOptions options{.n_stages = stages, .prefill_micro_batches = 2,
-                              .decode_micro_batches = 2};
+        EngineOptions options{
+            .n_stages = stages, .prefill_micro_batches = 2, .decode_micro_batches = 2};
         options.fault = {.stage = stage, .step = step, .instruction = instruction};
         Engine engine = Engine::open(dir_->path(), options);
         const std::string message =

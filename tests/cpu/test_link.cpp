@@ -14,7 +14,8 @@ using namespace std::chrono_literals;
 TEST(HostLink, FifoAcrossThreads) {
   HostLink link(2);
   std::thread sender([&] {
-    for (int32_t m = 0; m < 100; ++m) link.send({m, 0, std::vector<float>(3, float(m))}, 5000ms);
+    for (int32_t m = 0; m < 100; ++m)
+      link.send({m, 0, std::vector<float>(3, float(m))}, 5000ms);
   });
   for (int32_t m = 0; m < 100; ++m) {
     LinkMessage msg = link.recv(5000ms);

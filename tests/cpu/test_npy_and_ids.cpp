@@ -14,7 +14,8 @@ namespace {
 TEST(Npy, RoundTripAndHeaderAlignment) {
   testing::TempDir dir;
   std::vector<float> data(3 * 5);
-  for (size_t i = 0; i < data.size(); ++i) data[i] = static_cast<float>(i) * 0.25f - 1.0f;
+  for (size_t i = 0; i < data.size(); ++i)
+    data[i] = static_cast<float>(i) * 0.25f - 1.0f;
   const auto path = dir.path() / "x.npy";
   write_npy_f32(path, data, 3, 5);
   EXPECT_EQ(std::filesystem::file_size(path) % 64, (data.size() * 4) % 64);
@@ -29,7 +30,8 @@ TEST(Npy, RejectsOtherArrays) {
   const auto path = dir.path() / "bad.npy";
   std::ofstream(path) << "not numpy";
   EXPECT_THROW(read_npy_f32(path), Error);
-  EXPECT_THROW(write_npy_f32(dir.path() / "missing-dir" / "x.npy", std::vector<float>(1), 1, 1), Error);
+  EXPECT_THROW(write_npy_f32(dir.path() / "missing-dir" / "x.npy", std::vector<float>(1), 1, 1),
+               Error);
 }
 
 TEST(TokenIds, ParsesCommasAndSpaces) {

@@ -53,7 +53,8 @@ class PipelineTest : public ::testing::Test {
                              {.n_stages = kStages, .n_micro_batches = 2});
   }
   void append(const StepResult& result) {
-    for (const SampledToken& t : result.tokens) tokens_[static_cast<size_t>(t.seq)].push_back(t.token);
+    for (const SampledToken& t : result.tokens)
+      tokens_[static_cast<size_t>(t.seq)].push_back(t.token);
   }
   void expect_committed(const Pipeline& p, int64_t seq0, int64_t seq1) {
     for (int s = 0; s < kStages; ++s) {
@@ -88,7 +89,8 @@ TEST_F(PipelineTest, FailedDecodeStepCommitsNothingAnywhere) {
   const auto expected = tokens_;
 
   for (int stage = 0; stage < kStages; ++stage) {
-    const int n_instructions = static_cast<int>(decode(1).programs[static_cast<size_t>(stage)].size());
+    const int n_instructions =
+        static_cast<int>(decode(1).programs[static_cast<size_t>(stage)].size());
     for (int instruction = 0; instruction < n_instructions; ++instruction) {
       tokens_ = saved;
       auto p = make_pipeline();
@@ -130,7 +132,8 @@ TEST_F(PipelineTest, RefusesUnvalidatedPlans) {
     p->run_step(plan, context());
     FAIL();
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("is invalid (step dependency)"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("is invalid (step dependency)"), std::string::npos)
+        << e.what();
   }
   expect_committed(*p, 0, 0);
   StepPlan wrong_shape = prefill(0);
@@ -144,9 +147,11 @@ TEST_F(PipelineTest, TraceRecordsEveryInstruction) {
   p->run_step(plan, context());
   Trace trace = p->take_trace();
   size_t n = 0;
-  for (const auto& program : plan.programs) n += program.size();
+  for (const auto& program : plan.programs)
+    n += program.size();
   EXPECT_EQ(trace.size(), n);
-  for (const TraceEvent& e : trace) EXPECT_LE(e.start_us, e.end_us);
+  for (const TraceEvent& e : trace)
+    EXPECT_LE(e.start_us, e.end_us);
   EXPECT_TRUE(p->take_trace().empty());
 }
 

@@ -24,7 +24,8 @@ TEST(Sampler, GreedyTiesGoToLowestId) {
 TEST(Sampler, TopKOneIsGreedy) {
   std::vector<float> logits = {0.1f, 0.3f, 3.0f, 0.2f};
   SamplingParams p{.temperature = 5.0, .top_k = 1, .seed = 9};
-  for (int64_t pos = 0; pos < 50; ++pos) EXPECT_EQ(sample_token(logits, p, pos), 2);
+  for (int64_t pos = 0; pos < 50; ++pos)
+    EXPECT_EQ(sample_token(logits, p, pos), 2);
 }
 
 TEST(Sampler, TopPKeepsSmallestNucleus) {
@@ -32,10 +33,12 @@ TEST(Sampler, TopPKeepsSmallestNucleus) {
   // top_p 0.8 keeps tokens 0 and 1 but never 2.
   std::vector<float> logits = {2.0f, 1.0f, 0.0f};
   SamplingParams p{.temperature = 1.0, .top_p = 0.6, .seed = 1};
-  for (int64_t pos = 0; pos < 100; ++pos) EXPECT_EQ(sample_token(logits, p, pos), 0);
+  for (int64_t pos = 0; pos < 100; ++pos)
+    EXPECT_EQ(sample_token(logits, p, pos), 0);
   p.top_p = 0.8;
   std::map<int32_t, int> counts;
-  for (int64_t pos = 0; pos < 2000; ++pos) counts[sample_token(logits, p, pos)]++;
+  for (int64_t pos = 0; pos < 2000; ++pos)
+    counts[sample_token(logits, p, pos)]++;
   EXPECT_EQ(counts[2], 0);
   EXPECT_GT(counts[1], 300);  // expected ~0.27 of 2000
   EXPECT_GT(counts[0], 1200);
@@ -46,14 +49,16 @@ TEST(Sampler, TemperatureMatchesSoftmaxFrequencies) {
   SamplingParams p{.temperature = 0.5, .seed = 42};
   int ones = 0;
   const int n = 20000;
-  for (int64_t pos = 0; pos < n; ++pos) ones += sample_token(logits, p, pos) == 0;
+  for (int64_t pos = 0; pos < n; ++pos)
+    ones += sample_token(logits, p, pos) == 0;
   const double expected = 1.0 / (1.0 + std::exp(-2.0));  // softmax([2, 0])[0]
   EXPECT_NEAR(static_cast<double>(ones) / n, expected, 0.015);
 }
 
 TEST(Sampler, ReproducibleBySeedAndPosition) {
   std::vector<float> logits(100);
-  for (size_t i = 0; i < logits.size(); ++i) logits[i] = std::sin(static_cast<float>(i));
+  for (size_t i = 0; i < logits.size(); ++i)
+    logits[i] = std::sin(static_cast<float>(i));
   SamplingParams a{.temperature = 1.0, .top_k = 50, .top_p = 0.95, .seed = 7};
   SamplingParams b = a;
   b.seed = 8;

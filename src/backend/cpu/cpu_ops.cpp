@@ -27,6 +27,21 @@ void ensure_blas_single_threaded() {
   (void)done;
 }
 
+}  // namespace
+
+void warm_up(ThreadPool& pool) {
+  ensure_blas_single_threaded();
+  // OpenBLAS sets up per-thread buffers on a thread's first call; pay for it at load time.
+  const int n = pool.n_threads();
+  pool.parallel_for(n, 1, [](int64_t, int64_t) {
+    float a[16 * 16] = {}, b[16 * 16] = {}, c[16 * 16] = {};
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, 16, 16, 16, 1.0f, a, 16, b, 16, 0.0f, c,
+                16);
+  });
+}
+
+namespace {
+
 // Lanes of the independent partial sums in reductions: without -ffast-math the compiler may
 // not reorder a single running sum, but it vectorizes these lane-wise updates.
 constexpr int64_t kLanes = 16;

@@ -10,6 +10,10 @@
 
 namespace conveyor::cpu {
 
+// Sets OpenBLAS to run single-threaded in its callers (conveyor owns the threads) and lets
+// every thread of `pool` make its first BLAS call, so one-time setup is not timed as compute.
+void warm_up(ThreadPool& pool);
+
 // out[i, :] = table[ids[i], :]. Ids are validated by the caller.
 void embedding(const float* table,  // [vocab, hidden]
                const int32_t* ids,  // [n]

@@ -33,7 +33,9 @@ CpuStage::CpuStage(const ModelConfig& config, StageWeights weights, const CpuSta
           .head_dim = config.head_dim,
           .max_seqs = options.max_seqs,
           .max_context = options.max_context,
-      }) {}
+      }) {
+  warm_up(pool_);
+}
 
 void CpuStage::compute(const MicroBatch& mb, const StepContext& ctx,
                        std::vector<float>& activations) {

@@ -1,0 +1,16 @@
+# Installs the build tree into a scratch prefix, then configures, builds and runs the consumer.
+set(prefix "${BINARY_DIR}/package-test/install")
+set(consumer_build "${BINARY_DIR}/package-test/consumer")
+file(REMOVE_RECURSE "${BINARY_DIR}/package-test")
+function(step)
+  execute_process(COMMAND ${ARGN} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+  if(NOT rc EQUAL 0)
+    message(FATAL_ERROR "failed (${rc}): ${ARGN}\n${out}\n${err}")
+  endif()
+endfunction()
+step(${CMAKE_COMMAND} --install "${BINARY_DIR}" --prefix "${prefix}")
+step(${CMAKE_COMMAND} -S "${CONSUMER_DIR}" -B "${consumer_build}" -DCMAKE_PREFIX_PATH=${prefix}
+     -DCMAKE_BUILD_TYPE=Release)
+step(${CMAKE_COMMAND} --build "${consumer_build}")
+step("${consumer_build}/consumer")
+message(STATUS "package consumer built and ran against ${prefix}")
