@@ -54,7 +54,8 @@ int main(int argc, char** argv) {
     overrides.n_layers = layers;
     overrides.vocab_size = vocab;
     if (tie_embeddings) overrides.tie_word_embeddings = true;
-    if (!rope_scaling.empty()) overrides.rope_scaling = conveyor::parse_rope_scaling_flag(rope_scaling);
+    if (!rope_scaling.empty())
+      overrides.rope_scaling = conveyor::parse_rope_scaling_flag(rope_scaling);
     conveyor::apply_overrides(options.config, overrides);
     conveyor::parse_dtype(dtype_text, options.dtype);
     options.seed = seed;
@@ -64,15 +65,17 @@ int main(int argc, char** argv) {
     const conveyor::MakeModelResult result = conveyor::make_model(options);
     const conveyor::ModelConfig& c = options.config;
     fmt::print("wrote {} model to {}\n", conveyor::architecture_name(c.architecture), out_dir);
-    fmt::print("  shape: vocab {}, hidden {}, intermediate {}, {} layers, {} heads ({} kv), "
-               "head_dim {}{}\n",
-               c.vocab_size, c.hidden_size, c.intermediate_size, c.n_layers, c.n_heads,
-               c.n_kv_heads, c.head_dim, c.tie_word_embeddings ? ", tied embeddings" : "");
+    fmt::print(
+        "  shape: vocab {}, hidden {}, intermediate {}, {} layers, {} heads ({} kv), "
+        "head_dim {}{}\n",
+        c.vocab_size, c.hidden_size, c.intermediate_size, c.n_layers, c.n_heads, c.n_kv_heads,
+        c.head_dim, c.tie_word_embeddings ? ", tied embeddings" : "");
     fmt::print("  params: {} ({:.2f} M), {} data bytes ({:.2f} MiB) as {}, seed {}\n",
                result.n_params, static_cast<double>(result.n_params) / 1e6, result.data_bytes,
                static_cast<double>(result.data_bytes) / (1024.0 * 1024.0),
                conveyor::dtype_name(options.dtype), seed);
-    for (const auto& file : result.files) fmt::print("  {}\n", file.string());
+    for (const auto& file : result.files)
+      fmt::print("  {}\n", file.string());
   } catch (const conveyor::Error& e) {
     fmt::print(stderr, "conveyor-make-model: {}\n", e.what());
     return 1;

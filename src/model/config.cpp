@@ -24,7 +24,6 @@ std::string type_phrase(const json& value) {
   return (value.is_array() || value.is_object() ? "an " : "a ") + name;
 }
 
-
 constexpr std::string_view kSupportedArchitectures =
     "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM (or model_type llama, mistral, qwen2)";
 
@@ -107,8 +106,8 @@ class FieldReader {
   }
 
   [[noreturn]] void type_error(const char* key, const char* expected, const json& value) const {
-    fail(ErrorCode::kModelFormat, "{}: field \"{}{}\" must be {} but is {} ({})", origin_,
-         prefix_, key, expected, type_phrase(value), value.dump());
+    fail(ErrorCode::kModelFormat, "{}: field \"{}{}\" must be {} but is {} ({})", origin_, prefix_,
+         key, expected, type_phrase(value), value.dump());
   }
 
  private:
@@ -129,15 +128,15 @@ Architecture parse_architecture(const json& root, std::string_view origin) {
     const json& first = arch_it->front();
     if (!first.is_string()) {
       fail(ErrorCode::kModelFormat,
-           "{}: field \"architectures\" must hold strings but its first entry is {} ({})",
-           origin, type_phrase(first), first.dump());
+           "{}: field \"architectures\" must hold strings but its first entry is {} ({})", origin,
+           type_phrase(first), first.dump());
     }
     const std::string name = first.get<std::string>();
     if (name == "LlamaForCausalLM") return Architecture::kLlama;
     if (name == "MistralForCausalLM") return Architecture::kMistral;
     if (name == "Qwen2ForCausalLM") return Architecture::kQwen2;
-    fail(ErrorCode::kModelFormat, "{}: architecture \"{}\" is not supported; supported: {}",
-         origin, name, kSupportedArchitectures);
+    fail(ErrorCode::kModelFormat, "{}: architecture \"{}\" is not supported; supported: {}", origin,
+         name, kSupportedArchitectures);
   }
   auto type_it = root.find("model_type");
   if (type_it == root.end() || type_it->is_null()) {
@@ -201,7 +200,8 @@ std::vector<int64_t> parse_eos(const json& root, std::string_view origin) {
   FieldReader reader(root, origin);
   if (it->is_array()) {
     std::vector<int64_t> ids;
-    for (const json& id : *it) ids.push_back(reader.to_int("eos_token_id", id));
+    for (const json& id : *it)
+      ids.push_back(reader.to_int("eos_token_id", id));
     return ids;
   }
   return {reader.to_int("eos_token_id", *it)};
@@ -242,9 +242,12 @@ void refuse_unimplemented(const json& root, Architecture arch, std::string_view 
 
 std::string_view architecture_name(Architecture arch) noexcept {
   switch (arch) {
-    case Architecture::kLlama: return "LlamaForCausalLM";
-    case Architecture::kMistral: return "MistralForCausalLM";
-    case Architecture::kQwen2: return "Qwen2ForCausalLM";
+    case Architecture::kLlama:
+      return "LlamaForCausalLM";
+    case Architecture::kMistral:
+      return "MistralForCausalLM";
+    case Architecture::kQwen2:
+      return "Qwen2ForCausalLM";
   }
   return "?";
 }
@@ -299,8 +302,11 @@ ModelConfig ModelConfig::from_json(std::string_view json_text, std::string_view 
   config.attention_bias = config.architecture == Architecture::kQwen2;
 
   switch (config.architecture) {
-    case Architecture::kLlama: break;  // no sliding window
-    case Architecture::kMistral: config.sliding_window = reader.get_optional_int("sliding_window"); break;
+    case Architecture::kLlama:
+      break;  // no sliding window
+    case Architecture::kMistral:
+      config.sliding_window = reader.get_optional_int("sliding_window");
+      break;
     case Architecture::kQwen2:
       if (reader.get_bool("use_sliding_window", false)) {
         config.sliding_window = reader.get_optional_int("sliding_window");
@@ -348,9 +354,15 @@ std::string ModelConfig::to_json() const {
   json root;
   root["architectures"] = json::array({std::string(architecture_name(architecture))});
   switch (architecture) {
-    case Architecture::kLlama: root["model_type"] = "llama"; break;
-    case Architecture::kMistral: root["model_type"] = "mistral"; break;
-    case Architecture::kQwen2: root["model_type"] = "qwen2"; break;
+    case Architecture::kLlama:
+      root["model_type"] = "llama";
+      break;
+    case Architecture::kMistral:
+      root["model_type"] = "mistral";
+      break;
+    case Architecture::kQwen2:
+      root["model_type"] = "qwen2";
+      break;
   }
   root["vocab_size"] = vocab_size;
   root["hidden_size"] = hidden_size;
@@ -363,7 +375,9 @@ std::string ModelConfig::to_json() const {
   root["rms_norm_eps"] = rms_norm_eps;
   root["rope_theta"] = rope_theta;
   switch (rope_scaling.type) {
-    case RopeScalingType::kNone: root["rope_scaling"] = nullptr; break;
+    case RopeScalingType::kNone:
+      root["rope_scaling"] = nullptr;
+      break;
     case RopeScalingType::kLinear:
       root["rope_scaling"] = {{"rope_type", "linear"}, {"factor", rope_scaling.factor}};
       break;
@@ -395,9 +409,15 @@ std::string ModelConfig::to_json() const {
     root["eos_token_id"] = eos_token_ids;
   }
   switch (torch_dtype) {
-    case DType::kF32: root["torch_dtype"] = "float32"; break;
-    case DType::kF16: root["torch_dtype"] = "float16"; break;
-    case DType::kBF16: root["torch_dtype"] = "bfloat16"; break;
+    case DType::kF32:
+      root["torch_dtype"] = "float32";
+      break;
+    case DType::kF16:
+      root["torch_dtype"] = "float16";
+      break;
+    case DType::kBF16:
+      root["torch_dtype"] = "bfloat16";
+      break;
   }
   return root.dump(2) + "\n";
 }
@@ -500,7 +520,8 @@ void ModelConfig::validate() const {
 
 int64_t ModelConfig::layer_params() const {
   const int64_t norms = 2 * hidden_size;
-  const int64_t attention = hidden_size * q_dim() + 2 * hidden_size * kv_dim() + q_dim() * hidden_size;
+  const int64_t attention =
+      hidden_size * q_dim() + 2 * hidden_size * kv_dim() + q_dim() * hidden_size;
   const int64_t bias = attention_bias ? q_dim() + 2 * kv_dim() : 0;
   const int64_t mlp = 3 * hidden_size * intermediate_size;
   return norms + attention + bias + mlp;

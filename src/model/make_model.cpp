@@ -29,7 +29,8 @@ uint64_t splitmix64(uint64_t& state) noexcept {
 class Xoshiro256 {
  public:
   explicit Xoshiro256(uint64_t seed) noexcept {
-    for (uint64_t& word : s_) word = splitmix64(seed);
+    for (uint64_t& word : s_)
+      word = splitmix64(seed);
   }
   uint64_t next() noexcept {
     const uint64_t result = rotl(s_[1] * 5, 7) * 9;
@@ -67,7 +68,8 @@ double portable_log(double x) noexcept {
   const double t2 = t * t;
   // atanh(t) / t = sum t^(2k) / (2k + 1); 14 terms reach double precision for |t| < 0.172.
   double sum = 1.0 / 29.0;
-  for (int k = 13; k >= 0; --k) sum = std::fma(sum, t2, 1.0 / static_cast<double>(2 * k + 1));
+  for (int k = 13; k >= 0; --k)
+    sum = std::fma(sum, t2, 1.0 / static_cast<double>(2 * k + 1));
   const double series = sum * t;
   const double twice = 2.0 * series;
   return std::fma(static_cast<double>(exponent), 0.69314718055994531, twice);
@@ -178,7 +180,8 @@ void apply_overrides(ModelConfig& config, const ConfigOverrides& overrides) {
   if (overrides.vocab_size) {
     config.vocab_size = *overrides.vocab_size;
     // Keep special tokens inside a shrunken vocabulary.
-    if (config.bos_token_id && *config.bos_token_id >= config.vocab_size) config.bos_token_id.reset();
+    if (config.bos_token_id && *config.bos_token_id >= config.vocab_size)
+      config.bos_token_id.reset();
     std::erase_if(config.eos_token_ids, [&](int64_t id) { return id >= config.vocab_size; });
   }
   if (overrides.tie_word_embeddings) config.tie_word_embeddings = *overrides.tie_word_embeddings;
@@ -256,8 +259,10 @@ std::vector<TensorRecipe> model_tensor_recipes(const ModelConfig& config) {
     const std::string p = fmt::format("model.layers.{}.", layer);
     recipes.push_back({p + "input_layernorm.weight", {hidden}, 1.0, 0.1});
     recipes.push_back({p + "self_attn.q_proj.weight", {q_dim, hidden}, 0.0, proj_std(1.5, hidden)});
-    recipes.push_back({p + "self_attn.k_proj.weight", {kv_dim, hidden}, 0.0, proj_std(1.5, hidden)});
-    recipes.push_back({p + "self_attn.v_proj.weight", {kv_dim, hidden}, 0.0, proj_std(1.0, hidden)});
+    recipes.push_back(
+        {p + "self_attn.k_proj.weight", {kv_dim, hidden}, 0.0, proj_std(1.5, hidden)});
+    recipes.push_back(
+        {p + "self_attn.v_proj.weight", {kv_dim, hidden}, 0.0, proj_std(1.0, hidden)});
     if (config.attention_bias) {
       recipes.push_back({p + "self_attn.q_proj.bias", {q_dim}, 0.0, 0.1});
       recipes.push_back({p + "self_attn.k_proj.bias", {kv_dim}, 0.0, 0.1});
@@ -278,7 +283,8 @@ std::vector<TensorRecipe> model_tensor_recipes(const ModelConfig& config) {
 
 std::vector<float> generate_tensor(const TensorRecipe& recipe, uint64_t seed) {
   int64_t numel = 1;
-  for (int64_t dim : recipe.shape) numel *= dim;
+  for (int64_t dim : recipe.shape)
+    numel *= dim;
   uint64_t mix = seed;
   NormalSampler normal(splitmix64(mix) ^ fnv1a_64(recipe.name));
   std::vector<float> values(static_cast<std::size_t>(numel));
@@ -318,7 +324,8 @@ MakeModelResult make_model(const MakeModelOptions& options) {
   uint64_t shard_bytes = 0;
   for (const TensorRecipe& recipe : recipes) {
     uint64_t bytes = dtype_size(options.dtype);
-    for (int64_t dim : recipe.shape) bytes *= static_cast<uint64_t>(dim);
+    for (int64_t dim : recipe.shape)
+      bytes *= static_cast<uint64_t>(dim);
     if (options.shard_max_bytes > 0 && !shards.back().empty() &&
         shard_bytes + bytes > static_cast<uint64_t>(options.shard_max_bytes)) {
       shards.emplace_back();

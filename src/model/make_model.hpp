@@ -49,7 +49,7 @@ struct MakeModelOptions {
 
 struct MakeModelResult {
   int64_t n_params = 0;
-  uint64_t data_bytes = 0;                  // bytes of tensor data over all files
+  uint64_t data_bytes = 0;                   // bytes of tensor data over all files
   std::vector<std::filesystem::path> files;  // config.json, index (when sharded), safetensors
 };
 

@@ -35,7 +35,6 @@ std::string type_phrase(const json& value) {
   return (value.is_array() || value.is_object() ? "an " : "a ") + name;
 }
 
-
 // The safetensors reference implementation refuses headers above 100 MB as well.
 constexpr uint64_t kMaxHeaderBytes = 100'000'000;
 
@@ -44,10 +43,9 @@ constexpr std::string_view kIndexFileName = "model.safetensors.index.json";
 
 // Every dtype name the safetensors format defines; the ones conveyor cannot read get a clearer
 // error than an unknown name.
-constexpr std::string_view kKnownDtypes[] = {"BOOL", "U8",  "I8",  "F8_E5M2", "F8_E4M3",
-                                             "I16",  "U16", "I32", "U32",     "I64",
-                                             "U64",  "F64", "F4",  "F6_E2M3", "F6_E3M2",
-                                             "E8M0", "F8_E8M0"};
+constexpr std::string_view kKnownDtypes[] = {
+    "BOOL", "U8",  "I8",  "F8_E5M2", "F8_E4M3", "I16",     "U16",  "I32",    "U32",
+    "I64",  "U64", "F64", "F4",      "F6_E2M3", "F6_E3M2", "E8M0", "F8_E8M0"};
 
 bool checked_mul(uint64_t a, uint64_t b, uint64_t& out) {
   if (a != 0 && b > std::numeric_limits<uint64_t>::max() / a) return false;
@@ -196,7 +194,8 @@ void check_shard_name(const std::string& shard, const std::string& tensor,
 
 int64_t TensorInfo::numel() const {
   int64_t n = 1;
-  for (int64_t dim : shape) n *= dim;
+  for (int64_t dim : shape)
+    n *= dim;
   return n;
 }
 
@@ -246,9 +245,8 @@ std::vector<TensorInfo> parse_safetensors(std::span<const std::byte> file,
   for (const auto& [name, entry] : header.items()) {
     if (name == "__metadata__") {
       if (!entry.is_object()) {
-        fail(ErrorCode::kModelFormat,
-             "{}: \"__metadata__\" must be an object of strings but is {}", origin,
-             type_phrase(entry));
+        fail(ErrorCode::kModelFormat, "{}: \"__metadata__\" must be an object of strings but is {}",
+             origin, type_phrase(entry));
       }
       for (const auto& [key, value] : entry.items()) {
         if (!value.is_string()) {
@@ -501,7 +499,9 @@ bool SafeTensors::contains(std::string_view name) const {
   return impl_->files[0]->find(name) != nullptr;
 }
 
-TensorInfo SafeTensors::info(std::string_view name) const { return *impl_->locate(name).second; }
+TensorInfo SafeTensors::info(std::string_view name) const {
+  return *impl_->locate(name).second;
+}
 
 std::vector<float> SafeTensors::load_f32(std::string_view name,
                                          std::span<const int64_t> expected_shape) const {
@@ -518,7 +518,9 @@ std::vector<float> SafeTensors::load_f32(std::string_view name,
   std::vector<float> out(numel);
   // The data may sit at any byte offset, so every read goes through memcpy.
   switch (info->dtype) {
-    case DType::kF32: std::memcpy(out.data(), bytes.data(), numel * sizeof(float)); break;
+    case DType::kF32:
+      std::memcpy(out.data(), bytes.data(), numel * sizeof(float));
+      break;
     case DType::kF16:
       for (std::size_t i = 0; i < numel; ++i) {
         uint16_t h;
@@ -539,8 +541,8 @@ std::vector<float> SafeTensors::load_f32(std::string_view name,
 
 std::size_t SafeTensors::n_mapped_files() const {
   std::lock_guard lock(impl_->mutex);
-  return static_cast<std::size_t>(
-      std::count_if(impl_->files.begin(), impl_->files.end(), [](const auto& f) { return f != nullptr; }));
+  return static_cast<std::size_t>(std::count_if(impl_->files.begin(), impl_->files.end(),
+                                                [](const auto& f) { return f != nullptr; }));
 }
 
 }  // namespace conveyor

@@ -69,13 +69,15 @@ void SafeTensorsWriter::add(std::string name, DType dtype, std::vector<int64_t> 
 
 uint64_t SafeTensorsWriter::data_bytes() const {
   uint64_t total = 0;
-  for (const Entry& entry : tensors_) total += entry.numel * dtype_size(entry.dtype);
+  for (const Entry& entry : tensors_)
+    total += entry.numel * dtype_size(entry.dtype);
   return total;
 }
 
 std::string SafeTensorsWriter::header_bytes(std::vector<const Entry*>& order) const {
   order.clear();
-  for (const Entry& entry : tensors_) order.push_back(&entry);
+  for (const Entry& entry : tensors_)
+    order.push_back(&entry);
   std::sort(order.begin(), order.end(),
             [](const Entry* a, const Entry* b) { return a->name < b->name; });
 
@@ -94,19 +96,23 @@ std::string SafeTensorsWriter::header_bytes(std::vector<const Entry*>& order) co
   json.append((8 - json.size() % 8) % 8, ' ');
   std::string out(8, '\0');
   const uint64_t n = json.size();
-  for (int i = 0; i < 8; ++i) out[static_cast<std::size_t>(i)] = static_cast<char>((n >> (8 * i)) & 0xff);
+  for (int i = 0; i < 8; ++i)
+    out[static_cast<std::size_t>(i)] = static_cast<char>((n >> (8 * i)) & 0xff);
   return out + json;
 }
 
 void SafeTensorsWriter::encode(const Entry& entry, std::vector<std::byte>& out) {
   const std::vector<float> values = entry.produce();
   if (values.size() != entry.numel) {
-    fail(ErrorCode::kInvalidArgument, "tensor \"{}\" producer returned {} values but the shape holds {}",
-         entry.name, values.size(), entry.numel);
+    fail(ErrorCode::kInvalidArgument,
+         "tensor \"{}\" producer returned {} values but the shape holds {}", entry.name,
+         values.size(), entry.numel);
   }
   out.resize(values.size() * dtype_size(entry.dtype));
   switch (entry.dtype) {
-    case DType::kF32: std::memcpy(out.data(), values.data(), out.size()); break;
+    case DType::kF32:
+      std::memcpy(out.data(), values.data(), out.size());
+      break;
     case DType::kF16:
       for (std::size_t i = 0; i < values.size(); ++i) {
         const uint16_t h = f32_to_f16(values[i]);
@@ -141,8 +147,9 @@ void SafeTensorsWriter::write(const std::filesystem::path& path) const {
   {
     std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
     if (!out) {
-      fail(ErrorCode::kInvalidArgument, "cannot create {}: {}; check the directory exists and is writable",
-           tmp.string(), std::strerror(errno));
+      fail(ErrorCode::kInvalidArgument,
+           "cannot create {}: {}; check the directory exists and is writable", tmp.string(),
+           std::strerror(errno));
     }
     std::vector<const Entry*> order;
     const std::string header = header_bytes(order);
@@ -150,7 +157,8 @@ void SafeTensorsWriter::write(const std::filesystem::path& path) const {
     std::vector<std::byte> data;
     for (const Entry* entry : order) {
       encode(*entry, data);
-      out.write(reinterpret_cast<const char*>(data.data()), static_cast<std::streamsize>(data.size()));
+      out.write(reinterpret_cast<const char*>(data.data()),
+                static_cast<std::streamsize>(data.size()));
     }
     out.flush();
     if (!out) {

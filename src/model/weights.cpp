@@ -14,7 +14,9 @@ int64_t vector_bytes(const std::vector<float>& v) {
   return static_cast<int64_t>(v.size() * sizeof(float));
 }
 
-std::string layer_prefix(int64_t layer) { return fmt::format("model.layers.{}.", layer); }
+std::string layer_prefix(int64_t layer) {
+  return fmt::format("model.layers.{}.", layer);
+}
 
 void check_spec(const ModelConfig& config, const StageWeightsSpec& spec) {
   if (spec.first_layer < 0 || spec.first_layer > spec.last_layer ||
@@ -43,7 +45,8 @@ int64_t LayerWeights::bytes() const {
 
 int64_t StageWeights::bytes() const {
   int64_t total = vector_bytes(embedding) + vector_bytes(final_norm) + vector_bytes(lm_head);
-  for (const LayerWeights& layer : layers) total += layer.bytes();
+  for (const LayerWeights& layer : layers)
+    total += layer.bytes();
   return total;
 }
 

@@ -147,7 +147,8 @@ TEST(MakeModel, RecipesCoverTheModelWithSensibleScales) {
   int64_t params = 0;
   for (const auto& r : recipes) {
     int64_t n = 1;
-    for (int64_t d : r.shape) n *= d;
+    for (int64_t d : r.shape)
+      n *= d;
     params += n;
     if (r.name.ends_with("layernorm.weight") || r.name == "model.norm.weight") {
       EXPECT_EQ(r.mean, 1.0) << r.name;
@@ -169,7 +170,8 @@ TEST(MakeModel, RecipesCoverTheModelWithSensibleScales) {
   params = 0;
   for (const auto& r : recipes) {
     int64_t n = 1;
-    for (int64_t d : r.shape) n *= d;
+    for (int64_t d : r.shape)
+      n *= d;
     params += n;
   }
   EXPECT_EQ(params, c.n_params());
@@ -300,8 +302,7 @@ TEST(MakeModelCli, WritesTinyQwen2WithBiasAndTiedLlama3Llama) {
   std::string output;
   const std::string qwen = (dir.path() / "qwen").string();
   int status = conveyor::testing::run_command(
-      binary.string() + " --preset tiny --arch qwen2 --layers 2 --dtype f16 --seed 3 --out " +
-          qwen,
+      binary.string() + " --preset tiny --arch qwen2 --layers 2 --dtype f16 --seed 3 --out " + qwen,
       &output);
   ASSERT_EQ(status, 0) << output;
   EXPECT_THAT(output, HasSubstr("Qwen2ForCausalLM"));
@@ -337,7 +338,8 @@ TEST(MakeModelCli, WritesTinyQwen2WithBiasAndTiedLlama3Llama) {
       binary.string() + " --preset tiny --rope-scaling yarn --out " + copy, &output);
   EXPECT_NE(status, 0);
   EXPECT_THAT(output, HasSubstr("yarn"));
-  status = conveyor::testing::run_command(binary.string() + " --preset giant --out " + copy, &output);
+  status =
+      conveyor::testing::run_command(binary.string() + " --preset giant --out " + copy, &output);
   EXPECT_NE(status, 0);
 }
 

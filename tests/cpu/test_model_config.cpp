@@ -41,7 +41,9 @@ json llama_json() {
   })");
 }
 
-ModelConfig parse(const json& j) { return ModelConfig::from_json(j.dump(), "test/config.json"); }
+ModelConfig parse(const json& j) {
+  return ModelConfig::from_json(j.dump(), "test/config.json");
+}
 
 // Expects from_json to throw kModelFormat with every one of `parts` in the message.
 void expect_refused(const json& j, std::initializer_list<std::string> parts) {
@@ -50,7 +52,8 @@ void expect_refused(const json& j, std::initializer_list<std::string> parts) {
     ADD_FAILURE() << "expected an error for " << j.dump();
   } catch (const conveyor::Error& e) {
     EXPECT_EQ(e.code(), ErrorCode::kModelFormat) << e.what();
-    for (const std::string& part : parts) EXPECT_THAT(e.what(), HasSubstr(part));
+    for (const std::string& part : parts)
+      EXPECT_THAT(e.what(), HasSubstr(part));
   }
 }
 
@@ -134,9 +137,9 @@ TEST(ModelConfig, ExplicitHeadDimDiffersFromHiddenOverHeads) {
 }
 
 TEST(ModelConfig, ModelTypeWhenArchitecturesAbsent) {
-  for (auto [type, arch] : {std::pair{"llama", Architecture::kLlama},
-                            std::pair{"mistral", Architecture::kMistral},
-                            std::pair{"qwen2", Architecture::kQwen2}}) {
+  for (auto [type, arch] :
+       {std::pair{"llama", Architecture::kLlama}, std::pair{"mistral", Architecture::kMistral},
+        std::pair{"qwen2", Architecture::kQwen2}}) {
     json j = llama_json();
     j.erase("architectures");
     j["model_type"] = type;
@@ -278,9 +281,9 @@ TEST(ModelConfig, RefusesInconsistentShapes) {
   j = llama_json();
   j["hidden_size"] = 130;  // not a multiple of 4 heads and no head_dim
   expect_refused(j, {"hidden_size = 130", "head_dim"});
-  for (const char* key : {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-                          "num_attention_heads", "num_key_value_heads",
-                          "max_position_embeddings"}) {
+  for (const char* key :
+       {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+        "num_attention_heads", "num_key_value_heads", "max_position_embeddings"}) {
     j = llama_json();
     j["head_dim"] = 32;
     j[key] = 0;

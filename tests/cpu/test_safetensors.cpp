@@ -1,14 +1,14 @@
 // Tests of the safetensors reader (every header validation branch, mmap'd files, lazy shards,
 // dtype conversion) and of SafeTensorsWriter (layout and write -> read round trips).
-#include <gmock/gmock.h>
 #include <fmt/format.h>
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include <atomic>
 #include <cmath>
 #include <cstring>
-#include <functional>
 #include <fstream>
+#include <functional>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <thread>
@@ -36,7 +36,8 @@ using ::testing::HasSubstr;
 std::vector<std::byte> image(const std::string& header, std::size_t data_bytes,
                              uint64_t declared_length) {
   std::vector<std::byte> out(8 + header.size() + data_bytes, std::byte{0});
-  for (int i = 0; i < 8; ++i) out[i] = static_cast<std::byte>((declared_length >> (8 * i)) & 0xff);
+  for (int i = 0; i < 8; ++i)
+    out[i] = static_cast<std::byte>((declared_length >> (8 * i)) & 0xff);
   std::memcpy(out.data() + 8, header.data(), header.size());
   for (std::size_t i = 0; i < data_bytes; ++i) {
     out[8 + header.size() + i] = static_cast<std::byte>(i & 0xff);
@@ -55,7 +56,8 @@ void expect_rejected(std::span<const std::byte> file, std::initializer_list<std:
   } catch (const conveyor::Error& e) {
     EXPECT_EQ(e.code(), ErrorCode::kModelFormat) << e.what();
     EXPECT_THAT(e.what(), HasSubstr("bad.safetensors"));
-    for (const std::string& part : parts) EXPECT_THAT(e.what(), HasSubstr(part));
+    for (const std::string& part : parts)
+      EXPECT_THAT(e.what(), HasSubstr(part));
   }
 }
 void expect_rejected(const json& header, std::size_t data_bytes,
@@ -70,7 +72,8 @@ json entry(const char* dtype, std::vector<int64_t> shape, uint64_t begin, uint64
 
 void write_file(const std::filesystem::path& path, std::span<const std::byte> bytes) {
   std::ofstream out(path, std::ios::binary);
-  out.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+  out.write(reinterpret_cast<const char*>(bytes.data()),
+            static_cast<std::streamsize>(bytes.size()));
 }
 
 std::string error_of(const std::function<void()>& f) {
@@ -216,9 +219,8 @@ TEST_F(SafeTensorsFiles, WriterLayoutAndRoundTripForAllDtypes) {
     std::memcpy(&header_size, bytes.data(), 8);
     EXPECT_EQ((8 + header_size) % 8, 0u);
     EXPECT_EQ(bytes.size(), 8 + header_size + writer.data_bytes());
-    const json header =
-        json::parse(reinterpret_cast<const char*>(bytes.data()) + 8,
-                    reinterpret_cast<const char*>(bytes.data()) + 8 + header_size);
+    const json header = json::parse(reinterpret_cast<const char*>(bytes.data()) + 8,
+                                    reinterpret_cast<const char*>(bytes.data()) + 8 + header_size);
     EXPECT_EQ(header.at("__metadata__"), (json{{"format", "pt"}}));
     // Sorted by name, contiguous from 0.
     const uint64_t elem = conveyor::dtype_size(dtype);
@@ -311,7 +313,8 @@ TEST_F(SafeTensorsFiles, FileOpenFindBytesAndMove) {
 }
 
 TEST_F(SafeTensorsFiles, OpenErrorsNameThePath) {
-  const std::string missing = error_of([&] { SafeTensorsFile::open(dir_.path() / "nope.safetensors"); });
+  const std::string missing =
+      error_of([&] { SafeTensorsFile::open(dir_.path() / "nope.safetensors"); });
   EXPECT_THAT(missing, HasSubstr("nope.safetensors"));
   EXPECT_THAT(missing, HasSubstr("conveyor-make-model"));
 
@@ -319,7 +322,8 @@ TEST_F(SafeTensorsFiles, OpenErrorsNameThePath) {
   EXPECT_THAT(not_regular, HasSubstr("not a regular file"));
 
   write_file(dir_.path() / "empty.safetensors", {});
-  const std::string empty = error_of([&] { SafeTensorsFile::open(dir_.path() / "empty.safetensors"); });
+  const std::string empty =
+      error_of([&] { SafeTensorsFile::open(dir_.path() / "empty.safetensors"); });
   EXPECT_THAT(empty, HasSubstr("empty.safetensors"));
   EXPECT_THAT(empty, HasSubstr("0 bytes"));
 
@@ -413,7 +417,8 @@ TEST_F(ShardedModel, ConcurrentFirstAccessMapsEachShardOnce) {
       if (v == std::vector<float>{float(shard), 1.0f}) ++good;
     });
   }
-  for (auto& t : threads) t.join();
+  for (auto& t : threads)
+    t.join();
   EXPECT_EQ(good.load(), 8);
   EXPECT_EQ(tensors.n_mapped_files(), 3u);
 }

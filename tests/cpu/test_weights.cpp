@@ -79,8 +79,8 @@ TEST(RequiredTensorNames, CountsAndOrder) {
 
 TEST(RequiredTensorNames, RejectsBadLayerRanges) {
   const ModelConfig c = conveyor::preset_config("tiny");
-  for (StageWeightsSpec spec : {StageWeightsSpec{-1, 2}, StageWeightsSpec{3, 2},
-                                StageWeightsSpec{0, 5}}) {
+  for (StageWeightsSpec spec :
+       {StageWeightsSpec{-1, 2}, StageWeightsSpec{3, 2}, StageWeightsSpec{0, 5}}) {
     try {
       conveyor::required_tensor_names(c, spec);
       ADD_FAILURE() << "expected an error for [" << spec.first_layer << ", " << spec.last_layer
