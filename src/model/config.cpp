@@ -11,18 +11,12 @@
 
 #include "conveyor/model_config.hpp"
 #include "core/check.hpp"
+#include "core/json_util.hpp"
 
 namespace conveyor {
 namespace {
 
 using nlohmann::json;
-
-// "an array", "a string", "null": the JSON type of `value` for error messages.
-std::string type_phrase(const json& value) {
-  const std::string name = value.type_name();
-  if (value.is_null()) return name;
-  return (value.is_array() || value.is_object() ? "an " : "a ") + name;
-}
 
 constexpr std::string_view kSupportedArchitectures =
     "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM (or model_type llama, mistral, qwen2)";
@@ -107,7 +101,7 @@ class FieldReader {
 
   [[noreturn]] void type_error(const char* key, const char* expected, const json& value) const {
     fail(ErrorCode::kModelFormat, "{}: field \"{}{}\" must be {} but is {} ({})", origin_, prefix_,
-         key, expected, type_phrase(value), value.dump());
+         key, expected, json_type_phrase(value), value.dump());
   }
 
  private:
@@ -129,7 +123,7 @@ Architecture parse_architecture(const json& root, std::string_view origin) {
     if (!first.is_string()) {
       fail(ErrorCode::kModelFormat,
            "{}: field \"architectures\" must hold strings but its first entry is {} ({})", origin,
-           type_phrase(first), first.dump());
+           json_type_phrase(first), first.dump());
     }
     const std::string name = first.get<std::string>();
     if (name == "LlamaForCausalLM") return Architecture::kLlama;
@@ -147,7 +141,7 @@ Architecture parse_architecture(const json& root, std::string_view origin) {
   }
   if (!type_it->is_string()) {
     fail(ErrorCode::kModelFormat, "{}: field \"model_type\" must be a string but is {} ({})",
-         origin, type_phrase(*type_it), type_it->dump());
+         origin, json_type_phrase(*type_it), type_it->dump());
   }
   const std::string type = type_it->get<std::string>();
   if (type == "llama") return Architecture::kLlama;
@@ -163,7 +157,7 @@ RopeScaling parse_rope_scaling(const json& root, std::string_view origin) {
   if (it == root.end() || it->is_null()) return scaling;
   if (!it->is_object()) {
     fail(ErrorCode::kModelFormat, "{}: field \"rope_scaling\" must be an object or null but is {}",
-         origin, type_phrase(*it));
+         origin, json_type_phrase(*it));
   }
   FieldReader reader(*it, origin, "rope_scaling.");
   std::optional<std::string> type = reader.get_optional_string("rope_type");
@@ -263,7 +257,7 @@ ModelConfig ModelConfig::from_json(std::string_view json_text, std::string_view 
   }
   if (!root.is_object()) {
     fail(ErrorCode::kModelFormat, "{}: config.json must hold a JSON object but holds {}", origin,
-         type_phrase(root));
+         json_type_phrase(root));
   }
 
   ModelConfig config;

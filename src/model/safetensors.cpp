@@ -22,18 +22,12 @@
 
 #include "core/check.hpp"
 #include "core/dtype_convert.hpp"
+#include "core/json_util.hpp"
 
 namespace conveyor {
 namespace {
 
 using nlohmann::json;
-
-// "an array", "a string", "null": the JSON type of `value` for error messages.
-std::string type_phrase(const json& value) {
-  const std::string name = value.type_name();
-  if (value.is_null()) return name;
-  return (value.is_array() || value.is_object() ? "an " : "a ") + name;
-}
 
 // The safetensors reference implementation refuses headers above 100 MB as well.
 constexpr uint64_t kMaxHeaderBytes = 100'000'000;
@@ -73,7 +67,7 @@ TensorInfo parse_entry(const std::string& name, const json& entry, uint64_t data
     fail(ErrorCode::kModelFormat,
          "{}: header entry for tensor \"{}\" must be an object with dtype, shape and "
          "data_offsets but is {}",
-         origin, name, type_phrase(entry));
+         origin, name, json_type_phrase(entry));
   }
   TensorInfo info;
   info.name = name;
@@ -236,7 +230,7 @@ std::vector<TensorInfo> parse_safetensors(std::span<const std::byte> file,
   }
   if (!header.is_object()) {
     fail(ErrorCode::kModelFormat, "{}: header must be a JSON object but is {}", origin,
-         type_phrase(header));
+         json_type_phrase(header));
   }
 
   const uint64_t data_size = available - header_size;
@@ -246,13 +240,13 @@ std::vector<TensorInfo> parse_safetensors(std::span<const std::byte> file,
     if (name == "__metadata__") {
       if (!entry.is_object()) {
         fail(ErrorCode::kModelFormat, "{}: \"__metadata__\" must be an object of strings but is {}",
-             origin, type_phrase(entry));
+             origin, json_type_phrase(entry));
       }
       for (const auto& [key, value] : entry.items()) {
         if (!value.is_string()) {
           fail(ErrorCode::kModelFormat,
                "{}: \"__metadata__\" value for \"{}\" must be a string but is {}", origin, key,
-               type_phrase(value));
+               json_type_phrase(value));
         }
       }
       continue;
@@ -462,7 +456,7 @@ SafeTensors SafeTensors::open(const std::filesystem::path& model_dir) {
       if (!shard_value.is_string()) {
         fail(ErrorCode::kModelFormat,
              "{}: weight_map entry for \"{}\" must be a shard file name but is {}",
-             index_path.string(), tensor, type_phrase(shard_value));
+             index_path.string(), tensor, json_type_phrase(shard_value));
       }
       const std::string shard = shard_value.get<std::string>();
       check_shard_name(shard, tensor, index_path);

@@ -1,9 +1,9 @@
 // Chrome trace event format export of a Trace (opens in Perfetto and chrome://tracing).
-#include <fstream>
 #include <nlohmann/json.hpp>
 
 #include "conveyor/observe.hpp"
 #include "core/check.hpp"
+#include "core/file_io.hpp"
 
 namespace conveyor {
 
@@ -59,20 +59,7 @@ std::string chrome_trace_json(const Trace& trace, int n_stages) {
 
 void write_chrome_trace(const std::filesystem::path& path, const Trace& trace, int n_stages) {
   const std::string text = chrome_trace_json(trace, n_stages);
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  if (!out) {
-    fail(ErrorCode::kInvalidArgument,
-         "cannot open {} for writing the Chrome trace: check that the directory exists and is "
-         "writable",
-         path.string());
-  }
-  out.write(text.data(), static_cast<std::streamsize>(text.size()));
-  out.flush();
-  if (!out) {
-    fail(ErrorCode::kInvalidArgument,
-         "writing {} bytes of Chrome trace to {} failed: check the free disk space", text.size(),
-         path.string());
-  }
+  write_file(path, text, "Chrome trace");
 }
 
 }  // namespace conveyor

@@ -7,6 +7,7 @@
 #include <string>
 
 #include "core/check.hpp"
+#include "core/file_io.hpp"
 
 namespace conveyor {
 
@@ -25,21 +26,15 @@ void write_npy_f32(const std::filesystem::path& path, std::span<const float> dat
   const size_t unpadded = 10 + header.size() + 1;
   header.append((64 - unpadded % 64) % 64, ' ');
   header.push_back('\n');
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  if (!out) {
-    fail(ErrorCode::kInvalidArgument, "cannot open {} for writing: check that the directory exists",
-         path.string());
-  }
-  out.write(kMagic, 6);
-  const char version[2] = {1, 0};
-  out.write(version, 2);
+  std::string bytes(kMagic, 6);
+  bytes.push_back(1);  // format version 1.0
+  bytes.push_back(0);
   const uint16_t length = static_cast<uint16_t>(header.size());
-  const char length_bytes[2] = {static_cast<char>(length & 0xff), static_cast<char>(length >> 8)};
-  out.write(length_bytes, 2);
-  out.write(header.data(), static_cast<std::streamsize>(header.size()));
-  out.write(reinterpret_cast<const char*>(data.data()),
-            static_cast<std::streamsize>(data.size() * sizeof(float)));
-  if (!out) fail(ErrorCode::kInvalidArgument, "writing {} failed (disk full?)", path.string());
+  bytes.push_back(static_cast<char>(length & 0xff));
+  bytes.push_back(static_cast<char>(length >> 8));
+  bytes += header;
+  bytes.append(reinterpret_cast<const char*>(data.data()), data.size() * sizeof(float));
+  write_file(path, bytes, ".npy array");
 }
 
 NpyMatrix read_npy_f32(const std::filesystem::path& path) {

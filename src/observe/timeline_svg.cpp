@@ -5,11 +5,11 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
-#include <fstream>
 #include <limits>
 
 #include "conveyor/observe.hpp"
 #include "core/check.hpp"
+#include "core/file_io.hpp"
 
 namespace conveyor {
 
@@ -299,20 +299,7 @@ std::string timeline_svg(const Trace& trace, int n_stages, const TimelineOptions
 void write_timeline_svg(const std::filesystem::path& path, const Trace& trace, int n_stages,
                         const TimelineOptions& options) {
   const std::string text = timeline_svg(trace, n_stages, options);
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  if (!out) {
-    fail(ErrorCode::kInvalidArgument,
-         "cannot open {} for writing the timeline SVG: check that the directory exists and is "
-         "writable",
-         path.string());
-  }
-  out.write(text.data(), static_cast<std::streamsize>(text.size()));
-  out.flush();
-  if (!out) {
-    fail(ErrorCode::kInvalidArgument,
-         "writing {} bytes of timeline SVG to {} failed: check the free disk space", text.size(),
-         path.string());
-  }
+  write_file(path, text, "timeline SVG");
 }
 
 }  // namespace conveyor

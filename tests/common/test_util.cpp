@@ -12,7 +12,7 @@
 #include <limits>
 #include <random>
 
-namespace conveyor::testing {
+namespace conveyor::test {
 
 TempDir::TempDir(const std::string& prefix) {
   static std::atomic<int> counter{0};
@@ -74,4 +74,4 @@ int run_command(const std::string& command, std::string* output) {
   return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
 
-}  // namespace conveyor::testing
+}  // namespace conveyor::test

@@ -1,12 +1,17 @@
 // Shared test helpers: temporary directories, relative error norms, models made on the fly.
 #pragma once
 
+#include <gtest/gtest.h>
+
 #include <cstdint>
 #include <filesystem>
 #include <span>
 #include <string>
+#include <vector>
 
-namespace conveyor::testing {
+#include "conveyor/error.hpp"
+
+namespace conveyor::test {
 
 // A fresh directory under the system temp dir, removed at destruction.
 class TempDir {
@@ -32,7 +37,29 @@ std::filesystem::path binary_path(const std::string& name);
 // Writes the `tiny` preset with `n_layers` layers (and the given seed) into `dir`.
 void make_tiny_model(const std::filesystem::path& dir, int64_t n_layers, uint64_t seed = 5);
 
+// Runs f and expects a conveyor::Error with `code` whose message contains every one of `parts`.
+template <typename F>
+void expect_error(F&& f, ErrorCode code, const std::vector<std::string>& parts) {
+  try {
+    f();
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), code) << e.what();
+    const std::string message = e.what();
+    for (const std::string& part : parts) {
+      EXPECT_NE(message.find(part), std::string::npos)
+          << "message lacks '" << part << "': " << message;
+    }
+    return;
+  }
+  ADD_FAILURE() << "no conveyor::Error thrown";
+}
+
+template <typename F>
+void expect_invalid(F&& f, const std::vector<std::string>& parts) {
+  expect_error(std::forward<F>(f), ErrorCode::kInvalidArgument, parts);
+}
+
 // Runs a shell command, returns its exit status and captures stdout+stderr into `output`.
 int run_command(const std::string& command, std::string* output = nullptr);
 
-}  // namespace conveyor::testing
+}  // namespace conveyor::test

@@ -15,17 +15,17 @@ namespace {
 class CliTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    dir_ = new testing::TempDir("conveyor-cli");
+    dir_ = new test::TempDir("conveyor-cli");
     std::string out;
     ASSERT_EQ(run(make_model() + " --preset tiny --seed 3 --out " + model(), &out), 0) << out;
   }
   static void TearDownTestSuite() { delete dir_; }
 
-  static std::string make_model() { return testing::binary_path("conveyor-make-model").string(); }
-  static std::string generate() { return testing::binary_path("conveyor-generate").string(); }
+  static std::string make_model() { return test::binary_path("conveyor-make-model").string(); }
+  static std::string generate() { return test::binary_path("conveyor-generate").string(); }
   static std::string model() { return (dir_->path() / "model").string(); }
   static int run(const std::string& command, std::string* out) {
-    return testing::run_command(command, out);
+    return test::run_command(command, out);
   }
   // Runs conveyor-generate with `args`; expects exit status 1 and `needle` in the output.
   static void expect_refused(const std::string& args, const std::string& needle) {
@@ -40,10 +40,10 @@ class CliTest : public ::testing::Test {
     return target;
   }
 
-  static testing::TempDir* dir_;
+  static test::TempDir* dir_;
 };
 
-testing::TempDir* CliTest::dir_ = nullptr;
+test::TempDir* CliTest::dir_ = nullptr;
 
 TEST_F(CliTest, GeneratesAndWritesLogits) {
   std::string out;

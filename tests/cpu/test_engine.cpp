@@ -26,8 +26,8 @@ std::string fmt_where(int stage, int instruction) {
 class EngineTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    dir_ = new testing::TempDir("conveyor-engine");
-    testing::make_tiny_model(dir_->path(), kLayers, 21);
+    dir_ = new test::TempDir("conveyor-engine");
+    test::make_tiny_model(dir_->path(), kLayers, 21);
     // The reference: one stage, whole prompts.
     Engine engine = Engine::open(dir_->path(), {});
     reference_ = new GenerateResult(engine.generate(requests(), logits_options()));
@@ -62,15 +62,15 @@ class EngineTest : public ::testing::Test {
       const RequestResult& b = reference_->requests[r];
       EXPECT_EQ(a.tokens, b.tokens) << what << " request " << r;
       ASSERT_EQ(a.logits_rows, b.logits_rows) << what << " request " << r;
-      EXPECT_LE(testing::relative_error(a.logits, b.logits), 1e-5) << what << " request " << r;
+      EXPECT_LE(test::relative_error(a.logits, b.logits), 1e-5) << what << " request " << r;
     }
   }
 
-  static testing::TempDir* dir_;
+  static test::TempDir* dir_;
   static GenerateResult* reference_;
 };
 
-testing::TempDir* EngineTest::dir_ = nullptr;
+test::TempDir* EngineTest::dir_ = nullptr;
 GenerateResult* EngineTest::reference_ = nullptr;
 
 TEST_F(EngineTest, ReferenceIsSane) {
@@ -164,7 +164,7 @@ TEST_F(EngineTest, LogitsOfGeneratedTokensOnly) {
     const int64_t vocab = engine.config().vocab_size;
     // They are the last 6 rows of the all-logits output.
     std::span<const float> tail(ref.logits.data() + (ref.logits_rows - 6) * vocab, 6 * vocab);
-    EXPECT_LE(testing::relative_error(got.logits, tail), 1e-5);
+    EXPECT_LE(test::relative_error(got.logits, tail), 1e-5);
   }
 }
 

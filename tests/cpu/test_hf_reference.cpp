@@ -37,13 +37,13 @@ TEST_P(HfReference, LogitsAndGreedyTokensMatch) {
   const NpyMatrix reference = read_npy_f32(data / (GetParam() + ".logits.npy"));
 
   // Rebuild the model exactly as the fixture was made.
-  testing::TempDir dir("conveyor-hf");
+  test::TempDir dir("conveyor-hf");
   std::string command =
-      testing::binary_path("conveyor-make-model").string() + " --out " + dir.path().string();
+      test::binary_path("conveyor-make-model").string() + " --out " + dir.path().string();
   for (const auto& arg : fixture["make_model_args"])
     command += " " + arg.get<std::string>();
   std::string output;
-  ASSERT_EQ(testing::run_command(command, &output), 0) << output;
+  ASSERT_EQ(test::run_command(command, &output), 0) << output;
   std::ifstream weights(dir.path() / "model.safetensors", std::ios::binary);
   const std::string bytes((std::istreambuf_iterator<char>(weights)), {});
   ASSERT_EQ(fmt::format("{:016x}", fnv1a_64(bytes)),
@@ -72,7 +72,7 @@ TEST_P(HfReference, LogitsAndGreedyTokensMatch) {
     double worst = 0.0;
     for (int64_t row = 0; row < reference.rows; ++row) {
       const size_t offset = static_cast<size_t>(row * reference.cols);
-      const double error = testing::max_relative_error(
+      const double error = test::max_relative_error(
           std::span<const float>(got.logits).subspan(offset, static_cast<size_t>(reference.cols)),
           std::span<const float>(reference.data)
               .subspan(offset, static_cast<size_t>(reference.cols)));

@@ -178,7 +178,7 @@ TEST(MakeModel, RecipesCoverTheModelWithSensibleScales) {
 }
 
 TEST(MakeModel, WritesALoadableModel) {
-  conveyor::testing::TempDir dir("conveyor-make-model");
+  conveyor::test::TempDir dir("conveyor-make-model");
   MakeModelOptions options = tiny_options(dir.path());
   options.dtype = DType::kBF16;
   const conveyor::MakeModelResult result = conveyor::make_model(options);
@@ -213,9 +213,9 @@ TEST(MakeModel, WritesALoadableModel) {
 }
 
 TEST(MakeModel, SameSeedSameBytesOtherSeedOtherBytes) {
-  conveyor::testing::TempDir a("conveyor-make-model-a");
-  conveyor::testing::TempDir b("conveyor-make-model-b");
-  conveyor::testing::TempDir c("conveyor-make-model-c");
+  conveyor::test::TempDir a("conveyor-make-model-a");
+  conveyor::test::TempDir b("conveyor-make-model-b");
+  conveyor::test::TempDir c("conveyor-make-model-c");
   conveyor::make_model(tiny_options(a.path(), 11));
   conveyor::make_model(tiny_options(b.path(), 11));
   conveyor::make_model(tiny_options(c.path(), 12));
@@ -227,8 +227,8 @@ TEST(MakeModel, SameSeedSameBytesOtherSeedOtherBytes) {
 }
 
 TEST(MakeModel, ShardedOutputMatchesSingleFile) {
-  conveyor::testing::TempDir single("conveyor-make-model-single");
-  conveyor::testing::TempDir sharded("conveyor-make-model-sharded");
+  conveyor::test::TempDir single("conveyor-make-model-single");
+  conveyor::test::TempDir sharded("conveyor-make-model-sharded");
   conveyor::make_model(tiny_options(single.path()));
   MakeModelOptions options = tiny_options(sharded.path());
   options.shard_max_bytes = 1 << 20;  // 1 MiB: the 3.5 MB model takes 4-5 shards
@@ -262,7 +262,7 @@ TEST(MakeModel, ShardedOutputMatchesSingleFile) {
 }
 
 TEST(MakeModel, ReplacesEarlierModelFilesOnly) {
-  conveyor::testing::TempDir dir("conveyor-make-model-replace");
+  conveyor::test::TempDir dir("conveyor-make-model-replace");
   MakeModelOptions options = tiny_options(dir.path());
   options.shard_max_bytes = 1 << 20;
   conveyor::make_model(options);
@@ -285,7 +285,7 @@ TEST(MakeModel, ReplacesEarlierModelFilesOnly) {
 TEST(MakeModel, RejectsBadOptions) {
   MakeModelOptions options = tiny_options("");
   EXPECT_THROW(conveyor::make_model(options), conveyor::Error);
-  conveyor::testing::TempDir dir("conveyor-make-model-bad");
+  conveyor::test::TempDir dir("conveyor-make-model-bad");
   options.out_dir = dir.path();
   options.shard_max_bytes = -1;
   EXPECT_THROW(conveyor::make_model(options), conveyor::Error);
@@ -295,13 +295,13 @@ TEST(MakeModel, RejectsBadOptions) {
 }
 
 TEST(MakeModelCli, WritesTinyQwen2WithBiasAndTiedLlama3Llama) {
-  const std::filesystem::path binary = conveyor::testing::binary_path("conveyor-make-model");
+  const std::filesystem::path binary = conveyor::test::binary_path("conveyor-make-model");
   if (!std::filesystem::exists(binary)) GTEST_SKIP() << binary << " is not built";
-  conveyor::testing::TempDir dir("conveyor-make-model-cli");
+  conveyor::test::TempDir dir("conveyor-make-model-cli");
 
   std::string output;
   const std::string qwen = (dir.path() / "qwen").string();
-  int status = conveyor::testing::run_command(
+  int status = conveyor::test::run_command(
       binary.string() + " --preset tiny --arch qwen2 --layers 2 --dtype f16 --seed 3 --out " + qwen,
       &output);
   ASSERT_EQ(status, 0) << output;
@@ -315,7 +315,7 @@ TEST(MakeModelCli, WritesTinyQwen2WithBiasAndTiedLlama3Llama) {
   EXPECT_TRUE(SafeTensors::open(qwen).contains("model.layers.1.self_attn.k_proj.bias"));
 
   const std::string llama = (dir.path() / "llama").string();
-  status = conveyor::testing::run_command(
+  status = conveyor::test::run_command(
       binary.string() + " --preset tiny --tie-embeddings --rope-scaling llama3 --vocab 300 " +
           "--shard-mb 1 --out " + llama,
       &output);
@@ -329,17 +329,17 @@ TEST(MakeModelCli, WritesTinyQwen2WithBiasAndTiedLlama3Llama) {
 
   // --config takes the shape of an existing config.json.
   const std::string copy = (dir.path() / "copy").string();
-  status = conveyor::testing::run_command(
+  status = conveyor::test::run_command(
       binary.string() + " --config " + llama + "/config.json --out " + copy, &output);
   ASSERT_EQ(status, 0) << output;
   EXPECT_EQ(ModelConfig::load(copy).vocab_size, 300);
 
-  status = conveyor::testing::run_command(
+  status = conveyor::test::run_command(
       binary.string() + " --preset tiny --rope-scaling yarn --out " + copy, &output);
   EXPECT_NE(status, 0);
   EXPECT_THAT(output, HasSubstr("yarn"));
   status =
-      conveyor::testing::run_command(binary.string() + " --preset giant --out " + copy, &output);
+      conveyor::test::run_command(binary.string() + " --preset giant --out " + copy, &output);
   EXPECT_NE(status, 0);
 }
 

@@ -408,7 +408,7 @@ TEST(ModelConfig, RoundTripThroughToJson) {
 }
 
 TEST(ModelConfig, LoadReadsDirectoryOrFile) {
-  conveyor::testing::TempDir dir("conveyor-config");
+  conveyor::test::TempDir dir("conveyor-config");
   {
     std::ofstream out(dir.path() / "config.json");
     out << llama_json().dump(2);

@@ -12,7 +12,7 @@ namespace conveyor {
 namespace {
 
 TEST(Npy, RoundTripAndHeaderAlignment) {
-  testing::TempDir dir;
+  test::TempDir dir;
   std::vector<float> data(3 * 5);
   for (size_t i = 0; i < data.size(); ++i)
     data[i] = static_cast<float>(i) * 0.25f - 1.0f;
@@ -26,7 +26,7 @@ TEST(Npy, RoundTripAndHeaderAlignment) {
 }
 
 TEST(Npy, RejectsOtherArrays) {
-  testing::TempDir dir;
+  test::TempDir dir;
   const auto path = dir.path() / "bad.npy";
   std::ofstream(path) << "not numpy";
   EXPECT_THROW(read_npy_f32(path), Error);
@@ -55,7 +55,7 @@ TEST(TokenIds, NonNumericNamesTheItem) {
 }
 
 TEST(TokenIds, FileOfPrompts) {
-  testing::TempDir dir;
+  test::TempDir dir;
   const auto path = dir.path() / "prompts.txt";
   std::ofstream(path) << "# two prompts\n1,2,3\n\n7 8\n";
   auto prompts = read_token_ids_file(path);

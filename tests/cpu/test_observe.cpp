@@ -309,7 +309,7 @@ TEST(ChromeTrace, RejectsUnknownStage) {
 }
 
 TEST(ChromeTrace, WritesFileAndNamesAnUnwritablePath) {
-  const testing::TempDir dir("conveyor-observe");
+  const test::TempDir dir("conveyor-observe");
   const Trace trace = gpipe_trace(2, 2, 5.0);
   const std::filesystem::path path = dir.path() / "trace.json";
   write_chrome_trace(path, trace, 2);
@@ -443,7 +443,7 @@ TEST(TimelineSvg, RejectsUnknownStageAndBadOptions) {
 }
 
 TEST(TimelineSvg, WritesFileAndNamesAnUnwritablePath) {
-  const testing::TempDir dir("conveyor-observe");
+  const test::TempDir dir("conveyor-observe");
   const Trace trace = gpipe_trace(2, 3, 10.0);
   const TimelineOptions options{.width_px = 800, .row_height_px = 24, .title = "run 1"};
   const std::filesystem::path path = dir.path() / "timeline.svg";

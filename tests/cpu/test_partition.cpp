@@ -1,6 +1,8 @@
 // Tests of Partition: even splits, explicit and parsed counts, their errors, stage_of.
 #include <gtest/gtest.h>
 
+#include "common/test_util.hpp"
+
 #include <string>
 #include <vector>
 
@@ -10,22 +12,7 @@
 namespace conveyor {
 namespace {
 
-// Runs f, expects an Error(kInvalidArgument) whose message contains every part.
-template <typename F>
-void expect_invalid(F&& f, const std::vector<std::string>& parts) {
-  try {
-    f();
-  } catch (const Error& e) {
-    EXPECT_EQ(e.code(), ErrorCode::kInvalidArgument) << e.what();
-    const std::string message = e.what();
-    for (const std::string& part : parts) {
-      EXPECT_NE(message.find(part), std::string::npos)
-          << "message lacks '" << part << "': " << message;
-    }
-    return;
-  }
-  ADD_FAILURE() << "no conveyor::Error thrown";
-}
+using test::expect_invalid;
 
 TEST(Partition, EvenExamples) {
   EXPECT_EQ(Partition::even(10, 4).counts(), (std::vector<int64_t>{3, 3, 2, 2}));

@@ -17,7 +17,7 @@ class PipelineTest : public ::testing::Test {
   static constexpr int kStages = 3;
 
   void SetUp() override {
-    testing::make_tiny_model(dir_.path(), 4, 9);
+    test::make_tiny_model(dir_.path(), 4, 9);
     config_ = ModelConfig::load(dir_.path());
     tokens_ = {{5, 9, 2, 7, 1, 3}, {8, 8, 4}};
     sampling_.resize(2);
@@ -63,7 +63,7 @@ class PipelineTest : public ::testing::Test {
     }
   }
 
-  testing::TempDir dir_{"conveyor-pipeline"};
+  test::TempDir dir_{"conveyor-pipeline"};
   ModelConfig config_;
   std::vector<std::vector<int32_t>> tokens_;
   std::vector<SamplingParams> sampling_;

@@ -2,6 +2,8 @@
 // builder output validates over a sweep of stages, micro-batch counts and chunk sizes.
 #include <gtest/gtest.h>
 
+#include "common/test_util.hpp"
+
 #include <algorithm>
 #include <map>
 #include <numeric>
@@ -15,21 +17,7 @@
 namespace conveyor {
 namespace {
 
-template <typename F>
-void expect_invalid(F&& f, const std::vector<std::string>& parts) {
-  try {
-    f();
-  } catch (const Error& e) {
-    EXPECT_EQ(e.code(), ErrorCode::kInvalidArgument) << e.what();
-    const std::string message = e.what();
-    for (const std::string& part : parts) {
-      EXPECT_NE(message.find(part), std::string::npos)
-          << "message lacks '" << part << "': " << message;
-    }
-    return;
-  }
-  ADD_FAILURE() << "no conveyor::Error thrown";
-}
+using test::expect_invalid;
 
 std::vector<PrefillSeq> prefill_seqs(const std::vector<int64_t>& lengths, int64_t committed = 0) {
   std::vector<PrefillSeq> seqs;

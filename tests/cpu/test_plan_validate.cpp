@@ -3,6 +3,8 @@
 // are rejected with the rule named; well-formed plans pass.
 #include <gtest/gtest.h>
 
+#include "common/test_util.hpp"
+
 #include <string>
 #include <vector>
 
@@ -32,20 +34,8 @@ Instruction commit() {
 // Expects validate(plan, options) to throw Error(kInvalidArgument) naming every part.
 void expect_rejected(const StepPlan& plan, const std::vector<std::string>& parts,
                      const ValidateOptions& options = {}) {
-  try {
-    validate(plan, options);
-  } catch (const Error& e) {
-    EXPECT_EQ(e.code(), ErrorCode::kInvalidArgument) << e.what();
-    const std::string message = e.what();
-    for (const std::string& part : parts) {
-      EXPECT_NE(message.find(part), std::string::npos)
-          << "message lacks '" << part << "': " << message << "\nplan:\n"
-          << plan.describe();
-    }
-    return;
-  }
-  ADD_FAILURE() << "plan accepted but should violate '" << (parts.empty() ? "" : parts[0]) << "':\n"
-                << plan.describe();
+  SCOPED_TRACE("plan:\n" + plan.describe());
+  test::expect_invalid([&] { validate(plan, options); }, parts);
 }
 
 // Two-stage prefill of sequences 0 (positions [0,4)) and 1 (positions [0,6)), one micro-batch

@@ -201,7 +201,7 @@ TEST(ParseSafetensors, RejectsOverlappingTensors) {
 
 class SafeTensorsFiles : public ::testing::Test {
  protected:
-  conveyor::testing::TempDir dir_{"conveyor-safetensors"};
+  conveyor::test::TempDir dir_{"conveyor-safetensors"};
 };
 
 TEST_F(SafeTensorsFiles, WriterLayoutAndRoundTripForAllDtypes) {

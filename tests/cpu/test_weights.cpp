@@ -23,7 +23,7 @@ using conveyor::StageWeightsSpec;
 using ::testing::HasSubstr;
 
 struct MadeModel {
-  conveyor::testing::TempDir dir{"conveyor-weights"};
+  conveyor::test::TempDir dir{"conveyor-weights"};
   conveyor::MakeModelOptions options;
 };
 
