@@ -1,0 +1,44 @@
+# conveyor_cuda: the CUDA kernel layer (kernels/) and CUDA backend sources (src/backend/cuda/),
+# plus the gpu-labelled tests (tests/gpu/test_*.cpp). Included from the top-level CMakeLists.txt
+# when CONVEYOR_HAVE_CUDA; the tests compile everywhere and skip at run time without a device.
+
+# One architecture by default (H100/H200) keeps nvcc time modest; override with
+# -DCMAKE_CUDA_ARCHITECTURES=80;90 (or "native" on a machine with a GPU).
+if(NOT DEFINED CMAKE_CUDA_ARCHITECTURES OR CMAKE_CUDA_ARCHITECTURES STREQUAL "")
+  set(CMAKE_CUDA_ARCHITECTURES 90 CACHE STRING "CUDA architectures to compile for" FORCE)
+endif()
+enable_language(CUDA)
+if(NOT TARGET CUDA::cudart)
+  find_package(CUDAToolkit REQUIRED)
+endif()
+
+file(GLOB CONVEYOR_CUDA_SOURCES CONFIGURE_DEPENDS
+  ${PROJECT_SOURCE_DIR}/kernels/*.cu ${PROJECT_SOURCE_DIR}/kernels/*.cpp
+  ${PROJECT_SOURCE_DIR}/src/backend/cuda/*.cu ${PROJECT_SOURCE_DIR}/src/backend/cuda/*.cpp)
+add_library(conveyor_cuda STATIC ${CONVEYOR_CUDA_SOURCES})
+add_library(conveyor::cuda ALIAS conveyor_cuda)
+# The kernels need C++17 only; use C++20 where this CMake knows how to ask nvcc for it
+# (CMake 3.25 does not for nvcc 13).
+if("cuda_std_20" IN_LIST CMAKE_CUDA_COMPILE_FEATURES)
+  set(CONVEYOR_CUDA_STANDARD 20)
+else()
+  set(CONVEYOR_CUDA_STANDARD 17)
+endif()
+set_target_properties(conveyor_cuda PROPERTIES
+  EXPORT_NAME cuda
+  POSITION_INDEPENDENT_CODE ON
+  CUDA_STANDARD ${CONVEYOR_CUDA_STANDARD}
+  CUDA_STANDARD_REQUIRED ON
+  CUDA_EXTENSIONS OFF
+  CUDA_SEPARABLE_COMPILATION OFF)
+# kernels/ is included as "kernels/<file>", backend code as "backend/cuda/<file>".
+target_include_directories(conveyor_cuda
+  PUBLIC $<BUILD_INTERFACE:${PROJECT_SOURCE_DIR}>
+  PRIVATE ${PROJECT_SOURCE_DIR}/src)
+target_compile_options(conveyor_cuda PRIVATE
+  $<$<COMPILE_LANGUAGE:CUDA>:--expt-relaxed-constexpr -Xcompiler=-Wall,-Wextra,-Wno-unused-parameter>
+  $<$<COMPILE_LANGUAGE:CUDA>:$<$<CONFIG:Debug>:-lineinfo>>)
+target_link_libraries(conveyor_cuda
+  PUBLIC conveyor_core CUDA::cudart CUDA::cublas CUDA::cublasLt
+  PRIVATE $<BUILD_INTERFACE:conveyor_options> fmt::fmt spdlog::spdlog)
+# The gpu-labelled tests are added by tests/CMakeLists.txt when this target exists.
