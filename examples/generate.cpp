@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <map>
 
 #include "conveyor/engine.hpp"
 #include "conveyor/error.hpp"
@@ -32,6 +33,8 @@ struct Args {
   std::string trace_out;
   std::string timeline_out;
   std::string layers_per_stage;
+  std::string devices;
+  std::string dtype = "bf16";
   bool quiet = false;
   conveyor::EngineOptions engine;
 };
@@ -69,6 +72,15 @@ int run(Args& args) {
       args.engine.layers_per_stage.push_back(count);
     }
   }
+  for (int32_t device : conveyor::parse_token_ids(args.devices, "--devices")) {
+    args.engine.devices.push_back(device);
+  }
+  if (!conveyor::parse_dtype(args.dtype, args.engine.device_dtype) ||
+      args.engine.device_dtype == conveyor::DType::kF32) {
+    throw conveyor::Error(
+        conveyor::ErrorCode::kInvalidArgument,
+        fmt::format("--dtype {} is not a GPU dtype; use bf16 or f16", args.dtype));
+  }
   const auto prompts = collect_prompts(args);
   if (static_cast<int64_t>(prompts.size()) > args.engine.max_batch) {
     throw conveyor::Error(
@@ -84,9 +96,10 @@ int run(Args& args) {
   fmt::print("model {}: {}, {} layers, hidden {}, vocab {}, {:.1f}M params\n", args.model,
              conveyor::architecture_name(config.architecture), config.n_layers, config.hidden_size,
              config.vocab_size, static_cast<double>(config.n_params()) / 1e6);
-  fmt::print("pipeline: {} stage(s), layers {}, {} thread(s) per stage, max_context {}\n",
-             partition.n_stages(), partition.to_string(), args.engine.threads_per_stage,
-             engine.max_context());
+  fmt::print("pipeline: {} stage(s), layers {}, max_context {}\n", partition.n_stages(),
+             partition.to_string(), engine.max_context());
+  for (const std::string& line : engine.stage_reports())
+    fmt::print("  {}\n", line);
 
   std::vector<conveyor::Request> requests;
   for (const auto& prompt : prompts) {
@@ -177,7 +190,16 @@ int main(int argc, char** argv) {
   app.add_option("--top-p", args.top_p, "1 = off")->capture_default_str();
   app.add_option("--seed", args.seed, "sampling seed")->capture_default_str();
   app.add_flag("--ignore-eos", args.ignore_eos, "do not stop at the model's eos token");
-  app.add_option("--threads", args.engine.threads_per_stage, "threads per stage")
+  app.add_option("--backend", args.engine.backend, "cpu, cuda or auto (cuda when a GPU is present)")
+      ->transform(CLI::CheckedTransformer(
+          std::map<std::string, conveyor::BackendKind>{{"cpu", conveyor::BackendKind::kCpu},
+                                                       {"cuda", conveyor::BackendKind::kCuda},
+                                                       {"auto", conveyor::BackendKind::kAuto}},
+          CLI::ignore_case));
+  app.add_option("--devices", args.devices, "CUDA device per stage, e.g. 0,1,2,3 or 0,0,0,0");
+  app.add_option("--dtype", args.dtype, "weights/activations on a GPU: bf16 or f16")
+      ->capture_default_str();
+  app.add_option("--threads", args.engine.threads_per_stage, "threads per stage (cpu)")
       ->capture_default_str();
   app.add_option("--stages", args.engine.n_stages, "pipeline stages")->capture_default_str();
   app.add_option("--layers-per-stage", args.layers_per_stage, "explicit split, e.g. 5,6,6,7");

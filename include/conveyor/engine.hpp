@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "conveyor/dtype.hpp"
 #include "conveyor/fault.hpp"
 #include "conveyor/model_config.hpp"
 #include "conveyor/partition.hpp"
@@ -18,7 +19,18 @@
 
 namespace conveyor {
 
+enum class BackendKind {
+  kCpu,   // fp32 reference backend, one thread pool per stage
+  kCuda,  // one CUDA device context per stage (stages may share a device)
+  kAuto,  // CUDA when conveyor was built with it and a GPU is present, else CPU
+};
+
 struct EngineOptions {
+  BackendKind backend = BackendKind::kCpu;
+  // CUDA device of each stage (empty: 0, 1, ..., n_stages-1). A device may repeat
+  // (e.g. {0, 0, 0, 0}: four stages on one GPU, each with its own streams).
+  std::vector<int> devices;
+  DType device_dtype = DType::kBF16;  // weights and activations on a GPU: kBF16 or kF16
   int n_stages = 1;
   // Explicit layer counts per stage (empty: Partition::even). Their sum must be n_layers.
   std::vector<int64_t> layers_per_stage;
@@ -105,8 +117,10 @@ class Engine {
   const Partition& partition() const;
   int64_t max_context() const;
   double load_seconds() const;
-  // fp32 weight bytes held by each stage.
-  std::vector<int64_t> stage_weight_bytes() const;
+  // Backend the stages run on (kAuto resolved).
+  BackendKind backend() const;
+  // One line per stage: device, layers, weight bytes, KV capacity in tokens, workspace.
+  std::vector<std::string> stage_reports() const;
 
   GenerateResult generate(const std::vector<Request>& requests,
                           const GenerateOptions& options = {});

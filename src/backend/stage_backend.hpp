@@ -4,7 +4,9 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "conveyor/sampling.hpp"
@@ -35,23 +37,40 @@ struct LogitsRow {
   std::vector<float> values;  // [vocab]
 };
 
+// Activations kept on a device by the backend that produced them (a CUDA buffer plus the event
+// that marks it ready, say). Links move the handle; the bytes stay where they are until the
+// receiving stage reads them — over the device interconnect when it can.
+class DeviceActivations {
+ public:
+  virtual ~DeviceActivations() = default;
+};
+
+// One micro-batch's activations between stages: [n_tokens, hidden], on the host (CPU backend,
+// host links) or behind a device handle (GPU backends, device links). Exactly one is set once a
+// stage has computed the micro-batch.
+struct Activations {
+  std::vector<float> host;
+  std::shared_ptr<DeviceActivations> device;
+};
+
 class StageBackend {
  public:
   virtual ~StageBackend() = default;
 
   virtual int64_t hidden_size() const = 0;
+  // For the report at start: where the stage runs, its weight bytes, KV capacity in tokens and
+  // workspace, e.g. "cpu (2 threads): weights 120.3 MiB, KV 16384 tokens (24 KiB/token)".
+  virtual std::string describe() const = 0;
 
-  // Runs this stage's decoder layers on `mb`. `activations` is [mb.n_tokens(), hidden]: on entry
-  // the previous stage's output (ignored by the first stage, which embeds the tokens), on exit
-  // this stage's output. Writes the micro-batch's K/V after each sequence's pending length.
-  virtual void compute(const MicroBatch& mb, const StepContext& ctx,
-                       std::vector<float>& activations) = 0;
+  // Runs this stage's decoder layers on `mb`. `activations` holds [mb.n_tokens(), hidden]: on
+  // entry the previous stage's output (empty on the first stage, which embeds the tokens), on
+  // exit this stage's output. Writes the micro-batch's K/V after each sequence's pending length.
+  virtual void compute(const MicroBatch& mb, const StepContext& ctx, Activations& activations) = 0;
 
   // Last stage only: final norm + lm_head on the rows of `mb` that need logits, then samples
   // the chunks marked `sample`. Appends to `tokens` and, when ctx.capture_logits, to `logits`.
-  virtual void sample(const MicroBatch& mb, const StepContext& ctx,
-                      std::span<const float> activations, std::vector<SampledToken>& tokens,
-                      std::vector<LogitsRow>& logits) = 0;
+  virtual void sample(const MicroBatch& mb, const StepContext& ctx, const Activations& activations,
+                      std::vector<SampledToken>& tokens, std::vector<LogitsRow>& logits) = 0;
 
   // The KV commit barrier (docs/architecture.md): make the step's writes visible, or drop them.
   virtual void commit(int64_t step) = 0;

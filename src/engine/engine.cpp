@@ -9,9 +9,9 @@
 #include <chrono>
 #include <map>
 
-#include "backend/cpu/cpu_stage.hpp"
 #include "conveyor/error.hpp"
 #include "core/check.hpp"
+#include "engine/stage_factory.hpp"
 #include "model/weights.hpp"
 #include "plan/plan_builders.hpp"
 #include "runtime/pipeline.hpp"
@@ -80,9 +80,10 @@ struct Engine::Impl {
   ModelConfig config;
   EngineOptions options;
   Partition partition;
+  BackendKind backend = BackendKind::kCpu;
   int64_t max_context = 0;
   double load_seconds = 0.0;
-  std::vector<int64_t> weight_bytes;
+  std::vector<std::string> stage_reports;
   std::unique_ptr<Pipeline> pipeline;
   int64_t next_step = 0;
 
@@ -109,8 +110,11 @@ int64_t Engine::max_context() const {
 double Engine::load_seconds() const {
   return impl_->load_seconds;
 }
-std::vector<int64_t> Engine::stage_weight_bytes() const {
-  return impl_->weight_bytes;
+BackendKind Engine::backend() const {
+  return impl_->backend;
+}
+std::vector<std::string> Engine::stage_reports() const {
+  return impl_->stage_reports;
 }
 
 Engine Engine::open(const std::filesystem::path& model_dir, const EngineOptions& options) {
@@ -146,6 +150,10 @@ Engine Engine::open(const std::filesystem::path& model_dir, const EngineOptions&
   auto impl = std::make_unique<Impl>(config, options, std::move(partition));
   impl->max_context = max_context;
 
+  impl->backend = resolve_backend(options.backend);
+  std::vector<int> devices(static_cast<size_t>(options.n_stages), 0);
+  if (impl->backend == BackendKind::kCuda) devices = stage_devices(options);
+
   SafeTensors tensors = SafeTensors::open(model_dir);
   std::vector<std::unique_ptr<StageBackend>> stages;
   for (int s = 0; s < impl->partition.n_stages(); ++s) {
@@ -154,13 +162,15 @@ Engine Engine::open(const std::filesystem::path& model_dir, const EngineOptions&
                           .last_layer = range.last,
                           .embedding = impl->partition.has_embedding(s),
                           .head = impl->partition.has_head(s)};
-    StageWeights weights = load_stage_weights(tensors, config, spec);
-    impl->weight_bytes.push_back(weights.bytes());
-    stages.push_back(
-        std::make_unique<cpu::CpuStage>(config, std::move(weights),
-                                        cpu::CpuStageOptions{.n_threads = options.threads_per_stage,
-                                                             .max_seqs = options.max_batch,
-                                                             .max_context = impl->max_context}));
+    stages.push_back(make_stage_backend(impl->backend, config,
+                                        load_stage_weights(tensors, config, spec), options,
+                                        StageResources{.stage = s,
+                                                       .device = devices[static_cast<size_t>(s)],
+                                                       .max_context = impl->max_context}));
+    impl->stage_reports.push_back(fmt::format("stage {}: layers [{}, {}){}{}: {}", s, range.first,
+                                              range.last, spec.embedding ? " + embedding" : "",
+                                              spec.head ? " + head" : "",
+                                              stages.back()->describe()));
   }
   impl->pipeline = std::make_unique<Pipeline>(
       std::move(stages),

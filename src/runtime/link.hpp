@@ -10,12 +10,14 @@
 #include <mutex>
 #include <vector>
 
+#include "backend/stage_backend.hpp"
+
 namespace conveyor {
 
 struct LinkMessage {
   int32_t micro_batch = -1;
   int64_t step = -1;
-  std::vector<float> activations;  // [n_tokens, hidden]
+  Activations activations;  // [n_tokens, hidden], on the host or behind a device handle
 };
 
 class Link {

@@ -95,7 +95,7 @@ void Pipeline::run_program(Worker& worker, const StepPlan& plan, const StepConte
   std::unordered_map<int32_t, const MicroBatch*> by_id;
   for (const MicroBatch& mb : plan.micro_batches)
     by_id[mb.id] = &mb;
-  std::unordered_map<int32_t, std::vector<float>> activations;  // micro-batches held here
+  std::unordered_map<int32_t, Activations> activations;  // micro-batches held here
 
   const std::vector<Instruction>& program = plan.programs[static_cast<size_t>(s)];
   for (size_t i = 0; i < program.size(); ++i) {

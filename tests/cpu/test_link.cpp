@@ -15,12 +15,12 @@ TEST(HostLink, FifoAcrossThreads) {
   HostLink link(2);
   std::thread sender([&] {
     for (int32_t m = 0; m < 100; ++m)
-      link.send({m, 0, std::vector<float>(3, float(m))}, 5000ms);
+      link.send({m, 0, {.host = std::vector<float>(3, float(m))}}, 5000ms);
   });
   for (int32_t m = 0; m < 100; ++m) {
     LinkMessage msg = link.recv(5000ms);
     EXPECT_EQ(msg.micro_batch, m);
-    EXPECT_EQ(msg.activations[2], float(m));
+    EXPECT_EQ(msg.activations.host[2], float(m));
   }
   sender.join();
 }

@@ -37,8 +37,24 @@ CpuStage::CpuStage(const ModelConfig& config, StageWeights weights, const CpuSta
   warm_up(pool_);
 }
 
-void CpuStage::compute(const MicroBatch& mb, const StepContext& ctx,
-                       std::vector<float>& activations) {
+std::string CpuStage::describe() const {
+  const KvCacheShape& kv = kv_.shape();
+  return fmt::format(
+      "cpu ({} thread{}): weights {:.1f} MiB fp32, KV capacity {} tokens ({} slots x {}) at {:.1f} "
+      "KiB/token, allocated on demand",
+      pool_.n_threads(), pool_.n_threads() == 1 ? "" : "s",
+      static_cast<double>(weights_.bytes()) / (1 << 20), kv.max_seqs * kv.max_context, kv.max_seqs,
+      kv.max_context, static_cast<double>(kv.bytes_per_token()) / 1024);
+}
+
+void CpuStage::compute(const MicroBatch& mb, const StepContext& ctx, Activations& in_out) {
+  if (in_out.device) {
+    fail(ErrorCode::kCommunication,
+         "the CPU stage received device activations for micro-batch {}; stages of one pipeline "
+         "must share a backend",
+         mb.id);
+  }
+  std::vector<float>& activations = in_out.host;
   const int64_t n = mb.n_tokens();
   const int64_t hidden = config_.hidden_size;
   // Reserve every chunk's KV positions first: KV order is checked before any work is done.
@@ -139,9 +155,9 @@ void CpuStage::run_layer(const LayerWeights& w, int64_t local_layer, const Micro
          pool_);
 }
 
-void CpuStage::sample(const MicroBatch& mb, const StepContext& ctx,
-                      std::span<const float> activations, std::vector<SampledToken>& tokens,
-                      std::vector<LogitsRow>& logits) {
+void CpuStage::sample(const MicroBatch& mb, const StepContext& ctx, const Activations& in,
+                      std::vector<SampledToken>& tokens, std::vector<LogitsRow>& logits) {
+  const std::vector<float>& activations = in.host;
   CONVEYOR_ASSERT(weights_.spec.head);
   const int64_t h = config_.hidden_size, vocab = config_.vocab_size;
   CONVEYOR_ASSERT(static_cast<int64_t>(activations.size()) == mb.n_tokens() * h);

@@ -24,9 +24,9 @@ class CpuStage final : public StageBackend {
   CpuStage(const ModelConfig& config, StageWeights weights, const CpuStageOptions& options);
 
   int64_t hidden_size() const override { return config_.hidden_size; }
-  void compute(const MicroBatch& mb, const StepContext& ctx,
-               std::vector<float>& activations) override;
-  void sample(const MicroBatch& mb, const StepContext& ctx, std::span<const float> activations,
+  std::string describe() const override;
+  void compute(const MicroBatch& mb, const StepContext& ctx, Activations& activations) override;
+  void sample(const MicroBatch& mb, const StepContext& ctx, const Activations& activations,
               std::vector<SampledToken>& tokens, std::vector<LogitsRow>& logits) override;
   void commit(int64_t step) override { kv_.commit(step); }
   void rollback() override { kv_.rollback(); }

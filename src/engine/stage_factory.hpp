@@ -1,0 +1,30 @@
+// Which backend runs the stages, and building one stage's backend from its weights.
+#pragma once
+
+#include <memory>
+
+#include "backend/stage_backend.hpp"
+#include "conveyor/engine.hpp"
+#include "model/weights.hpp"
+
+namespace conveyor {
+
+// Resolves kAuto (CUDA when built in and a device is present, else CPU) and checks that the
+// requested backend is available, with an error naming the fix when it is not.
+BackendKind resolve_backend(BackendKind requested);
+
+// CUDA device of each stage: options.devices, or 0..S-1 when empty. Checks the count and that
+// each id exists; stages may share a device.
+std::vector<int> stage_devices(const EngineOptions& options);
+
+struct StageResources {
+  int stage = 0;
+  int device = 0;           // CUDA only
+  int64_t max_context = 0;  // KV positions per sequence
+};
+
+std::unique_ptr<StageBackend> make_stage_backend(BackendKind backend, const ModelConfig& config,
+                                                 StageWeights weights, const EngineOptions& options,
+                                                 const StageResources& resources);
+
+}  // namespace conveyor
