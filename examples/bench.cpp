@@ -1,0 +1,688 @@
+// conveyor-bench: stage-balance sweeps (stages x micro-batches x partition strategy x chunk size)
+// on the CPU backend, measured against the simulator's prediction; --profile measures unit times.
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+#include <CLI/CLI.hpp>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <thread>
+
+#include <unistd.h>
+
+#include "backend/cpu/cpu_stage.hpp"
+#include "conveyor/cost_model.hpp"
+#include "conveyor/engine.hpp"
+#include "conveyor/error.hpp"
+#include "conveyor/observe.hpp"
+#include "conveyor/partitioner.hpp"
+#include "conveyor/safetensors.hpp"
+#include "conveyor/simulator.hpp"
+#include "core/check.hpp"
+#include "model/make_model.hpp"
+#include "model/weights.hpp"
+#include "runtime/link.hpp"
+
+namespace {
+
+using namespace conveyor;
+using Clock = std::chrono::steady_clock;
+
+struct Args {
+  std::string model;
+  std::string preset;
+  std::string config;
+  bool random_weights = false;
+  uint64_t seed = 1;
+  std::string profile_out;
+  std::string profile_in;
+  bool profile_only = false;
+  std::vector<int> stages = {1, 2};
+  std::vector<int> microbatches = {1, 4, 8};
+  std::vector<std::string> strategies = {"even", "balanced"};
+  std::vector<int64_t> chunks = {-1};  // -1: prompt / M when one prompt, else none
+  std::string partition;               // strategy "given"
+  int64_t prompt_tokens = 512;
+  int32_t batch = 1;
+  int64_t new_tokens = 1;
+  int threads = 1;
+  int repeats = 3;
+  double host_cores = -1.0;  // -1: measured by the profile; 0: every stage its own core
+  std::string json_out;
+  std::string svg_dir;
+  bool keep_model = false;
+};
+
+double elapsed(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n == 0 ? 0.0 : (n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]));
+}
+
+// A model directory that deletes itself unless kept.
+class ModelDir {
+ public:
+  explicit ModelDir(std::filesystem::path path, bool owned)
+      : path_(std::move(path)), owned_(owned) {}
+  ~ModelDir() {
+    if (owned_) {
+      std::error_code ec;
+      std::filesystem::remove_all(path_, ec);
+    }
+  }
+  const std::filesystem::path& path() const { return path_; }
+
+ private:
+  std::filesystem::path path_;
+  bool owned_;
+};
+
+std::unique_ptr<ModelDir> prepare_model(const Args& args) {
+  const int sources = !args.model.empty() + !args.preset.empty() + !args.config.empty();
+  if (sources != 1) {
+    fail(ErrorCode::kInvalidArgument,
+         "give exactly one of --model DIR, --preset NAME or --random-weights --config FILE");
+  }
+  if (!args.model.empty()) return std::make_unique<ModelDir>(args.model, false);
+  if (!args.config.empty() && !args.random_weights) {
+    fail(ErrorCode::kInvalidArgument,
+         "--config needs --random-weights (a config.json alone has no weights to run)");
+  }
+  ModelConfig config =
+      args.preset.empty() ? ModelConfig::load(args.config) : preset_config(args.preset);
+  const auto dir = std::filesystem::temp_directory_path() /
+                   fmt::format("conveyor-bench-{}-{}", ::getpid(), args.seed);
+  fmt::print("writing a random {:.1f}M-parameter f32 model to {} ...\n",
+             static_cast<double>(config.n_params()) / 1e6, dir.string());
+  std::fflush(stdout);
+  MakeModelOptions options;
+  options.config = config;
+  options.dtype = DType::kF32;
+  options.seed = args.seed;
+  options.out_dir = dir;
+  make_model(options);
+  return std::make_unique<ModelDir>(dir, !args.keep_model);
+}
+
+std::vector<int32_t> prompt_ids(int64_t n, int64_t vocab, int32_t salt) {
+  std::vector<int32_t> ids(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) {
+    ids[static_cast<size_t>(i)] = static_cast<int32_t>((i * 7919 + salt * 104729 + 13) % vocab);
+  }
+  return ids;
+}
+
+// ---- profile ---------------------------------------------------------------------------------
+
+// Times f() `reps` times after one warm-up call; returns the median seconds.
+template <typename F>
+double time_median(int reps, F&& f) {
+  f();
+  std::vector<double> t;
+  for (int r = 0; r < reps; ++r) {
+    const auto start = Clock::now();
+    f();
+    t.push_back(elapsed(start));
+  }
+  return median(t);
+}
+
+Profile measure_profile(const std::filesystem::path& dir, const ModelConfig& config, int threads,
+                        int reps) {
+  const SafeTensors tensors = SafeTensors::open(dir);
+  constexpr int32_t kSeqs = 8;
+  const int64_t max_context = std::min<int64_t>(config.max_position_embeddings, 2048);
+  std::vector<std::vector<int32_t>> tokens;
+  for (int32_t s = 0; s < kSeqs; ++s)
+    tokens.push_back(prompt_ids(max_context, config.vocab_size, s));
+  std::vector<SamplingParams> sampling(kSeqs);
+  StepContext ctx{.tokens = tokens, .sampling = sampling};
+  std::mt19937 rng(7);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  auto random_rows = [&](int64_t rows) {
+    std::vector<float> a(static_cast<size_t>(rows * config.hidden_size));
+    for (float& x : a)
+      x = normal(rng);
+    return a;
+  };
+  auto make_stage = [&](StageWeightsSpec spec) {
+    return std::make_unique<cpu::CpuStage>(
+        config, load_stage_weights(tensors, config, spec),
+        cpu::CpuStageOptions{.n_threads = threads, .max_seqs = kSeqs, .max_context = max_context});
+  };
+
+  Profile p;
+  p.device = fmt::format("cpu fp32, {} thread(s) per stage, {} hardware threads", threads,
+                         std::thread::hardware_concurrency());
+  p.model_shape = model_shape_key(config);
+  int64_t step = 0;
+
+  // One decoder layer: prefill (tokens x past) and decode (sequences x context).
+  {
+    auto stage = make_stage({.first_layer = 0, .last_layer = 1});
+    const std::vector<std::pair<int64_t, int64_t>> prefill = {
+        {32, 0}, {64, 0}, {128, 0}, {256, 0}, {512, 0}, {64, 448}, {128, 384}, {256, 256}};
+    for (const auto& [t, past] : prefill) {
+      if (past + t > max_context) continue;
+      stage->release(0);
+      if (past > 0) {
+        MicroBatch warm{.id = 0, .step = step, .chunks = {{0, 0, past, false}}};
+        Activations a{.host = random_rows(past)};
+        stage->compute(warm, ctx, a);
+        stage->commit(step++);
+      }
+      MicroBatch mb{.id = 0, .step = step, .chunks = {{0, past, past + t, true}}};
+      const std::vector<float> input = random_rows(t);
+      Activations a;
+      const double s = time_median(reps, [&] {
+        a.host = input;
+        stage->compute(mb, ctx, a);
+        stage->rollback();
+      });
+      const Workload w = Workload::of(mb, Phase::kPrefill);
+      p.samples.push_back(
+          {UnitKind::kDecoderLayer, Phase::kPrefill, w.n_tokens, w.attention_pairs, s});
+    }
+    for (int64_t context : {64, 512}) {
+      for (int32_t s = 0; s < kSeqs; ++s) {
+        stage->release(s);
+        MicroBatch fill{.id = 0, .step = step, .chunks = {{s, 0, context - 1, false}}};
+        Activations a{.host = random_rows(context - 1)};
+        stage->compute(fill, ctx, a);
+        stage->commit(step++);
+      }
+      for (int32_t b : {1, 2, 4, 8}) {
+        MicroBatch mb{.id = 0, .step = step, .chunks = {}};
+        for (int32_t s = 0; s < b; ++s)
+          mb.chunks.push_back({s, context - 1, context, true});
+        const std::vector<float> input = random_rows(b);
+        Activations a;
+        const double t = time_median(reps * 3, [&] {
+          a.host = input;
+          stage->compute(mb, ctx, a);
+          stage->rollback();
+        });
+        const Workload w = Workload::of(mb, Phase::kDecode);
+        p.samples.push_back(
+            {UnitKind::kDecoderLayer, Phase::kDecode, w.n_tokens, w.attention_pairs, t});
+      }
+    }
+  }
+  // Embedding alone (a stage of zero layers).
+  {
+    auto stage = make_stage({.first_layer = 0, .last_layer = 0, .embedding = true});
+    for (int64_t t : {1, 8, 64, 512}) {
+      MicroBatch mb{.id = 0, .step = step, .chunks = {{0, 0, t, true}}};
+      Activations a;
+      const double s = time_median(reps * 3, [&] {
+        stage->compute(mb, ctx, a);
+        stage->rollback();
+      });
+      p.samples.push_back({UnitKind::kEmbedding, Phase::kPrefill, t, 0, s});
+      p.samples.push_back({UnitKind::kEmbedding, Phase::kDecode, t, 0, s});
+    }
+  }
+  // Final norm + lm_head + sampling over `rows` sampled rows.
+  {
+    auto stage = make_stage({.first_layer = 0, .last_layer = 0, .head = true});
+    for (int32_t rows : {1, 2, 4, 8}) {
+      MicroBatch mb{.id = 0, .step = step, .chunks = {}};
+      for (int32_t s = 0; s < rows; ++s)
+        mb.chunks.push_back({s, 0, 1, true});
+      const Activations a{.host = random_rows(rows)};
+      std::vector<SampledToken> out;
+      std::vector<LogitsRow> logits;
+      const double t = time_median(reps * 3, [&] {
+        out.clear();
+        stage->sample(mb, ctx, a, out, logits);
+      });
+      p.samples.push_back({UnitKind::kHead, Phase::kPrefill, rows, 0, t});
+      p.samples.push_back({UnitKind::kHead, Phase::kDecode, rows, 0, t});
+    }
+  }
+  // Shared host: one layer's prefill alone vs with a concurrent copy on another thread.
+  {
+    std::vector<std::unique_ptr<cpu::CpuStage>> stages;
+    stages.push_back(make_stage({.first_layer = 0, .last_layer = 1}));
+    stages.push_back(make_stage({.first_layer = 0, .last_layer = 1}));
+    const int64_t t = std::min<int64_t>(256, max_context);
+    MicroBatch mb{.id = 0, .step = step, .chunks = {{0, 0, t, true}}};
+    const std::vector<float> input = random_rows(t);
+    auto timed = [&](cpu::CpuStage& stage, int n) {
+      std::vector<double> times;
+      Activations a;
+      for (int i = 0; i < n; ++i) {
+        a.host = input;
+        const auto start = Clock::now();
+        stage.compute(mb, ctx, a);
+        times.push_back(elapsed(start));
+        stage.rollback();
+      }
+      return median(times);
+    };
+    timed(*stages[0], 1);
+    const double alone = timed(*stages[0], reps + 2);
+    double other = 0.0;
+    std::thread co([&] { other = timed(*stages[1], reps + 2); });
+    const double together = timed(*stages[0], reps + 2);
+    co.join();
+    const double hw = std::max(1u, std::thread::hardware_concurrency());
+    p.host_cores = std::min(hw, 2.0 * alone / std::max(0.5 * (together + other), 1e-12));
+  }
+  // Host link: half a round trip between two threads (the wake-up dominates; buffers move).
+  {
+    HostLink there(2), back(2);
+    constexpr int kTrips = 2000;
+    std::thread echo([&] {
+      for (int i = 0; i < kTrips; ++i)
+        back.send(there.recv(std::chrono::milliseconds(10000)), std::chrono::milliseconds(10000));
+    });
+    const auto start = Clock::now();
+    for (int i = 0; i < kTrips; ++i) {
+      there.send(LinkMessage{0, 0, {}}, std::chrono::milliseconds(10000));
+      back.recv(std::chrono::milliseconds(10000));
+    }
+    const double rtt = elapsed(start) / kTrips;
+    echo.join();
+    p.link_latency_s = rtt / 2;
+    p.link_s_per_byte = 0.0;
+    // Waking every worker and waiting for the last one: about one round trip.
+    p.step_overhead_s = rtt;
+  }
+  p.fit();
+  return p;
+}
+
+// ---- sweeps ----------------------------------------------------------------------------------
+
+struct RunResult {
+  int stages = 1;
+  int micro_batches = 1;  // as planned
+  std::string strategy;
+  int64_t chunk_tokens = 0;
+  Partition partition = Partition::even(1, 1);
+  double measured_s = 0.0;  // median prefill step over the repeats
+  double predicted_s = 0.0;
+  double measured_decode_s = 0.0;  // per decode step, median over the run
+  double predicted_decode_s = 0.0;
+  BalanceReport measured;
+  BalanceReport predicted;
+  Trace trace;  // the median repeat's prefill events
+};
+
+std::string stage_line(const BalanceReport& r) {
+  std::string out;
+  for (const StageBalance& s : r.stages) {
+    out += fmt::format(" s{} {:.1f}/{:.1f}", s.stage, s.busy_us / 1e3, s.idle_us / 1e3);
+  }
+  return out;
+}
+
+void write_file(const std::filesystem::path& path, const std::string& text) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out << text;
+  if (!out) fail(ErrorCode::kInvalidArgument, "cannot write {}", path.string());
+}
+
+// A bar chart: imbalance (max/mean busy) per strategy, measured and predicted, averaged over runs.
+std::string imbalance_svg(const std::vector<RunResult>& runs) {
+  std::map<std::string, std::pair<std::vector<double>, std::vector<double>>> by;
+  for (const RunResult& r : runs) {
+    if (r.stages < 2) continue;
+    by[r.strategy].first.push_back(r.measured.imbalance);
+    by[r.strategy].second.push_back(r.predicted.imbalance);
+  }
+  const int width = 160 * std::max<int>(1, static_cast<int>(by.size())) + 120, height = 320;
+  double top = 1.0;
+  for (const auto& [name, v] : by) {
+    for (double x : v.first)
+      top = std::max(top, x);
+    for (double x : v.second)
+      top = std::max(top, x);
+  }
+  top *= 1.1;
+  auto y_of = [&](double v) { return 260.0 - 220.0 * v / top; };
+  std::string svg = fmt::format(
+      "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{}\" "
+      "font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" "
+      "fill=\"white\"/>\n<text x=\"10\" y=\"20\" font-size=\"14\">stage imbalance (max/mean busy) "
+      "per partition strategy, S &gt;= 2: measured (dark) vs predicted (light)</text>\n",
+      width, height);
+  svg += fmt::format(
+      "<line x1=\"60\" y1=\"{:.1f}\" x2=\"{}\" y2=\"{:.1f}\" stroke=\"#888\" "
+      "stroke-dasharray=\"4\"/><text x=\"10\" y=\"{:.1f}\">1.0</text>\n",
+      y_of(1.0), width - 20, y_of(1.0), y_of(1.0) + 4);
+  int x = 80;
+  for (const auto& [name, v] : by) {
+    auto mean = [](const std::vector<double>& a) {
+      double s = 0;
+      for (double e : a)
+        s += e;
+      return a.empty() ? 0.0 : s / static_cast<double>(a.size());
+    };
+    const double m = mean(v.first), p = mean(v.second);
+    svg += fmt::format(
+        "<rect x=\"{}\" y=\"{:.1f}\" width=\"50\" height=\"{:.1f}\" "
+        "fill=\"#3b6ea5\"/><text x=\"{}\" y=\"{:.1f}\">{:.3f}</text>\n",
+        x, y_of(m), 260.0 - y_of(m), x, y_of(m) - 4, m);
+    svg += fmt::format(
+        "<rect x=\"{}\" y=\"{:.1f}\" width=\"50\" height=\"{:.1f}\" "
+        "fill=\"#9cc3e6\"/><text x=\"{}\" y=\"{:.1f}\">{:.3f}</text>\n",
+        x + 55, y_of(p), 260.0 - y_of(p), x + 55, y_of(p) - 4, p);
+    svg += fmt::format("<text x=\"{}\" y=\"285\">{} ({} runs)</text>\n", x, name, v.first.size());
+    x += 160;
+  }
+  svg += "</svg>\n";
+  return svg;
+}
+
+int run(const Args& args) {
+  const auto model_dir = prepare_model(args);
+  const ModelConfig config = ModelConfig::load(model_dir->path());
+  const CostModel model(
+      config,
+      {.weight_dtype = DType::kF32, .kv_dtype = DType::kF32, .activation_dtype = DType::kF32});
+  Profile profile;
+  if (!args.profile_in.empty()) {
+    profile = Profile::load(args.profile_in);
+    model.check_profile(profile);
+  } else {
+    fmt::print("profiling units ({} thread(s)) ...\n", args.threads);
+    std::fflush(stdout);
+    const auto start = Clock::now();
+    profile = measure_profile(model_dir->path(), config, args.threads, args.repeats);
+    fmt::print(
+        "profiled in {:.1f} s: layer prefill {:.1f} us + {:.2f} us/token + {:.4f} us/pair; "
+        "layer decode {:.1f} us + {:.1f} us/seq; head {:.1f} us + {:.1f} us/row; link "
+        "{:.1f} us; host cores {:.2f}\n",
+        elapsed(start), profile.layer_prefill.base_s * 1e6, profile.layer_prefill.per_token_s * 1e6,
+        profile.layer_prefill.per_pair_s * 1e6, profile.layer_decode.base_s * 1e6,
+        profile.layer_decode.per_token_s * 1e6, profile.head_prefill.base_s * 1e6,
+        profile.head_prefill.per_token_s * 1e6, profile.link_latency_s * 1e6, profile.host_cores);
+    if (!args.profile_out.empty()) {
+      profile.save(args.profile_out);
+      fmt::print("wrote profile to {}\n", args.profile_out);
+    }
+  }
+  if (args.profile_only) return 0;
+
+  DeviceSpec device = device_preset("cpu");
+  device.name = "cpu";
+  device.profile = profile;
+  const SimulatorOptions sim{.devices = {device}, .host_cores = args.host_cores};
+
+  std::vector<Request> requests;
+  for (int32_t r = 0; r < args.batch; ++r) {
+    Request req;
+    req.prompt = prompt_ids(args.prompt_tokens, config.vocab_size, r);
+    req.max_new_tokens = args.new_tokens;
+    req.stop_at_eos = false;
+    requests.push_back(std::move(req));
+  }
+
+  std::vector<RunResult> runs;
+  fmt::print("\n{:>2} {:>3} {:>9} {:>6} {:>12} {:>10} {:>10} {:>7} {:>7} {:>7} {:>7} {:>7}  {}\n",
+             "S", "M", "strategy", "chunk", "partition", "meas ms", "pred ms", "pred/m", "imbal",
+             "bubble", "ideal", "pr.bub", "per stage busy/idle ms (measured)");
+  for (int S : args.stages) {
+    if (S > config.n_layers) continue;
+    for (const std::string& strategy : args.strategies) {
+      for (int M : args.microbatches) {
+        for (int64_t chunk_opt : args.chunks) {
+          int64_t chunk = chunk_opt;
+          if (chunk < 0) {
+            chunk = args.batch == 1 && M > 1 ? (args.prompt_tokens + M - 1) / M : 0;
+          }
+          // Partition for this configuration.
+          Partition partition = Partition::even(config.n_layers, S);
+          if (strategy == "balanced") {
+            PartitionerOptions o;
+            o.n_stages = S;
+            o.devices = {device};
+            o.objective = Objective::kPrefillThroughput;
+            const int64_t mb_tokens =
+                chunk > 0 ? chunk : std::max<int64_t>(1, args.prompt_tokens * args.batch / M);
+            o.prefill = Workload::prefill(mb_tokens);
+            o.max_context = args.prompt_tokens + args.new_tokens;
+            o.max_batch = args.batch;
+            partition = balanced_partition(model, o).partition;
+          } else if (strategy == "given") {
+            partition = parse_partition_spec(args.partition, config.n_layers, S);
+          } else if (strategy != "even") {
+            fail(ErrorCode::kInvalidArgument, "unknown strategy \"{}\"; use even, balanced, given",
+                 strategy);
+          }
+          EngineOptions eo;
+          eo.n_stages = S;
+          eo.layers_per_stage = partition.counts();
+          eo.threads_per_stage = args.threads;
+          eo.prefill_micro_batches = M;
+          eo.chunk_tokens = chunk;
+          eo.max_batch = std::max<int32_t>(args.batch, 1);
+          eo.max_context = args.prompt_tokens + args.new_tokens;
+          eo.record_trace = true;
+          Engine engine = Engine::open(model_dir->path(), eo);
+          engine.generate(requests);  // warm-up: page-in weights, grow buffers
+          std::vector<std::pair<double, Trace>> prefills;
+          std::vector<double> decode_steps;
+          int planned_m = M;
+          for (int r = 0; r < args.repeats; ++r) {
+            GenerateResult res = engine.generate(requests);
+            Trace prefill_trace;
+            for (const TraceEvent& e : res.trace) {
+              if (e.phase == Phase::kPrefill) prefill_trace.push_back(e);
+            }
+            for (const StepStats& st : res.steps) {
+              if (st.phase == Phase::kPrefill) planned_m = st.n_micro_batches;
+              if (st.phase == Phase::kDecode) decode_steps.push_back(st.seconds);
+            }
+            prefills.emplace_back(res.prefill_seconds, std::move(prefill_trace));
+          }
+          std::sort(prefills.begin(), prefills.end(),
+                    [](const auto& a, const auto& b) { return a.first < b.first; });
+          RunResult run;
+          run.stages = S;
+          run.micro_batches = planned_m;
+          run.strategy = strategy;
+          run.chunk_tokens = chunk;
+          run.partition = partition;
+          run.measured_s = prefills[prefills.size() / 2].first;
+          run.trace = prefills[prefills.size() / 2].second;
+          run.measured_decode_s = median(decode_steps);
+          const GenerationShape shape{.n_seqs = args.batch,
+                                      .prompt_tokens = args.prompt_tokens,
+                                      .new_tokens = args.new_tokens,
+                                      .prefill_micro_batches = M,
+                                      .chunk_tokens = chunk};
+          const SimulatedGeneration gen = simulate_generation(shape, partition, model, sim);
+          run.predicted_s = gen.prefill_seconds;
+          if (gen.step_seconds.size() > 1) {
+            run.predicted_decode_s =
+                median(std::vector<double>(gen.step_seconds.begin() + 1, gen.step_seconds.end()));
+          }
+          run.measured = balance_report(run.trace, S, planned_m);
+          Trace predicted_prefill;
+          for (const TraceEvent& e : gen.trace) {
+            if (e.phase == Phase::kPrefill) predicted_prefill.push_back(e);
+          }
+          run.predicted = balance_report(predicted_prefill, S, planned_m);
+          fmt::print(
+              "{:>2} {:>3} {:>9} {:>6} {:>12} {:>10.2f} {:>10.2f} {:>7.3f} {:>7.3f} {:>7.3f} "
+              "{:>7.3f} {:>7.3f} {}\n",
+              S, planned_m, strategy, chunk, partition.to_string(), run.measured_s * 1e3,
+              run.predicted_s * 1e3, run.predicted_s / run.measured_s, run.measured.imbalance,
+              run.measured.bubble_fraction, run.measured.ideal_bubble_fraction,
+              run.predicted.bubble_fraction, stage_line(run.measured));
+          std::fflush(stdout);
+          runs.push_back(std::move(run));
+        }
+      }
+    }
+  }
+  // Same-run baseline: the machine is shared, so unit times drift between the profile and the
+  // sweep. Rescale the predictions by the single-stage run's measured / predicted time (its
+  // prediction is just the sum of the unit times) and report both ratios.
+  double scale = 0.0;
+  for (const RunResult& r : runs) {
+    if (r.stages == 1 && r.micro_batches == 1 && r.chunk_tokens == 0 && scale == 0.0) {
+      scale = r.measured_s / r.predicted_s;
+    }
+  }
+  if (scale > 0.0) {
+    fmt::print("\nbaseline S=1 M=1: measured / predicted = {:.3f}; rescaled predictions:\n", scale);
+    for (const RunResult& r : runs) {
+      if (r.stages == 1) continue;
+      fmt::print(
+          "S={} M={} {:>9} chunk {:>4} {:>8}: measured {:.2f} ms, rescaled prediction "
+          "{:.2f} ms, ratio {:.3f}\n",
+          r.stages, r.micro_batches, r.strategy, r.chunk_tokens, r.partition.to_string(),
+          r.measured_s * 1e3, r.predicted_s * scale * 1e3, r.predicted_s * scale / r.measured_s);
+    }
+  }
+  if (args.new_tokens > 1) {
+    fmt::print("\ndecode (median step):\n");
+    for (const RunResult& r : runs) {
+      fmt::print("S={} M={} {:>9} {:>12}: measured {:.2f} ms, predicted {:.2f} ms ({:.3f})\n",
+                 r.stages, r.micro_batches, r.strategy, r.partition.to_string(),
+                 r.measured_decode_s * 1e3, r.predicted_decode_s * 1e3,
+                 r.measured_decode_s > 0 ? r.predicted_decode_s / r.measured_decode_s : 0.0);
+    }
+  }
+  fmt::print(
+      "\npred/m: predicted / measured prefill step (median of {} runs); imbal: max/mean busy; "
+      "bubble: measured idle fraction; ideal: (S-1)/(M+S-1); pr.bub: predicted bubble\n",
+      args.repeats);
+
+  if (!args.json_out.empty()) {
+    nlohmann::json j;
+    j["model"] = model_dir->path().string();
+    j["model_shape"] = model_shape_key(config);
+    j["threads_per_stage"] = args.threads;
+    j["prompt_tokens"] = args.prompt_tokens;
+    j["batch"] = args.batch;
+    j["repeats"] = args.repeats;
+    j["baseline_scale"] = scale;
+    j["profile"] = nlohmann::json::parse(profile.to_json());
+    nlohmann::json list = nlohmann::json::array();
+    for (const RunResult& r : runs) {
+      nlohmann::json stages = nlohmann::json::array();
+      for (size_t s = 0; s < r.measured.stages.size(); ++s) {
+        stages.push_back({{"stage", s},
+                          {"busy_ms", r.measured.stages[s].busy_us / 1e3},
+                          {"idle_ms", r.measured.stages[s].idle_us / 1e3},
+                          {"predicted_busy_ms", r.predicted.stages[s].busy_us / 1e3}});
+      }
+      list.push_back({{"stages", r.stages},
+                      {"micro_batches", r.micro_batches},
+                      {"strategy", r.strategy},
+                      {"chunk_tokens", r.chunk_tokens},
+                      {"partition", r.partition.to_string()},
+                      {"measured_s", r.measured_s},
+                      {"predicted_s", r.predicted_s},
+                      {"predicted_over_measured", r.predicted_s / r.measured_s},
+                      {"measured_decode_step_s", r.measured_decode_s},
+                      {"predicted_decode_step_s", r.predicted_decode_s},
+                      {"imbalance", r.measured.imbalance},
+                      {"predicted_imbalance", r.predicted.imbalance},
+                      {"bubble_fraction", r.measured.bubble_fraction},
+                      {"ideal_bubble_fraction", r.measured.ideal_bubble_fraction},
+                      {"predicted_bubble_fraction", r.predicted.bubble_fraction},
+                      {"per_stage", stages}});
+    }
+    j["runs"] = list;
+    write_file(args.json_out, j.dump(2) + "\n");
+    fmt::print("wrote {}\n", args.json_out);
+  }
+  if (!args.svg_dir.empty() && !runs.empty()) {
+    std::filesystem::create_directories(args.svg_dir);
+    // Best and worst by measured pipeline efficiency among multi-stage runs.
+    const RunResult* best = nullptr;
+    const RunResult* worst = nullptr;
+    for (const RunResult& r : runs) {
+      if (r.stages < 2 && runs.size() > 1) continue;
+      if (!best || r.measured.bubble_fraction < best->measured.bubble_fraction) best = &r;
+      if (!worst || r.measured.bubble_fraction > worst->measured.bubble_fraction) worst = &r;
+    }
+    if (best) {
+      auto title = [](const RunResult& r, const char* which) {
+        return fmt::format("{}: S={} M={} {} {} chunk {}, bubble {:.3f} (ideal {:.3f})", which,
+                           r.stages, r.micro_batches, r.strategy, r.partition.to_string(),
+                           r.chunk_tokens, r.measured.bubble_fraction,
+                           r.measured.ideal_bubble_fraction);
+      };
+      write_timeline_svg(std::filesystem::path(args.svg_dir) / "timeline_best.svg", best->trace,
+                         best->stages, {.title = title(*best, "best")});
+      write_timeline_svg(std::filesystem::path(args.svg_dir) / "timeline_worst.svg", worst->trace,
+                         worst->stages, {.title = title(*worst, "worst")});
+    }
+    write_file(std::filesystem::path(args.svg_dir) / "imbalance.svg", imbalance_svg(runs));
+    fmt::print("wrote timeline_best.svg, timeline_worst.svg and imbalance.svg to {}\n",
+               args.svg_dir);
+  }
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Args args;
+  CLI::App app{"conveyor-bench: pipeline stage-balance sweeps, measured vs predicted"};
+  app.add_option("--model", args.model, "model directory with real weights");
+  app.add_option("--preset", args.preset, "random model of a preset shape (tiny, small)");
+  app.add_option("--config", args.config, "random model of this config.json's shape");
+  app.add_flag("--random-weights", args.random_weights, "with --config: draw random weights");
+  app.add_option("--seed", args.seed, "seed of the random weights")->capture_default_str();
+  app.add_flag("--keep-model", args.keep_model, "keep the random model's temp directory");
+  app.add_option("--profile", args.profile_out, "measure unit times and write them as JSON");
+  app.add_flag("--profile-only", args.profile_only, "stop after --profile");
+  app.add_option("--use-profile", args.profile_in,
+                 "predict with this profile instead of measuring");
+  app.add_option("--stages", args.stages, "stage counts to sweep")
+      ->delimiter(',')
+      ->capture_default_str();
+  app.add_option("--microbatches", args.microbatches, "prefill micro-batch counts to sweep")
+      ->delimiter(',')
+      ->capture_default_str();
+  app.add_option("--strategies", args.strategies, "partition strategies: even, balanced, given")
+      ->delimiter(',')
+      ->capture_default_str();
+  app.add_option("--partition", args.partition, "the partition of strategy \"given\"");
+  app.add_option("--chunk-tokens", args.chunks,
+                 "chunk sizes to sweep (-1: prompt/M for a single prompt, 0: no chunking)")
+      ->delimiter(',')
+      ->capture_default_str();
+  app.add_option("--prompt-tokens", args.prompt_tokens, "tokens per prompt")->capture_default_str();
+  app.add_option("--batch", args.batch, "prompts per run")->capture_default_str();
+  app.add_option("--new-tokens", args.new_tokens, "tokens generated per prompt (1 = prefill only)")
+      ->capture_default_str();
+  app.add_option("--threads", args.threads, "threads per stage")->capture_default_str();
+  app.add_option("--repeats", args.repeats, "measured runs per configuration (median)")
+      ->capture_default_str();
+  app.add_option("--host-cores", args.host_cores,
+                 "cores the stages share in the prediction (-1: measured by the profile, 0: one "
+                 "per stage)")
+      ->capture_default_str();
+  app.add_option("--json", args.json_out, "write every run as JSON");
+  app.add_option("--svg-dir", args.svg_dir, "write timeline_best/worst.svg and imbalance.svg here");
+  CLI11_PARSE(app, argc, argv);
+  spdlog::set_level(spdlog::level::warn);
+  try {
+    if (args.repeats < 1) fail(ErrorCode::kInvalidArgument, "--repeats must be at least 1");
+    return run(args);
+  } catch (const Error& e) {
+    fmt::print(stderr, "error ({}): {}\n", to_string(e.code()), e.what());
+    return 1;
+  } catch (const std::exception& e) {
+    fmt::print(stderr, "error: {}\n", e.what());
+    return 1;
+  }
+}

@@ -1,0 +1,292 @@
+// conveyor-plan: size a pipeline without weights — a config.json plus devices and a link type give
+// the partition, memory per stage and simulated prefill/decode times for S = 1..16 and M sweeps.
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+#include <CLI/CLI.hpp>
+
+#include <algorithm>
+#include <cstdio>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <optional>
+
+#include "conveyor/cost_model.hpp"
+#include "conveyor/error.hpp"
+#include "conveyor/observe.hpp"
+#include "conveyor/partitioner.hpp"
+#include "conveyor/simulator.hpp"
+#include "core/check.hpp"
+#include "model/make_model.hpp"
+
+namespace {
+
+using namespace conveyor;
+
+struct Args {
+  std::string config;
+  std::string preset;
+  std::string devices = "h100";
+  std::string link = "nvlink";
+  std::string profile;
+  std::string dtype = "bf16";
+  int stages = 4;
+  int max_stages = 16;
+  std::string partition;  // explicit: even, counts or layout
+  std::string objective = "decode";
+  double prefill_weight = 0.5;
+  int32_t batch = 8;
+  int64_t prompt_tokens = 2048;
+  int64_t new_tokens = 128;
+  int64_t max_context = 0;
+  std::vector<int> microbatches = {1, 2, 4, 8, 16};
+  std::string json_out;
+  std::string timeline_out;
+};
+
+std::vector<std::string> split_list(const std::string& text) {
+  std::vector<std::string> out;
+  size_t begin = 0;
+  for (;;) {
+    const size_t end = text.find(',', begin);
+    out.push_back(text.substr(begin, end == std::string::npos ? end : end - begin));
+    if (end == std::string::npos) break;
+    begin = end + 1;
+  }
+  return out;
+}
+
+// Devices for S stages: a single name repeats; a list must have S entries (or S = 1).
+std::vector<DeviceSpec> devices_for(const std::vector<DeviceSpec>& listed, int n_stages) {
+  if (listed.size() == 1) return {listed.front()};
+  if (static_cast<int>(listed.size()) < n_stages) return {};
+  return std::vector<DeviceSpec>(listed.begin(), listed.begin() + n_stages);
+}
+
+std::string ms(double s) {
+  return fmt::format("{:.2f}", s * 1e3);
+}
+
+// Prefill plan shape with about m micro-batches: sequence groups while m <= batch, then chunks.
+GenerationShape shape_for(const Args& args, int prefill_m, int decode_m, int64_t new_tokens) {
+  GenerationShape shape{.n_seqs = args.batch,
+                        .prompt_tokens = args.prompt_tokens,
+                        .new_tokens = new_tokens,
+                        .prefill_micro_batches = std::min(prefill_m, args.batch),
+                        .decode_micro_batches = std::min(decode_m, args.batch)};
+  if (prefill_m > args.batch) {
+    const int64_t rounds = (prefill_m + args.batch - 1) / args.batch;
+    shape.chunk_tokens = (args.prompt_tokens + rounds - 1) / rounds;
+  }
+  return shape;
+}
+
+int run(const Args& args) {
+  if (args.config.empty() == args.preset.empty()) {
+    fail(ErrorCode::kInvalidArgument, "give exactly one of --config FILE and --preset NAME");
+  }
+  const ModelConfig config =
+      args.config.empty() ? preset_config(args.preset) : ModelConfig::load(args.config);
+  DType dtype = DType::kBF16;
+  if (!parse_dtype(args.dtype, dtype)) {
+    fail(ErrorCode::kInvalidArgument, "--dtype {} is not f32, f16 or bf16", args.dtype);
+  }
+  const CostModel model(config,
+                        {.weight_dtype = dtype, .kv_dtype = dtype, .activation_dtype = dtype});
+  std::vector<DeviceSpec> listed;
+  for (const std::string& name : split_list(args.devices))
+    listed.push_back(device_preset(name));
+  if (!args.profile.empty()) {
+    const Profile profile = Profile::load(args.profile);
+    model.check_profile(profile);
+    for (DeviceSpec& d : listed)
+      d.profile = profile;
+  }
+  const LinkSpec link = link_preset(args.link);
+  const int64_t max_context =
+      args.max_context > 0 ? args.max_context : args.prompt_tokens + args.new_tokens;
+
+  auto options_for = [&](int n_stages) {
+    PartitionerOptions o;
+    o.n_stages = n_stages;
+    o.devices = devices_for(listed, n_stages);
+    o.links = {link};
+    o.objective = parse_objective(args.objective);
+    o.prefill_weight = args.prefill_weight;
+    o.prefill = Workload::prefill(args.prompt_tokens);
+    o.decode =
+        Workload::decode(std::max<int32_t>(1, args.batch / std::max(1, n_stages)), max_context);
+    o.max_context = max_context;
+    o.max_batch = args.batch;
+    return o;
+  };
+
+  fmt::print(
+      "model {}: {} layers, hidden {}, intermediate {}, heads {}/{}, vocab {}, {:.2f}B params "
+      "({} weights)\n",
+      args.config.empty() ? args.preset : args.config, config.n_layers, config.hidden_size,
+      config.intermediate_size, config.n_heads, config.n_kv_heads, config.vocab_size,
+      static_cast<double>(config.n_params()) / 1e9, dtype_name(dtype));
+  fmt::print(
+      "devices {} | link {} | batch {} x {} prompt tokens, {} new tokens, max_context {}\n\n",
+      args.devices, link.name, args.batch, args.prompt_tokens, args.new_tokens, max_context);
+
+  nlohmann::json out;
+  out["model"] = args.config.empty() ? args.preset : args.config;
+  out["devices"] = args.devices;
+  out["link"] = link.name;
+  out["objective"] = args.objective;
+
+  // The chosen S: even (or explicit) vs balanced.
+  {
+    const PartitionerOptions o = options_for(args.stages);
+    if (o.devices.empty()) {
+      fail(ErrorCode::kInvalidArgument, "--devices lists {} devices but --stages is {}",
+           listed.size(), args.stages);
+    }
+    const Partition baseline =
+        args.partition.empty() ? Partition::even(config.n_layers, args.stages)
+                               : parse_partition_spec(args.partition, config.n_layers, args.stages);
+    const PartitionPlan base = evaluate_partition(model, baseline, o);
+    fmt::print("{} partition, S = {}:\n{}\n", args.partition.empty() ? "even" : "given",
+               args.stages, base.describe());
+    std::optional<PartitionPlan> best;
+    try {
+      best = balanced_partition(model, o);
+      fmt::print("balanced partition ({}), S = {}:\n{}\n", args.objective, args.stages,
+                 best->describe());
+    } catch (const Error& e) {
+      fmt::print("balanced partition, S = {}: {}\n\n", args.stages, e.what());
+    }
+    out["chosen"] = {{"stages", args.stages},
+                     {"baseline", base.partition.to_string()},
+                     {"baseline_imbalance", base.imbalance},
+                     {"balanced", best ? best->partition.to_string() : ""},
+                     {"balanced_imbalance", best ? best->imbalance : 0.0}};
+    if (!args.timeline_out.empty() && best) {
+      SimulatorOptions sim{.devices = o.devices, .links = o.links};
+      const auto gen = simulate_generation(
+          shape_for(args, args.stages, args.stages, std::min<int64_t>(args.new_tokens, 4)),
+          best->partition, model, sim);
+      write_timeline_svg(args.timeline_out, gen.trace, args.stages,
+                         {.title = fmt::format("predicted: {} on {} x S={}, partition {}",
+                                               out["model"].get<std::string>(), args.devices,
+                                               args.stages, best->partition.to_string())});
+      fmt::print("wrote predicted timeline (prefill + 3 decode steps) to {}\n\n",
+                 args.timeline_out);
+    }
+  }
+
+  // Sweep: S = 1..max_stages, balanced partition, simulated prefill per M and decode.
+  fmt::print("{:>3} {:>24} {:>7} {:>8} {:>10}", "S", "partition", "max/mn", "even", "KV tok");
+  for (int m : args.microbatches)
+    fmt::print(" {:>9}", fmt::format("pf M={}", m));
+  fmt::print(" {:>10} {:>9}\n", "dec ms/tok", "dec tok/s");
+  nlohmann::json rows = nlohmann::json::array();
+  const int top = std::min<int64_t>(args.max_stages, config.n_layers);
+  for (int S = 1; S <= top; ++S) {
+    const PartitionerOptions o = options_for(S);
+    if (o.devices.empty()) continue;
+    nlohmann::json row{{"stages", S}};
+    PartitionPlan plan;
+    try {
+      plan = balanced_partition(model, o);
+    } catch (const Error& e) {
+      fmt::print("{:>3} does not fit: {}\n", S, e.what());
+      row["error"] = e.what();
+      rows.push_back(row);
+      continue;
+    }
+    const PartitionPlan even = evaluate_partition(model, Partition::even(config.n_layers, S), o);
+    const std::string counts = plan.partition.to_string();
+    fmt::print("{:>3} {:>24} {:>7.3f} {:>8.3f} {:>10}", S,
+               counts.size() > 24 ? counts.substr(0, 21) + "..." : counts, plan.imbalance,
+               even.imbalance, plan.kv_capacity_tokens);
+    row["partition"] = counts;
+    row["imbalance"] = plan.imbalance;
+    row["even_imbalance"] = even.imbalance;
+    row["even_fits"] = even.fits();
+    row["kv_capacity_tokens"] = plan.kv_capacity_tokens;
+    SimulatorOptions sim{.devices = o.devices, .links = o.links};
+    nlohmann::json prefill = nlohmann::json::array();
+    for (int m : args.microbatches) {
+      const auto gen = simulate_generation(shape_for(args, m, S, 1), plan.partition, model, sim);
+      fmt::print(" {:>9}", ms(gen.prefill_seconds));
+      prefill.push_back({{"micro_batches", gen.prefill_micro_batches},
+                         {"seconds", gen.prefill_seconds},
+                         {"tokens_per_s", static_cast<double>(args.batch * args.prompt_tokens) /
+                                              gen.prefill_seconds}});
+    }
+    row["prefill"] = prefill;
+    const auto gen =
+        simulate_generation(shape_for(args, S, S, args.new_tokens), plan.partition, model, sim);
+    const double steps = static_cast<double>(std::max<int64_t>(args.new_tokens - 1, 1));
+    const double per_step = gen.decode_seconds / steps;
+    fmt::print(" {:>10} {:>9.1f}\n", ms(per_step),
+               per_step > 0 ? static_cast<double>(args.batch) / per_step : 0.0);
+    row["decode"] = {{"micro_batches", gen.decode_micro_batches},
+                     {"step_seconds", per_step},
+                     {"tokens_per_s", per_step > 0 ? args.batch / per_step : 0.0}};
+    rows.push_back(row);
+  }
+  out["sweep"] = rows;
+  fmt::print(
+      "\npf: simulated prefill of the whole batch in ms (M micro-batches; M > batch chunks "
+      "the prompts); dec: one decode step of the batch\n");
+  if (!args.json_out.empty()) {
+    std::ofstream file(args.json_out);
+    file << out.dump(2) << "\n";
+    if (!file) fail(ErrorCode::kInvalidArgument, "cannot write {}", args.json_out);
+    fmt::print("wrote {}\n", args.json_out);
+  }
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Args args;
+  CLI::App app{"conveyor-plan: partition and simulated timelines for a config.json, no weights"};
+  app.add_option("--config", args.config,
+                 "config.json of the model (e.g. configs/llama-3-8b.json)");
+  app.add_option("--preset", args.preset, "or a built-in shape: tiny, small");
+  app.add_option("--devices", args.devices,
+                 "device preset, or one per stage comma-separated (cpu, h100, h100-pcie, h200, "
+                 "a100, a100-40gb)")
+      ->capture_default_str();
+  app.add_option("--link", args.link, "host, nvlink, pcie4, pcie5, infiniband")
+      ->capture_default_str();
+  app.add_option("--profile", args.profile, "unit times measured by conveyor-bench --profile");
+  app.add_option("--dtype", args.dtype, "weights, KV and activations: bf16, f16, f32")
+      ->capture_default_str();
+  app.add_option("--stages", args.stages, "stages of the detailed report")->capture_default_str();
+  app.add_option("--max-stages", args.max_stages, "sweep S = 1..this")->capture_default_str();
+  app.add_option("--partition", args.partition,
+                 "baseline instead of even: counts 8,8,8,8 or layout emb,0-7|8-15|...,head");
+  app.add_option("--objective", args.objective, "prefill, decode, mixed, kv")
+      ->capture_default_str();
+  app.add_option("--prefill-weight", args.prefill_weight, "weight of prefill for --objective mixed")
+      ->capture_default_str();
+  app.add_option("--batch", args.batch, "sequences")->capture_default_str();
+  app.add_option("--prompt-tokens", args.prompt_tokens, "tokens per prompt")->capture_default_str();
+  app.add_option("--new-tokens", args.new_tokens, "generated tokens per sequence")
+      ->capture_default_str();
+  app.add_option("--max-context", args.max_context,
+                 "KV positions reserved per sequence (0: prompt + new)")
+      ->capture_default_str();
+  app.add_option("--microbatches", args.microbatches, "prefill micro-batch counts to sweep")
+      ->delimiter(',')
+      ->capture_default_str();
+  app.add_option("--json", args.json_out, "write the results as JSON");
+  app.add_option("--timeline", args.timeline_out, "write the predicted SVG timeline of --stages");
+  CLI11_PARSE(app, argc, argv);
+  spdlog::set_level(spdlog::level::warn);
+  try {
+    return run(args);
+  } catch (const Error& e) {
+    fmt::print(stderr, "error ({}): {}\n", to_string(e.code()), e.what());
+    return 1;
+  } catch (const std::exception& e) {
+    fmt::print(stderr, "error: {}\n", e.what());
+    return 1;
+  }
+}

@@ -1,0 +1,75 @@
+// Simulator: replays validated StepPlans (built by the runtime's own plan builders) with the
+// cost model's unit and link times, producing a predicted Trace that observe/ can chart.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "conveyor/cost_model.hpp"
+#include "conveyor/partition.hpp"
+#include "conveyor/step_plan.hpp"
+#include "conveyor/trace.hpp"
+
+namespace conveyor {
+
+struct SimulatorOptions {
+  // One device per stage, or a single one for all; a device with a profile uses its fits for
+  // units, links and the step overhead.
+  std::vector<DeviceSpec> devices;
+  // Link s carries stage s -> s+1: n_stages - 1 entries, one for all, or none ("host").
+  std::vector<LinkSpec> links;
+  int link_capacity = 2;    // messages in flight per link, as the runtime's HostLink
+  bool all_logits = false;  // the head projects every row (GenerateOptions::all_logits)
+  // Cores shared by every stage (stages as threads on one host): while more stages compute than
+  // there are cores, each progresses at host_cores / busy stages. 0: every stage has its own
+  // device; -1: the stage-0 device profile's host_cores (0 without a profile).
+  double host_cores = -1.0;
+
+  void validate(int n_stages) const;
+};
+
+// The predicted execution of one step. Instruction semantics match the runtime: stage s runs
+// its program in order; Compute takes its layers' time (plus the embedding on stage 0); Sample
+// the head's; Send blocks while the link holds link_capacity unreceived messages and then takes
+// bytes / bandwidth, the message arriving link latency later; Recv waits for the arrival.
+// Events are replayed in time order, so compute on a shared host can slow down while several
+// stages are busy (SimulatorOptions::host_cores).
+struct SimulatedStep {
+  Trace trace;                 // one event per instruction, times from start_us
+  double seconds = 0.0;        // first start to last Commit, plus the step overhead
+  std::vector<double> busy_s;  // Compute + Sample time per stage
+};
+
+// Validates `plan` (the same validate() the runtime calls) and replays it. start_us places the
+// step on the trace's time axis. Throws conveyor::Error(kInvalidArgument) for a plan that does
+// not match the partition or fails validation.
+SimulatedStep simulate_step(const StepPlan& plan, const Partition& partition,
+                            const CostModel& model, const SimulatorOptions& options,
+                            double start_us = 0.0);
+
+// A batch of equal prompts: one prefill step, then decode steps one at a time (the step
+// dependency), each planned with build_prefill_plan / build_decode_plan like the Engine does.
+struct GenerationShape {
+  int32_t n_seqs = 1;
+  int64_t prompt_tokens = 512;
+  int64_t new_tokens = 0;         // decode steps = new_tokens - 1 (prefill samples the first)
+  int prefill_micro_batches = 0;  // 0: the builder's default (one per stage)
+  int decode_micro_batches = 0;   // 0: min(stages, sequences)
+  int64_t chunk_tokens = 0;       // > 0: prefill in chunks (TeraPipe-style)
+
+  void validate() const;
+};
+
+struct SimulatedGeneration {
+  Trace trace;  // every step, back to back
+  double prefill_seconds = 0.0;
+  double decode_seconds = 0.0;    // all decode steps
+  int prefill_micro_batches = 0;  // as planned
+  int decode_micro_batches = 0;   // of the first decode step (0 when none)
+  std::vector<double> step_seconds;
+};
+
+SimulatedGeneration simulate_generation(const GenerationShape& shape, const Partition& partition,
+                                        const CostModel& model, const SimulatorOptions& options);
+
+}  // namespace conveyor
