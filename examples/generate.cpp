@@ -202,6 +202,9 @@ int main(int argc, char** argv) {
   app.add_option("--threads", args.engine.threads_per_stage, "threads per stage (cpu)")
       ->capture_default_str();
   app.add_option("--stages", args.engine.n_stages, "pipeline stages")->capture_default_str();
+  app.add_option("--partition", args.engine.partition,
+                 "even, balanced (cost model), counts 5,6,6,7 or a layout emb,0-4|5-9,head")
+      ->capture_default_str();
   app.add_option("--layers-per-stage", args.layers_per_stage, "explicit split, e.g. 5,6,6,7");
   app.add_option("--microbatches", args.engine.prefill_micro_batches,
                  "prefill micro-batches (0 = one per stage)")

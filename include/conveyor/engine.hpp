@@ -32,7 +32,11 @@ struct EngineOptions {
   std::vector<int> devices;
   DType device_dtype = DType::kBF16;  // weights and activations on a GPU: kBF16 or kF16
   int n_stages = 1;
-  // Explicit layer counts per stage (empty: Partition::even). Their sum must be n_layers.
+  // How layers are split over the stages: "even" (extra layers to the first stages), "balanced"
+  // (the cost model's exact min-max split: the lm_head's cost counted on the last stage),
+  // counts "5,6,6,7", or a layout "emb,0-4|5-10|11-16|17-23,head".
+  std::string partition = "even";
+  // Explicit layer counts per stage; when set they win over `partition`. Sum must be n_layers.
   std::vector<int64_t> layers_per_stage;
   int threads_per_stage = 1;      // each stage has its own pool: S stages use S * T cores
   int prefill_micro_batches = 0;  // 0: one per stage (enough to fill the pipeline)

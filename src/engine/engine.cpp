@@ -9,7 +9,9 @@
 #include <chrono>
 #include <map>
 
+#include "conveyor/cost_model.hpp"
 #include "conveyor/error.hpp"
+#include "conveyor/partitioner.hpp"
 #include "core/check.hpp"
 #include "engine/stage_factory.hpp"
 #include "model/weights.hpp"
@@ -26,7 +28,8 @@ double seconds_since(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
 }
 
-Partition make_partition(const ModelConfig& config, const EngineOptions& options) {
+Partition make_partition(const ModelConfig& config, const EngineOptions& options,
+                         BackendKind backend, int64_t max_context) {
   if (!options.layers_per_stage.empty()) {
     if (static_cast<int>(options.layers_per_stage.size()) != options.n_stages) {
       fail(ErrorCode::kInvalidArgument,
@@ -35,9 +38,24 @@ Partition make_partition(const ModelConfig& config, const EngineOptions& options
     }
     return Partition::from_counts(config.n_layers, options.layers_per_stage);
   }
-  return Partition::even(config.n_layers, options.n_stages);
+  if (options.partition != "balanced") {
+    return parse_partition_spec(options.partition, config.n_layers, options.n_stages);
+  }
+  // Balanced: per-unit costs in the precision the backend runs; the ratios between the layers
+  // and the head are what matter, so the device preset only needs the right kind of machine.
+  const bool gpu = backend == BackendKind::kCuda;
+  const DType dtype = gpu ? options.device_dtype : DType::kF32;
+  const CostModel model(config,
+                        {.weight_dtype = dtype, .kv_dtype = dtype, .activation_dtype = dtype});
+  PartitionerOptions partitioner;
+  partitioner.n_stages = options.n_stages;
+  partitioner.devices = {device_preset(gpu ? "h100" : "cpu")};
+  partitioner.devices.front().memory_bytes = 0;  // memory is checked by the stages themselves
+  partitioner.objective = Objective::kMixed;
+  partitioner.max_context = max_context;
+  partitioner.max_batch = options.max_batch;
+  return balanced_partition(model, partitioner).partition;
 }
-
 }  // namespace
 
 void EngineOptions::validate() const {
@@ -146,11 +164,12 @@ Engine Engine::open(const std::filesystem::path& model_dir, const EngineOptions&
          "{} stages but the model has only {} layers; use at most {} stages", options.n_stages,
          config.n_layers, config.n_layers);
   }
-  Partition partition = make_partition(config, options);
+  const BackendKind backend = resolve_backend(options.backend);
+  Partition partition = make_partition(config, options, backend, max_context);
   auto impl = std::make_unique<Impl>(config, options, std::move(partition));
   impl->max_context = max_context;
 
-  impl->backend = resolve_backend(options.backend);
+  impl->backend = backend;
   std::vector<int> devices(static_cast<size_t>(options.n_stages), 0);
   if (impl->backend == BackendKind::kCuda) devices = stage_devices(options);
 

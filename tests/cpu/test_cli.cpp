@@ -171,6 +171,36 @@ TEST_F(CliTest, CorruptWeights) {
   expect_refused("--model " + wrong_shape.string() + " --prompt-ids 1", "mlp");
 }
 
+TEST_F(CliTest, PlanSizesAnEightBillionDeploymentWithoutWeights) {
+  const std::string plan = test::binary_path("conveyor-plan").string();
+  const std::string config = std::string(CONVEYOR_SOURCE_DIR) + "/configs/llama-3-8b.json";
+  std::string out;
+  ASSERT_EQ(
+      run(plan + " --config " + config + " --devices h100 --link nvlink --max-stages 8", &out), 0)
+      << out;
+  // The lm_head makes the last stage the heaviest: balancing gives it fewer layers.
+  EXPECT_NE(out.find("partition 8,8,8,8"), std::string::npos) << out;
+  EXPECT_NE(out.find("partition 8,9,9,6"), std::string::npos) << out;
+  EXPECT_EQ(run(plan + " --config " + config + " --devices tpu", &out), 1) << out;
+  EXPECT_NE(out.find("h100"), std::string::npos) << out;  // the error lists the presets
+}
+
+TEST_F(CliTest, BenchSweepsAndWritesJson) {
+  const auto json_path = dir_->path() / "bench.json";
+  std::string out;
+  ASSERT_EQ(run(test::binary_path("conveyor-bench").string() + " --model " + model() +
+                    " --prompt-tokens 64 --stages 1,2 --microbatches 1,2"
+                    " --strategies even,balanced --repeats 1 --json " +
+                    json_path.string(),
+                &out),
+            0)
+      << out;
+  std::ifstream in(json_path);
+  const std::string text((std::istreambuf_iterator<char>(in)), {});
+  EXPECT_NE(text.find("\"bubble"), std::string::npos) << text.substr(0, 400);
+  EXPECT_NE(out.find("measured"), std::string::npos) << out;
+}
+
 TEST_F(CliTest, MakeModelRefusesBadOptions) {
   std::string out;
   EXPECT_NE(run(make_model() + " --preset huge --out " + (dir_->path() / "x").string(), &out), 0);

@@ -5,6 +5,7 @@
 
 #include <fmt/format.h>
 
+#include <functional>
 #include <set>
 
 #include "common/test_util.hpp"
@@ -21,6 +22,15 @@ std::string fmt_what(int stages, int micro, int64_t chunk) {
 }
 std::string fmt_where(int stage, int instruction) {
   return fmt::format("stage {} failed at instruction {} (", stage, instruction);
+}
+
+std::string error_of(const std::function<void()>& fn) {
+  try {
+    fn();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "<no error>";
 }
 
 class EngineTest : public ::testing::Test {
@@ -119,6 +129,23 @@ TEST_F(EngineTest, UnevenPartitionsAndThreads) {
   }
 }
 
+TEST_F(EngineTest, PartitionSpecs) {
+  for (const char* spec : {"balanced", "2,2,2", "emb,0-0|1-4|5,head"}) {
+    EngineOptions options{.n_stages = 3, .partition = spec};
+    Engine engine = Engine::open(dir_->path(), options);
+    EXPECT_EQ(engine.partition().n_stages(), 3) << spec;
+    expect_matches_reference(engine.generate(requests(), logits_options()), spec);
+  }
+  EXPECT_EQ(Engine::open(dir_->path(), {.n_stages = 3, .partition = "emb,0-0|1-4|5,head"})
+                .partition()
+                .to_string(),
+            "1,4,1");
+  EXPECT_NE(error_of([&] {
+              Engine::open(dir_->path(), {.n_stages = 2, .partition = "3,x"});
+            }).find("'x'"),
+            std::string::npos);
+}
+
 TEST_F(EngineTest, EngineIsReusableAcrossCalls) {
   Engine engine = Engine::open(dir_->path(), {.n_stages = 3});
   for (int i = 0; i < 3; ++i) {
@@ -166,15 +193,6 @@ TEST_F(EngineTest, LogitsOfGeneratedTokensOnly) {
     std::span<const float> tail(ref.logits.data() + (ref.logits_rows - 6) * vocab, 6 * vocab);
     EXPECT_LE(test::relative_error(got.logits, tail), 1e-5);
   }
-}
-
-std::string error_of(const std::function<void()>& fn) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "<no error>";
 }
 
 TEST_F(EngineTest, BadInputIsRefusedClearly) {
