@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 #include <CLI/CLI.hpp>
+#include "cli_errors.hpp"
 
 #include <algorithm>
 #include <chrono>
@@ -675,14 +676,8 @@ int main(int argc, char** argv) {
   app.add_option("--svg-dir", args.svg_dir, "write timeline_best/worst.svg and imbalance.svg here");
   CLI11_PARSE(app, argc, argv);
   spdlog::set_level(spdlog::level::warn);
-  try {
+  return run_reporting_errors([&] {
     if (args.repeats < 1) fail(ErrorCode::kInvalidArgument, "--repeats must be at least 1");
     return run(args);
-  } catch (const Error& e) {
-    fmt::print(stderr, "error ({}): {}\n", to_string(e.code()), e.what());
-    return 1;
-  } catch (const std::exception& e) {
-    fmt::print(stderr, "error: {}\n", e.what());
-    return 1;
-  }
+  });
 }

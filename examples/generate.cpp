@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <map>
+#include "cli_errors.hpp"
 
 #include "conveyor/engine.hpp"
 #include "conveyor/error.hpp"
@@ -228,13 +229,5 @@ int main(int argc, char** argv) {
   app.add_flag("--quiet", args.quiet, "omit the stage-balance report");
   CLI11_PARSE(app, argc, argv);
   spdlog::set_level(spdlog::level::warn);
-  try {
-    return run(args);
-  } catch (const conveyor::Error& e) {
-    fmt::print(stderr, "error ({}): {}\n", conveyor::to_string(e.code()), e.what());
-    return 1;
-  } catch (const std::exception& e) {
-    fmt::print(stderr, "error: {}\n", e.what());
-    return 1;
-  }
+  return conveyor::run_reporting_errors([&] { return run(args); });
 }

@@ -3,9 +3,11 @@
 #include <fmt/format.h>
 
 #include <CLI/CLI.hpp>
+
 #include <cstdint>
 #include <optional>
 #include <string>
+#include "cli_errors.hpp"
 
 #include "conveyor/error.hpp"
 #include "conveyor/model_config.hpp"
@@ -45,7 +47,7 @@ int main(int argc, char** argv) {
       ->check(CLI::NonNegativeNumber);
   CLI11_PARSE(app, argc, argv);
 
-  try {
+  return conveyor::run_reporting_errors([&] {
     conveyor::MakeModelOptions options;
     options.config = config_file.empty() ? conveyor::preset_config(preset)
                                          : conveyor::ModelConfig::load(config_file);
@@ -76,9 +78,6 @@ int main(int argc, char** argv) {
                conveyor::dtype_name(options.dtype), seed);
     for (const auto& file : result.files)
       fmt::print("  {}\n", file.string());
-  } catch (const conveyor::Error& e) {
-    fmt::print(stderr, "conveyor-make-model: {}\n", e.what());
-    return 1;
-  }
-  return 0;
+    return 0;
+  });
 }

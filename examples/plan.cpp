@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 #include <CLI/CLI.hpp>
+#include "cli_errors.hpp"
 
 #include <algorithm>
 #include <cstdio>
@@ -280,13 +281,5 @@ int main(int argc, char** argv) {
   app.add_option("--timeline", args.timeline_out, "write the predicted SVG timeline of --stages");
   CLI11_PARSE(app, argc, argv);
   spdlog::set_level(spdlog::level::warn);
-  try {
-    return run(args);
-  } catch (const Error& e) {
-    fmt::print(stderr, "error ({}): {}\n", to_string(e.code()), e.what());
-    return 1;
-  } catch (const std::exception& e) {
-    fmt::print(stderr, "error: {}\n", e.what());
-    return 1;
-  }
+  return run_reporting_errors([&] { return run(args); });
 }

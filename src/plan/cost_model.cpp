@@ -17,8 +17,6 @@ namespace conveyor {
 
 namespace {
 
-constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
-
 int64_t bytes_of(DType dtype) {
   return static_cast<int64_t>(dtype_size(dtype));
 }
@@ -385,92 +383,85 @@ void LinkSpec::validate() const {
   }
 }
 
+namespace {
+
+// Peak dense rates from the vendors' data sheets (bf16 tensor cores on GPUs); efficiencies are
+// typical achieved fractions for large GEMMs and streaming reads.
+struct DevicePreset {
+  const char* name;
+  double peak_flops;
+  double memory_bandwidth;
+  int64_t memory_bytes;
+  double flops_efficiency;
+  double bandwidth_efficiency;
+  double unit_overhead_s;
+};
+constexpr int64_t kGiB = int64_t{1} << 30;
+constexpr DevicePreset kDevicePresets[] = {
+    // One core of this machine (AVX2 FMA fp32, ~2.5 GHz) per stage; use a profile for accuracy.
+    {"cpu", 80e9, 20e9, 16 * kGiB, 0.5, 0.7, 20e-6},
+    {"h100", 989e12, 3.35e12, 80 * kGiB, 0.6, 0.85, 5e-6},
+    {"h100-pcie", 756e12, 2.0e12, 80 * kGiB, 0.6, 0.85, 5e-6},
+    {"h200", 989e12, 4.8e12, 141'000'000'000, 0.6, 0.85, 5e-6},
+    {"a100", 312e12, 2.039e12, 80 * kGiB, 0.65, 0.85, 6e-6},
+    {"a100-40gb", 312e12, 1.555e12, 40 * kGiB, 0.65, 0.85, 6e-6},
+};
+
+struct LinkPreset {
+  const char* name;
+  double bandwidth;
+  double latency_s;
+};
+constexpr LinkPreset kLinkPresets[] = {
+    {"host", 0.0, 20e-6},     // the host link moves the buffer; cost is waking the peer
+    {"nvlink", 400e9, 5e-6},  // NVLink 4: 450 GB/s per direction, ~90 % achieved
+    {"pcie4", 25e9, 10e-6},  {"pcie5", 50e9, 10e-6}, {"infiniband", 45e9, 15e-6},  // NDR 400 Gb/s
+};
+
+}  // namespace
+
 std::vector<std::string> device_preset_names() {
-  return {"cpu", "h100", "h100-pcie", "h200", "a100", "a100-40gb"};
+  std::vector<std::string> names;
+  for (const DevicePreset& p : kDevicePresets)
+    names.emplace_back(p.name);
+  return names;
 }
 
 DeviceSpec device_preset(std::string_view name) {
-  // Peak dense rates from the vendors' data sheets (bf16 tensor cores on GPUs); efficiencies
-  // are typical achieved fractions for large GEMMs and streaming reads.
-  DeviceSpec d;
-  d.name = std::string(name);
-  if (name == "cpu") {
-    // One core of this machine (AVX2 FMA fp32, ~2.5 GHz) per stage; use a profile for accuracy.
-    d.peak_flops = 80e9;
-    d.memory_bandwidth = 20e9;
-    d.memory_bytes = static_cast<int64_t>(16 * kGiB);
-    d.flops_efficiency = 0.5;
-    d.bandwidth_efficiency = 0.7;
-    d.unit_overhead_s = 20e-6;
-  } else if (name == "h100") {
-    d.peak_flops = 989e12;
-    d.memory_bandwidth = 3.35e12;
-    d.memory_bytes = static_cast<int64_t>(80 * kGiB);
-    d.flops_efficiency = 0.6;
-    d.bandwidth_efficiency = 0.85;
-    d.unit_overhead_s = 5e-6;
-  } else if (name == "h100-pcie") {
-    d.peak_flops = 756e12;
-    d.memory_bandwidth = 2.0e12;
-    d.memory_bytes = static_cast<int64_t>(80 * kGiB);
-    d.flops_efficiency = 0.6;
-    d.bandwidth_efficiency = 0.85;
-    d.unit_overhead_s = 5e-6;
-  } else if (name == "h200") {
-    d.peak_flops = 989e12;
-    d.memory_bandwidth = 4.8e12;
-    d.memory_bytes = 141'000'000'000;
-    d.flops_efficiency = 0.6;
-    d.bandwidth_efficiency = 0.85;
-    d.unit_overhead_s = 5e-6;
-  } else if (name == "a100") {
-    d.peak_flops = 312e12;
-    d.memory_bandwidth = 2.039e12;
-    d.memory_bytes = static_cast<int64_t>(80 * kGiB);
-    d.flops_efficiency = 0.65;
-    d.bandwidth_efficiency = 0.85;
-    d.unit_overhead_s = 6e-6;
-  } else if (name == "a100-40gb") {
-    d.peak_flops = 312e12;
-    d.memory_bandwidth = 1.555e12;
-    d.memory_bytes = static_cast<int64_t>(40 * kGiB);
-    d.flops_efficiency = 0.65;
-    d.bandwidth_efficiency = 0.85;
-    d.unit_overhead_s = 6e-6;
-  } else {
-    fail(ErrorCode::kInvalidArgument, "unknown device preset \"{}\"; presets are {}", name,
-         join(device_preset_names()));
+  for (const DevicePreset& p : kDevicePresets) {
+    if (name != p.name) continue;
+    DeviceSpec d;
+    d.name = p.name;
+    d.peak_flops = p.peak_flops;
+    d.memory_bandwidth = p.memory_bandwidth;
+    d.memory_bytes = p.memory_bytes;
+    d.flops_efficiency = p.flops_efficiency;
+    d.bandwidth_efficiency = p.bandwidth_efficiency;
+    d.unit_overhead_s = p.unit_overhead_s;
+    return d;
   }
-  return d;
+  fail(ErrorCode::kInvalidArgument, "unknown device preset \"{}\"; presets are {}", name,
+       join(device_preset_names()));
 }
 
 std::vector<std::string> link_preset_names() {
-  return {"host", "nvlink", "pcie4", "pcie5", "infiniband"};
+  std::vector<std::string> names;
+  for (const LinkPreset& p : kLinkPresets)
+    names.emplace_back(p.name);
+  return names;
 }
 
 LinkSpec link_preset(std::string_view name) {
-  LinkSpec l;
-  l.name = std::string(name);
-  if (name == "host") {
-    l.bandwidth = 0.0;  // the host link moves the buffer; cost is waking the peer
-    l.latency_s = 20e-6;
-  } else if (name == "nvlink") {
-    l.bandwidth = 400e9;  // NVLink 4: 450 GB/s per direction, ~90 % achieved
-    l.latency_s = 5e-6;
-  } else if (name == "pcie4") {
-    l.bandwidth = 25e9;
-    l.latency_s = 10e-6;
-  } else if (name == "pcie5") {
-    l.bandwidth = 50e9;
-    l.latency_s = 10e-6;
-  } else if (name == "infiniband") {
-    l.bandwidth = 45e9;  // NDR 400 Gb/s
-    l.latency_s = 15e-6;
-  } else {
-    fail(ErrorCode::kInvalidArgument, "unknown link preset \"{}\"; presets are {}", name,
-         join(link_preset_names()));
+  for (const LinkPreset& p : kLinkPresets) {
+    if (name != p.name) continue;
+    LinkSpec l;
+    l.name = p.name;
+    l.bandwidth = p.bandwidth;
+    l.latency_s = p.latency_s;
+    return l;
   }
-  return l;
+  fail(ErrorCode::kInvalidArgument, "unknown link preset \"{}\"; presets are {}", name,
+       join(link_preset_names()));
 }
 
 // ---- cost model ------------------------------------------------------------------------------

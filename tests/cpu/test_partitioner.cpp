@@ -2,6 +2,8 @@
 // heterogeneous devices, objectives, KV-capacity mode, the 8B balance, and layout strings.
 #include <gtest/gtest.h>
 
+#include "common/test_util.hpp"
+
 #include <algorithm>
 #include <cmath>
 #include <functional>
@@ -24,22 +26,7 @@ ModelConfig load_config(const std::string& name) {
                            name);
 }
 
-// Runs f, expects an Error with `code` whose message contains every part.
-template <typename F>
-void expect_error(F&& f, ErrorCode code, const std::vector<std::string>& parts) {
-  try {
-    f();
-  } catch (const Error& e) {
-    EXPECT_EQ(e.code(), code) << e.what();
-    const std::string message = e.what();
-    for (const std::string& part : parts) {
-      EXPECT_NE(message.find(part), std::string::npos)
-          << "message lacks '" << part << "': " << message;
-    }
-    return;
-  }
-  ADD_FAILURE() << "no conveyor::Error thrown";
-}
+using test::expect_error;
 
 // Every composition of n_layers into n_stages positive parts; returns the best max cost.
 double brute_force(int64_t n_layers, int n_stages, const StageCostFn& cost) {

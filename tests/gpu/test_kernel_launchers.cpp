@@ -22,22 +22,7 @@
 namespace conveyor {
 namespace {
 
-using gpu_testing::Bits;
-using gpu_testing::DeviceBuffer;
-using gpu_testing::download_float;
-using gpu_testing::from_bits;
-using gpu_testing::kHalfTypes;
-using gpu_testing::kNaN;
-using gpu_testing::name;
-using gpu_testing::pool;
-using gpu_testing::random_vector;
-using gpu_testing::relative_error;
-using gpu_testing::rounded;
-using gpu_testing::seed_note;
-using gpu_testing::sync;
-using gpu_testing::test_seed;
-using gpu_testing::to_bits;
-using gpu_testing::tolerance;
+using namespace gpu_testing;  // the helpers of tests/gpu/gpu_test_util.hpp
 
 // ---- launcher validation (no device needed) --------------------------------------------------
 
