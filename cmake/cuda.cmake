@@ -1,6 +1,7 @@
-# conveyor_cuda: the CUDA kernel layer (kernels/) and CUDA backend sources (src/backend/cuda/),
-# plus the gpu-labelled tests (tests/gpu/test_*.cpp). Included from the top-level CMakeLists.txt
-# when CONVEYOR_HAVE_CUDA; the tests compile everywhere and skip at run time without a device.
+# conveyor_cuda: the CUDA kernel layer (kernels/) and CUDA backend (src/backend/cuda/: CudaStage,
+# NCCL communicator when NCCL was found), linked into the engine with CONVEYOR_WITH_CUDA=1.
+# Included from the top-level CMakeLists.txt when CONVEYOR_HAVE_CUDA; the gpu tests compile
+# everywhere and skip at run time without a device.
 
 # One architecture by default (H100/H200) keeps nvcc time modest; override with
 # -DCMAKE_CUDA_ARCHITECTURES=80;90 (or "native" on a machine with a GPU).
@@ -15,6 +16,9 @@ endif()
 file(GLOB CONVEYOR_CUDA_SOURCES CONFIGURE_DEPENDS
   ${PROJECT_SOURCE_DIR}/kernels/*.cu ${PROJECT_SOURCE_DIR}/kernels/*.cpp
   ${PROJECT_SOURCE_DIR}/src/backend/cuda/*.cu ${PROJECT_SOURCE_DIR}/src/backend/cuda/*.cpp)
+if(NOT CONVEYOR_HAVE_NCCL)
+  list(FILTER CONVEYOR_CUDA_SOURCES EXCLUDE REGEX "/nccl_[^/]*\\.cpp$")
+endif()
 add_library(conveyor_cuda STATIC ${CONVEYOR_CUDA_SOURCES})
 add_library(conveyor::cuda ALIAS conveyor_cuda)
 # The kernels need C++17 only; use C++20 where this CMake knows how to ask nvcc for it
@@ -41,4 +45,21 @@ target_compile_options(conveyor_cuda PRIVATE
 target_link_libraries(conveyor_cuda
   PUBLIC conveyor_core CUDA::cudart CUDA::cublas CUDA::cublasLt
   PRIVATE $<BUILD_INTERFACE:conveyor_options> fmt::fmt spdlog::spdlog)
+if(CONVEYOR_HAVE_NCCL)
+  target_include_directories(conveyor_cuda PRIVATE ${CONVEYOR_NCCL_INCLUDE_DIR})
+  target_link_libraries(conveyor_cuda PRIVATE ${CONVEYOR_NCCL_LIBRARY})
+  # Tests see it through the build interface only (the NCCL header is internal).
+  target_compile_definitions(conveyor_cuda PUBLIC $<BUILD_INTERFACE:CONVEYOR_HAVE_NCCL=1>)
+endif()
+
+# The engine builds CUDA stages (src/engine/stage_factory.cpp) when this is defined.
+target_link_libraries(conveyor PRIVATE conveyor_cuda)
+target_compile_definitions(conveyor PRIVATE CONVEYOR_WITH_CUDA=1)
+
+# conveyor is static, so its private link to conveyor_cuda is part of its exported interface:
+# conveyor_cuda must be in the export set (and the package config must find CUDAToolkit).
+install(TARGETS conveyor_cuda EXPORT conveyorTargets
+  ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR}
+  LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR})
+
 # The gpu-labelled tests are added by tests/CMakeLists.txt when this target exists.

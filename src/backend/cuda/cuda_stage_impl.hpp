@@ -1,0 +1,104 @@
+// CudaStage's declaration, shared by its two sources (cuda_stage.cpp: construction and layers;
+// cuda_stage_head.cpp: final norm, lm_head and sampling). Internal to src/backend/cuda: the
+// rest of conveyor includes cuda_stage.hpp and builds stages with make_cuda_stage().
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "backend/cuda/activation_pool.hpp"
+#include "backend/cuda/cuda_stage.hpp"
+#include "backend/cuda/device_context.hpp"
+#include "backend/cuda/device_weights.hpp"
+#include "backend/kv_cache.hpp"
+
+namespace conveyor::cuda {
+
+// What make_cuda_stage decided before construction (after its checks passed).
+struct CudaStageSetup {
+  int64_t max_tokens = 0;
+  WorkspacePlan plan;
+  std::string device_name;
+};
+
+class CudaStage final : public StageBackend {
+ public:
+  // The device must pass make_cuda_stage's checks.
+  CudaStage(const ModelConfig& config, const StageWeights& weights, const CudaStageOptions& options,
+            const CudaStageSetup& setup);
+
+  int64_t hidden_size() const override { return config_.hidden_size; }
+  std::string describe() const override;
+  void compute(const MicroBatch& mb, const StepContext& ctx, Activations& activations) override;
+  void sample(const MicroBatch& mb, const StepContext& ctx, const Activations& activations,
+              std::vector<SampledToken>& tokens, std::vector<LogitsRow>& logits) override;
+  void commit(int64_t step) override;
+  void rollback() override;
+  void release(int32_t seq) override { ledger_.release(seq); }
+  int64_t committed(int32_t seq) const override { return ledger_.committed(seq); }
+
+ private:
+  // Pinned host copy of one micro-batch's index arrays, reusable once `uploaded` completed.
+  struct Staging {
+    PinnedBuffer indices;  // [4, max_tokens] int32 (used as [4, n] packed)
+    Event uploaded;
+  };
+  // A row of the micro-batch that needs logits.
+  struct HeadRow {
+    int32_t seq;
+    int64_t position;
+    int64_t index;  // row in the micro-batch
+    bool sample;
+  };
+
+  int64_t kv_seq_stride() const { return options_.max_context * config_.kv_dim(); }
+  int64_t kv_bytes_per_token() const {
+    return 2 * n_local_layers_ * config_.kv_dim() *
+           static_cast<int64_t>(dtype_size(options_.dtype));
+  }
+  const int32_t* device_ids() const { return ctx_.workspace().indices; }
+  const int32_t* device_positions() const { return ctx_.workspace().indices + rows_; }
+  const int32_t* device_slots() const { return ctx_.workspace().indices + 2 * rows_; }
+  const int32_t* device_lengths() const { return ctx_.workspace().indices + 3 * rows_; }
+
+  void upload_indices(const MicroBatch& mb, const StepContext& ctx);
+  void load_input(const MicroBatch& mb, Activations& in, const CudaActivations& out);
+  void run_layer(size_t layer, const MicroBatch& mb, float* x);
+  void attention(size_t layer, const MicroBatch& mb);
+  void decode_attention(size_t layer, int64_t row_begin, int64_t row_end);
+  const float* head_input(const MicroBatch& mb, const Activations& in,
+                          std::shared_ptr<CudaActivations>& own);
+  void head_pass(const HeadRow* rows, int64_t n_rows, const float* x, const StepContext& ctx,
+                 std::vector<SampledToken>& tokens, std::vector<LogitsRow>& logits);
+
+  ModelConfig config_;
+  CudaStageOptions options_;
+  StageWeightsSpec spec_;
+  int64_t n_local_layers_;
+  int64_t max_tokens_;
+  int device_;
+  std::string device_name_;
+  DeviceContext ctx_;
+  DeviceWeights weights_;
+  DeviceBuffer inv_freq_;              // [head_dim / 2] fp32
+  std::vector<DeviceBuffer> k_cache_;  // per local layer: [max_seqs, max_context, n_kv_heads,
+                                       // head_dim] dtype (the kernels' cache layout)
+  std::vector<DeviceBuffer> v_cache_;  // same layout
+  // Committed/pending lengths per slot with KvCache's rules (reserve order, commit steps,
+  // rollback, release); zero layers, so it allocates no host storage. Rows past a slot's
+  // pending length are never read, so rollback() only resets lengths.
+  KvCache ledger_;
+  ActivationPool pool_;
+  std::vector<Staging> staging_;  // [kStagingSets]
+  int next_staging_ = 0;
+  PinnedBuffer head_params_;  // [head_rows] SampleRowParams
+  PinnedBuffer head_tokens_;  // [head_rows] int32
+  PinnedBuffer head_logits_;  // [head_rows, vocab] fp32
+
+  // The micro-batch being computed.
+  int64_t rows_ = 0;
+  std::vector<int64_t> positions_;  // [rows_]
+};
+
+}  // namespace conveyor::cuda

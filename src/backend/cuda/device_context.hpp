@@ -1,0 +1,177 @@
+// DeviceContext: what one CUDA pipeline stage owns on its device — a stream, a cuBLASLt Gemm and
+// a workspace planned on the host and allocated once — plus the RAII wrappers (device memory,
+// pinned host memory, events) it is built from. No CUDA header: streams and events are opaque.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+
+#include "backend/cuda/gemm.hpp"
+#include "conveyor/dtype.hpp"
+#include "conveyor/model_config.hpp"
+#include "kernels/kernels.hpp"
+
+typedef struct CUevent_st* cudaEvent_t;
+
+namespace conveyor::cuda {
+
+// cudaSetDevice(device) for the calling thread; throws conveyor::Error(kDevice). Stage entry
+// points call it first: a worker thread may run stages of several devices over its life, and
+// commit/rollback run on the engine's thread.
+void set_device(int device);
+
+// Device memory from cudaMalloc (never managed memory), freed on destruction. Move-only.
+class DeviceBuffer {
+ public:
+  DeviceBuffer() = default;
+  // Allocates `bytes` (>= 1) on `device`, which must be current. Throws kOutOfMemory naming
+  // `what`, the size and the device.
+  DeviceBuffer(int device, size_t bytes, const char* what);
+  ~DeviceBuffer();  // never throws; logs a failure to free
+  DeviceBuffer(DeviceBuffer&& other) noexcept;
+  DeviceBuffer& operator=(DeviceBuffer&& other) noexcept;
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+
+  void* get() const { return data_; }
+  template <typename T>
+  T* as() const {
+    return static_cast<T*>(data_);
+  }
+  size_t bytes() const { return bytes_; }
+
+ private:
+  void reset() noexcept;
+  void* data_ = nullptr;
+  size_t bytes_ = 0;
+  int device_ = -1;
+};
+
+// Page-locked host memory (cudaHostAlloc, portable), so copies on a stream are truly
+// asynchronous. The caller must not overwrite it while a copy from it is in flight.
+class PinnedBuffer {
+ public:
+  PinnedBuffer() = default;
+  PinnedBuffer(size_t bytes, const char* what);
+  ~PinnedBuffer();
+  PinnedBuffer(PinnedBuffer&& other) noexcept;
+  PinnedBuffer& operator=(PinnedBuffer&& other) noexcept;
+  PinnedBuffer(const PinnedBuffer&) = delete;
+  PinnedBuffer& operator=(const PinnedBuffer&) = delete;
+
+  template <typename T>
+  T* as() const {
+    return static_cast<T*>(data_);
+  }
+  size_t bytes() const { return bytes_; }
+
+ private:
+  void reset() noexcept;
+  void* data_ = nullptr;
+  size_t bytes_ = 0;
+};
+
+// A timing-free event created on `device` (which must be current). Move-only.
+class Event {
+ public:
+  Event() = default;
+  explicit Event(int device);
+  ~Event();
+  Event(Event&& other) noexcept;
+  Event& operator=(Event&& other) noexcept;
+  Event(const Event&) = delete;
+  Event& operator=(const Event&) = delete;
+
+  cudaEvent_t get() const { return event_; }
+  int device() const { return device_; }
+
+ private:
+  void reset() noexcept;
+  cudaEvent_t event_ = nullptr;
+  int device_ = -1;
+};
+
+// Byte sizes of a stage's scratch buffers, computed on the host for the largest micro-batch
+// (plan/run split): the workspace is allocated once and every launch writes into it.
+struct WorkspacePlan {
+  int64_t max_tokens = 0;   // rows of one micro-batch
+  int64_t decode_rows = 0;  // sequences of one decode-attention launch
+  int64_t head_rows = 0;    // rows the head (final norm + lm_head) projects at once; 0: no head
+  int64_t max_context = 0;  // keys one decode-attention row may attend
+
+  size_t normed = 0;   // [max_tokens, hidden] dtype (also the head's normed rows)
+  size_t q = 0;        // [max_tokens, q_dim] dtype
+  size_t k = 0;        // [max_tokens, kv_dim] dtype
+  size_t v = 0;        // [max_tokens, kv_dim] dtype
+  size_t attn = 0;     // [max_tokens, q_dim] dtype
+  size_t gate = 0;     // [max_tokens, intermediate] dtype (swiglu output in place)
+  size_t up = 0;       // [max_tokens, intermediate] dtype
+  size_t indices = 0;  // [4, max_tokens] int32: token ids, positions, slots, lengths
+  size_t decode = 0;   // decode attention split partials for decode_rows x max_context
+  size_t head_x = 0;   // [head_rows, hidden] fp32: residual rows gathered for the head
+  size_t logits = 0;   // [head_rows, vocab] fp32
+  size_t params = 0;   // [head_rows] kernels::SampleRowParams
+  size_t tokens = 0;   // [head_rows] int32
+
+  // Sum of the buffers, each rounded up to 256 bytes.
+  size_t total() const;
+};
+
+// The rows a head pass takes at once: enough for one sampled row per sequence slot, at least 64
+// (so all_logits prefill goes in few passes), at most the micro-batch.
+WorkspacePlan plan_workspace(const ModelConfig& config, DType dtype, int64_t max_tokens,
+                             int32_t max_seqs, int64_t max_context, bool with_head);
+
+// Device pointers into the one workspace allocation, laid out by a WorkspacePlan.
+struct Workspace {
+  void* normed = nullptr;
+  void* q = nullptr;
+  void* k = nullptr;
+  void* v = nullptr;
+  void* attn = nullptr;
+  void* gate = nullptr;
+  void* up = nullptr;
+  int32_t* indices = nullptr;
+  void* decode = nullptr;
+  float* head_x = nullptr;
+  float* logits = nullptr;
+  kernels::SampleRowParams* params = nullptr;
+  int32_t* tokens = nullptr;
+};
+
+// One stage's device context. Not thread-safe: used by the stage's worker (commit/rollback come
+// from the engine's thread, between steps). Every launch of the stage goes to stream(); the
+// stream never synchronizes with other stages' streams except through events.
+class DeviceContext {
+ public:
+  // `device` must be current (set_device). Creates a non-blocking stream, the Gemm (its
+  // cuBLASLt handle and workspace) and allocates the workspace of `plan`.
+  DeviceContext(int device, const WorkspacePlan& plan);
+  ~DeviceContext();  // never throws; waits for the stream's work, then frees
+  DeviceContext(const DeviceContext&) = delete;
+  DeviceContext& operator=(const DeviceContext&) = delete;
+
+  int device() const { return device_; }
+  cudaStream_t stream() const { return stream_; }
+  Gemm& gemm() { return *gemm_; }
+  const WorkspacePlan& plan() const { return plan_; }
+  const Workspace& workspace() const { return workspace_; }
+  // Device bytes held: workspace + Gemm workspace.
+  size_t bytes() const;
+
+  // Waits until everything enqueued on the stream finished; throws kDevice on an error.
+  void synchronize() const;
+  // Same, for failure paths: logs instead of throwing.
+  void synchronize_noexcept() const noexcept;
+
+ private:
+  int device_;
+  WorkspacePlan plan_;
+  cudaStream_t stream_ = nullptr;
+  std::unique_ptr<Gemm> gemm_;
+  DeviceBuffer memory_;
+  Workspace workspace_;
+};
+
+}  // namespace conveyor::cuda
