@@ -53,7 +53,10 @@ struct Args {
   int64_t new_tokens = 1;
   int threads = 1;
   int repeats = 3;
-  double host_cores = -1.0;  // -1: measured by the profile; 0: every stage its own core
+  // Cores the stages share in the prediction. -1: this machine's cores / threads per stage (the
+  // profile's measured contention is recorded but is too noisy on shared machines to predict
+  // with); 0: every stage its own core.
+  double host_cores = -1.0;
   std::string json_out;
   std::string svg_dir;
   bool keep_model = false;
@@ -419,7 +422,11 @@ int run(const Args& args) {
   DeviceSpec device = device_preset("cpu");
   device.name = "cpu";
   device.profile = profile;
-  const SimulatorOptions sim{.devices = {device}, .host_cores = args.host_cores};
+  const double host_cores =
+      args.host_cores >= 0.0
+          ? args.host_cores
+          : static_cast<double>(std::max(1u, std::thread::hardware_concurrency())) / args.threads;
+  const SimulatorOptions sim{.devices = {device}, .host_cores = host_cores};
 
   std::vector<Request> requests;
   for (int32_t r = 0; r < args.batch; ++r) {
@@ -669,8 +676,8 @@ int main(int argc, char** argv) {
   app.add_option("--repeats", args.repeats, "measured runs per configuration (median)")
       ->capture_default_str();
   app.add_option("--host-cores", args.host_cores,
-                 "cores the stages share in the prediction (-1: measured by the profile, 0: one "
-                 "per stage)")
+                 "cores the stages share in the prediction (-1: this machine's cores / --threads, "
+                 "0: one per stage)")
       ->capture_default_str();
   app.add_option("--json", args.json_out, "write every run as JSON");
   app.add_option("--svg-dir", args.svg_dir, "write timeline_best/worst.svg and imbalance.svg here");
