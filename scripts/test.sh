@@ -22,13 +22,16 @@ for t in $tsan_targets; do
   TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" "build-tsan/tests/$t" --gtest_brief=1
 done
 
-echo "== fuzz: safetensors parser (60 s) =="
+echo "== fuzz: safetensors header and config.json parsers (30 s each) =="
 CC=clang CXX=clang++ cmake -S . -B build-fuzz -G Ninja -DCONVEYOR_FUZZ=ON -DCONVEYOR_ENABLE_CUDA=OFF \
   -DCONVEYOR_BUILD_TESTS=OFF -DCONVEYOR_BUILD_BENCHMARKS=OFF -DCONVEYOR_BUILD_EXAMPLES=OFF
-cmake --build build-fuzz -j "$jobs" --target fuzz_safetensors
-mkdir -p build-fuzz/corpus
-./build-fuzz/fuzz/fuzz_safetensors -max_total_time=60 -print_final_stats=1 \
-  build-fuzz/corpus tests/fuzz_corpus
+cmake --build build-fuzz -j "$jobs" --target fuzz_safetensors fuzz_config
+for target in safetensors config; do
+  mkdir -p "build-fuzz/corpus-$target"
+  "./build-fuzz/fuzz/fuzz_$target" -max_total_time=30 -print_final_stats=1 \
+    "build-fuzz/corpus-$target" "tests/fuzz_corpus/$target"
+done
+
 summary=$(grep -oE "[0-9]+ tests failed out of [0-9]+" build/ctest.log | tail -n 1)
 total=${summary##* }
 echo "== all tests passed (ctest, ThreadSanitizer, fuzz) =="
