@@ -41,7 +41,7 @@ TEST_P(HfReference, LogitsAndGreedyTokensMatch) {
   std::string command =
       test::binary_path("conveyor-make-model").string() + " --out " + dir.path().string();
   for (const auto& arg : fixture["make_model_args"])
-    command += " " + arg.get<std::string>();
+    command += fmt::format(" {}", arg.get<std::string>());
   std::string output;
   ASSERT_EQ(test::run_command(command, &output), 0) << output;
   std::ifstream weights(dir.path() / "model.safetensors", std::ios::binary);
