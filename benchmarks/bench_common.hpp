@@ -48,7 +48,8 @@ inline double copy_bandwidth(int threads, int64_t bytes = int64_t{512} << 20, in
         std::memcpy(dst.data() + i * part, src.data() + i * part, static_cast<size_t>(part));
       });
     }
-    for (auto& t : pool) t.join();
+    for (auto& t : pool)
+      t.join();
     best = std::min(best, now_seconds() - t0);
   }
   return 2.0 * static_cast<double>(bytes) / best;
@@ -70,12 +71,14 @@ inline double read_bandwidth(int threads, int64_t bytes = int64_t{512} << 20, in
         float lanes[16] = {};
         const float* p = data.data() + i * part;
         for (int64_t j = 0; j + 16 <= part; j += 16) {
-          for (int l = 0; l < 16; ++l) lanes[l] += p[j + l];
+          for (int l = 0; l < 16; ++l)
+            lanes[l] += p[j + l];
         }
         std::copy(lanes, lanes + 16, sums.begin() + i * 16);
       });
     }
-    for (auto& t : pool) t.join();
+    for (auto& t : pool)
+      t.join();
     best = std::min(best, now_seconds() - t0);
   }
   if (sums[0] < 0) fmt::print("{}", sums[0]);  // keep the sums alive

@@ -31,15 +31,16 @@ int main(int argc, char** argv) {
 
   nlohmann::json results = nlohmann::json::array();
   fmt::print("{:>7} | {:>13} {:>10} {:>8} | {:>12} {:>10} {:>10} {:>8} {:>10} {:>8}\n", "threads",
-             "prefill tok/s", "sgemm GF/s", "of sgemm", "decode tok/s", "decode GB/s",
-             "copy GB/s", "of copy", "read GB/s", "of read");
+             "prefill tok/s", "sgemm GF/s", "of sgemm", "decode tok/s", "decode GB/s", "copy GB/s",
+             "of copy", "read GB/s", "of read");
   for (int threads : {1, 2}) {
     const double copy = bench::copy_bandwidth(threads);
     const double read = bench::read_bandwidth(threads);
     const double sgemm = bench::sgemm_flops(threads);
     Engine engine = Engine::open(dir, {.threads_per_stage = threads, .max_batch = 1});
     Request request;
-    for (int64_t i = 0; i < prompt_len; ++i) request.prompt.push_back(static_cast<int32_t>((i * 37 + 11) % 32000));
+    for (int64_t i = 0; i < prompt_len; ++i)
+      request.prompt.push_back(static_cast<int32_t>((i * 37 + 11) % 32000));
     request.max_new_tokens = new_tokens;
     request.stop_at_eos = false;
     engine.generate({request});  // warm-up
@@ -54,10 +55,11 @@ int main(int argc, char** argv) {
     const double decode_tps = 1.0 / best_decode;
     const double decode_bw = decode_bytes / best_decode;
     const double decode_fraction = decode_bw / copy;
-    fmt::print("{:>7} | {:>13.1f} {:>10.1f} {:>7.1f}% | {:>12.2f} {:>10.2f} {:>10.2f} {:>7.1f}% {:>10.2f} {:>7.1f}%\n",
-               threads, prefill_tps, sgemm / 1e9, 100 * prefill_fraction, decode_tps,
-               decode_bw / 1e9, copy / 1e9, 100 * decode_fraction, read / 1e9,
-               100 * decode_bw / read);
+    fmt::print(
+        "{:>7} | {:>13.1f} {:>10.1f} {:>7.1f}% | {:>12.2f} {:>10.2f} {:>10.2f} {:>7.1f}% {:>10.2f} "
+        "{:>7.1f}%\n",
+        threads, prefill_tps, sgemm / 1e9, 100 * prefill_fraction, decode_tps, decode_bw / 1e9,
+        copy / 1e9, 100 * decode_fraction, read / 1e9, 100 * decode_bw / read);
     results.push_back({{"threads", threads},
                        {"prefill_tokens_per_s", prefill_tps},
                        {"prefill_gflops", prefill_tps * prefill_flops_per_token / 1e9},

@@ -17,7 +17,8 @@ std::vector<Request> prompts(int n, int64_t length, int64_t new_tokens) {
   std::vector<Request> requests(static_cast<size_t>(n));
   for (int r = 0; r < n; ++r) {
     for (int64_t i = 0; i < length; ++i) {
-      requests[static_cast<size_t>(r)].prompt.push_back(static_cast<int32_t>((r * 7919 + i * 37) % 32000));
+      requests[static_cast<size_t>(r)].prompt.push_back(
+          static_cast<int32_t>((r * 7919 + i * 37) % 32000));
     }
     requests[static_cast<size_t>(r)].max_new_tokens = new_tokens;
     requests[static_cast<size_t>(r)].stop_at_eos = false;
@@ -32,8 +33,8 @@ struct PrefillRun {
 };
 
 PrefillRun run_prefill(const std::filesystem::path& dir, int stages, int micro, int reps) {
-  Engine engine = Engine::open(dir, {.n_stages = stages, .prefill_micro_batches = micro,
-                                     .record_trace = true});
+  Engine engine =
+      Engine::open(dir, {.n_stages = stages, .prefill_micro_batches = micro, .record_trace = true});
   const auto requests = prompts(8, 512, 1);
   PrefillRun best;
   for (int rep = 0; rep < reps; ++rep) {
@@ -68,10 +69,10 @@ int main(int argc, char** argv) {
     const PrefillRun run = run_prefill(dir, 2, micro, reps);
     const double ratio = base.seconds / run.seconds;
     const double ideal = 2.0 * micro / (micro + 1.0);
-    fmt::print("{:>3} | {:>8.2f} {:>9.1f} {:>8.3f} {:>8.3f} {:>8.1f}% | {:>9.3f} {:>9.3f} {:>9.3f}\n",
-               micro, run.seconds, tokens / run.seconds, ratio, ideal, 100 * ratio / ideal,
-               run.balance.bubble_fraction, run.balance.ideal_bubble_fraction,
-               run.balance.imbalance);
+    fmt::print(
+        "{:>3} | {:>8.2f} {:>9.1f} {:>8.3f} {:>8.3f} {:>8.1f}% | {:>9.3f} {:>9.3f} {:>9.3f}\n",
+        micro, run.seconds, tokens / run.seconds, ratio, ideal, 100 * ratio / ideal,
+        run.balance.bubble_fraction, run.balance.ideal_bubble_fraction, run.balance.imbalance);
     prefill.push_back({{"micro_batches", micro},
                        {"s1_seconds", base.seconds},
                        {"s2_seconds", run.seconds},
@@ -82,15 +83,18 @@ int main(int argc, char** argv) {
                        {"ideal_bubble_fraction", run.balance.ideal_bubble_fraction},
                        {"imbalance", run.balance.imbalance}});
     if (micro == 8) {
-      write_timeline_svg(svg, run.trace, 2,
-                         {.title = "small preset, prefill 8 x 512 tokens, S=2, M=8 (CPU, 1 thread/stage)"});
+      write_timeline_svg(
+          svg, run.trace, 2,
+          {.title = "small preset, prefill 8 x 512 tokens, S=2, M=8 (CPU, 1 thread/stage)"});
     }
   }
 
   nlohmann::json decode = nlohmann::json::array();
   double step_s1 = 0.0;
-  fmt::print("\ndecode, batch 1, 128-token prompt, 32 steps (1 thread per stage)\n{:>3} | {:>10} {:>12} {:>14}\n",
-             "S", "step ms", "vs S=1", "per hop ms");
+  fmt::print(
+      "\ndecode, batch 1, 128-token prompt, 32 steps (1 thread per stage)\n{:>3} | {:>10} {:>12} "
+      "{:>14}\n",
+      "S", "step ms", "vs S=1", "per hop ms");
   for (int stages = 1; stages <= 4; ++stages) {
     Engine engine = Engine::open(dir, {.n_stages = stages, .max_batch = 1});
     auto requests = prompts(1, 128, 33);
@@ -109,6 +113,7 @@ int main(int argc, char** argv) {
                       {"ratio_to_s1", best / step_s1},
                       {"per_hop_ms", per_hop * 1e3}});
   }
-  bench::write_json(out, {{"model", "small preset, f32"}, {"prefill", prefill}, {"decode", decode}});
+  bench::write_json(out,
+                    {{"model", "small preset, f32"}, {"prefill", prefill}, {"decode", decode}});
   return 0;
 }

@@ -338,8 +338,7 @@ TEST(MakeModelCli, WritesTinyQwen2WithBiasAndTiedLlama3Llama) {
       binary.string() + " --preset tiny --rope-scaling yarn --out " + copy, &output);
   EXPECT_NE(status, 0);
   EXPECT_THAT(output, HasSubstr("yarn"));
-  status =
-      conveyor::test::run_command(binary.string() + " --preset giant --out " + copy, &output);
+  status = conveyor::test::run_command(binary.string() + " --preset giant --out " + copy, &output);
   EXPECT_NE(status, 0);
 }
 
