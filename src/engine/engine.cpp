@@ -301,14 +301,14 @@ GenerateResult Engine::generate(const std::vector<Request>& requests, const Gene
     }
   };
 
-  auto run = [&](const StepPlan& plan, int64_t n_tokens) {
+  auto run = [&](const StepPlan& plan) {
     const auto start = Clock::now();
     StepResult step = d.pipeline->run_step(plan, ctx);
     const double seconds = seconds_since(start);
     result.steps.push_back(StepStats{.step = plan.step,
                                      .phase = plan.phase,
                                      .n_seqs = static_cast<int64_t>(plan.seqs.size()),
-                                     .n_tokens = n_tokens,
+                                     .n_tokens = plan.n_tokens(),
                                      .n_micro_batches = static_cast<int>(plan.micro_batches.size()),
                                      .seconds = seconds});
     for (LogitsRow& row : step.logits) {
@@ -320,10 +320,8 @@ GenerateResult Engine::generate(const std::vector<Request>& requests, const Gene
   // Prefill: every prompt in one step, micro-batched (and chunked) across the stages.
   {
     std::vector<PrefillSeq> seqs;
-    int64_t n_tokens = 0;
     for (size_t r = 0; r < n; ++r) {
       seqs.push_back({static_cast<int32_t>(r), 0, static_cast<int64_t>(requests[r].prompt.size())});
-      n_tokens += static_cast<int64_t>(requests[r].prompt.size());
       active[r] = requests[r].max_new_tokens > 0;
     }
     const StepPlan plan = build_prefill_plan(
@@ -333,8 +331,8 @@ GenerateResult Engine::generate(const std::vector<Request>& requests, const Gene
                            .chunk_tokens = d.options.chunk_tokens,
                            .sample_rule = gen.all_logits ? SampleRule::kEveryMicroBatch
                                                          : SampleRule::kWhereChunksSample});
-    auto [sampled, seconds] = run(plan, n_tokens);
-    result.prefill_tokens = n_tokens;
+    auto [sampled, seconds] = run(plan);
+    result.prefill_tokens = plan.n_tokens();
     result.prefill_seconds = seconds;
     for (const SampledToken& t : sampled) {
       const size_t r = static_cast<size_t>(t.seq);
@@ -355,7 +353,7 @@ GenerateResult Engine::generate(const std::vector<Request>& requests, const Gene
         build_decode_plan(d.next_step++, seqs,
                           DecodePlanOptions{.n_stages = d.partition.n_stages(),
                                             .n_micro_batches = d.options.decode_micro_batches});
-    auto [sampled, seconds] = run(plan, static_cast<int64_t>(seqs.size()));
+    auto [sampled, seconds] = run(plan);
     result.decode_tokens += static_cast<int64_t>(sampled.size());
     result.decode_seconds += seconds;
     for (const SampledToken& t : sampled)
