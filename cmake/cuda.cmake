@@ -3,10 +3,10 @@
 # Included from the top-level CMakeLists.txt when CONVEYOR_HAVE_CUDA; the gpu tests compile
 # everywhere and skip at run time without a device.
 
-# One architecture by default (H100/H200) keeps nvcc time modest; override with
+# A100 (sm_80, also runs on sm_86/89) and H100/H200 (sm_90) by default; override with
 # -DCMAKE_CUDA_ARCHITECTURES=80;90 (or "native" on a machine with a GPU).
 if(NOT DEFINED CMAKE_CUDA_ARCHITECTURES OR CMAKE_CUDA_ARCHITECTURES STREQUAL "")
-  set(CMAKE_CUDA_ARCHITECTURES 90 CACHE STRING "CUDA architectures to compile for" FORCE)
+  set(CMAKE_CUDA_ARCHITECTURES "80;90" CACHE STRING "CUDA architectures to compile for" FORCE)
 endif()
 enable_language(CUDA)
 if(NOT TARGET CUDA::cudart)

@@ -1,6 +1,7 @@
 // Pipeline: stage worker threads, step execution, abort on failure and the KV commit barrier.
 #include "runtime/pipeline.hpp"
 
+#include <new>
 #include <unordered_map>
 
 #include "core/check.hpp"
@@ -69,7 +70,7 @@ void Pipeline::worker_loop(Worker& worker) {
       worker.error_code = e.code();
       worker.error_time = std::chrono::steady_clock::now();
       abort_step();
-    } catch (...) {
+    } catch (...) {  // outside any instruction: still fail the step, never the thread
       worker.error = std::current_exception();
       worker.error_code = ErrorCode::kInternal;
       worker.error_time = std::chrono::steady_clock::now();
@@ -146,14 +147,18 @@ void Pipeline::run_program(Worker& worker, const StepPlan& plan, const StepConte
           // The commit itself happens in run_step once every stage got here (the barrier).
           break;
       }
-    } catch (const Error& e) {
+    } catch (const std::exception& e) {
+      // Name the stage and instruction, whatever the cause (a backend may also throw std::).
+      const Error* error = dynamic_cast<const Error*>(&e);
+      const ErrorCode code = error                                     ? error->code()
+                             : dynamic_cast<const std::bad_alloc*>(&e) ? ErrorCode::kOutOfMemory
+                                                                       : ErrorCode::kInternal;
       const std::string where =
           ins.kind == OpKind::kCommit
               ? std::string("commit")
               : fmt::format("{} of micro-batch {}", to_string(ins.kind), ins.micro_batch);
-      throw Error(e.code(),
-                  fmt::format("stage {} failed at instruction {} ({}) of step {} ({}): {}", s, i,
-                              where, plan.step, to_string(plan.phase), e.what()));
+      throw Error(code, fmt::format("stage {} failed at instruction {} ({}) of step {} ({}): {}", s,
+                                    i, where, plan.step, to_string(plan.phase), e.what()));
     }
     if (options_.record_trace) {
       const auto end = std::chrono::steady_clock::now();

@@ -141,6 +141,46 @@ TEST_F(PipelineTest, RefusesUnvalidatedPlans) {
   EXPECT_THROW(p->run_step(wrong_shape, context()), Error);
 }
 
+// A backend that fails the way third-party code does: with a std:: exception.
+class ThrowingStage final : public StageBackend {
+ public:
+  explicit ThrowingStage(bool fail) : fail_(fail) {}
+  int64_t hidden_size() const override { return 4; }
+  std::string describe() const override { return "throwing test stage"; }
+  void compute(const MicroBatch& mb, const StepContext&, Activations& a) override {
+    if (fail_) throw std::bad_alloc();
+    a.host.assign(static_cast<size_t>(mb.n_tokens() * 4), 1.0f);
+  }
+  void sample(const MicroBatch&, const StepContext&, const Activations&, std::vector<SampledToken>&,
+              std::vector<LogitsRow>&) override {}
+  void commit(int64_t) override { ++commits; }
+  void rollback() override { ++rollbacks; }
+  void release(int32_t) override {}
+  int64_t committed(int32_t) const override { return 0; }
+
+  int commits = 0;
+  int rollbacks = 0;
+
+ private:
+  bool fail_;
+};
+
+TEST(PipelineErrors, StdExceptionsAreNamedAndRolledBack) {
+  std::vector<std::unique_ptr<StageBackend>> stages;
+  stages.push_back(std::make_unique<ThrowingStage>(false));
+  stages.push_back(std::make_unique<ThrowingStage>(true));
+  auto* first = static_cast<ThrowingStage*>(stages[0].get());
+  Pipeline pipeline(std::move(stages), {});
+  std::vector<std::vector<int32_t>> tokens = {{1, 2, 3}};
+  std::vector<SamplingParams> sampling(1);
+  const StepPlan plan = build_prefill_plan(0, {{0, 0, 3}}, {.n_stages = 2});
+  test::expect_error([&] { pipeline.run_step(plan, {.tokens = tokens, .sampling = sampling}); },
+                     ErrorCode::kOutOfMemory,
+                     {"stage 1 failed at instruction 1 (compute of micro-batch 0)"});
+  EXPECT_EQ(first->commits, 0);
+  EXPECT_EQ(first->rollbacks, 1);
+}
+
 TEST_F(PipelineTest, TraceRecordsEveryInstruction) {
   auto p = make_pipeline();
   const StepPlan plan = prefill(0);
