@@ -4,7 +4,7 @@
 # everywhere and skip at run time without a device.
 
 # A100 (sm_80, also runs on sm_86/89) and H100/H200 (sm_90) by default; override with
-# -DCMAKE_CUDA_ARCHITECTURES=80;90 (or "native" on a machine with a GPU).
+# -DCMAKE_CUDA_ARCHITECTURES=90 (or "native" on a machine with a GPU).
 if(NOT DEFINED CMAKE_CUDA_ARCHITECTURES OR CMAKE_CUDA_ARCHITECTURES STREQUAL "")
   set(CMAKE_CUDA_ARCHITECTURES "80;90" CACHE STRING "CUDA architectures to compile for" FORCE)
 endif()
