@@ -132,6 +132,9 @@ struct PrefillAttentionArgs {
   int64_t q_stride = 0;  // 0: packed (n_heads * head_dim)
 };
 void launch_prefill_attention(const PrefillAttentionArgs& args, cudaStream_t stream);
+// Dynamic shared memory one prefill-attention block needs at this head_dim (64 or 128; 0 for
+// any other): devices whose per-block opt-in limit is lower cannot run the kernel.
+size_t prefill_attention_shared_bytes(int64_t head_dim);
 
 // ---- decode attention (split-K over the context) ---------------------------------------------
 

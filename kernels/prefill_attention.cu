@@ -192,6 +192,13 @@ void launch_prefill(const PrefillAttentionArgs& a, int64_t q_stride, cudaStream_
 
 }  // namespace
 
+size_t prefill_attention_shared_bytes(int64_t head_dim) {
+  // Both 16-bit element types take the same space.
+  if (head_dim == 64) return PrefillSmem<__nv_bfloat16, 64>::kBytes;
+  if (head_dim == 128) return PrefillSmem<__nv_bfloat16, 128>::kBytes;
+  return 0;
+}
+
 void launch_prefill_attention(const PrefillAttentionArgs& a, cudaStream_t stream) {
   const char* op = "launch_prefill_attention";
   require_half_dtype(a.dtype, op, "dtype");

@@ -338,6 +338,15 @@ TEST(KernelLaunchers, EmptyWorkIsANoOpWithoutCuda) {
   EXPECT_NO_THROW(kernels::launch_swiglu(swiglu, nullptr));
 }
 
+TEST(KernelLaunchers, PrefillSharedMemoryFitsHopperAndAmpere) {
+  // A100 and H100 allow 163 and 227 KiB per block; sm_86/89 allow 99 KiB.
+  EXPECT_GT(kernels::prefill_attention_shared_bytes(64), 48u * 1024);
+  EXPECT_LE(kernels::prefill_attention_shared_bytes(128), 163u * 1024);
+  EXPECT_GT(kernels::prefill_attention_shared_bytes(128),
+            kernels::prefill_attention_shared_bytes(64));
+  EXPECT_EQ(kernels::prefill_attention_shared_bytes(96), 0u);
+}
+
 TEST(KernelLaunchers, DecodeWorkspaceSize) {
   kernels::DecodeAttentionArgs a = valid_decode();
   a.max_keys = 1000;

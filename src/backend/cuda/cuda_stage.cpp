@@ -518,6 +518,15 @@ std::unique_ptr<StageBackend> make_cuda_stage(const ModelConfig& config, StageWe
          "(EngineOptions::device_dtype = kF16)",
          device, properties.name, properties.major, properties.minor);
   }
+  const size_t attention_smem = kernels::prefill_attention_shared_bytes(config.head_dim);
+  if (attention_smem > properties.sharedMemPerBlockOptin) {
+    fail(ErrorCode::kDevice,
+         "CUDA device {} ({}) offers {} KiB of shared memory per block but prefill attention at "
+         "head_dim {} needs {} KiB; run this model on a device with more (A100, H100, H200) or "
+         "on the cpu backend",
+         device, properties.name, properties.sharedMemPerBlockOptin / 1024, config.head_dim,
+         attention_smem / 1024);
+  }
 
   // Memory: everything the stage allocates, checked before the first allocation.
   const int64_t max_tokens =
