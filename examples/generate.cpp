@@ -214,7 +214,8 @@ int main(int argc, char** argv) {
                  "decode micro-batches (0 = min(stages, sequences))")
       ->capture_default_str();
   app.add_option("--chunk-tokens", args.engine.chunk_tokens,
-                 "prefill prompts in chunks of this many tokens (0 = whole prompts)")
+                 "prefill chunk size; 0 = automatic (chunk only when there are fewer prompts "
+                 "than micro-batches), -1 = never chunk")
       ->capture_default_str();
   app.add_option("--max-batch", args.engine.max_batch, "most prompts per run")
       ->capture_default_str();

@@ -41,8 +41,12 @@ struct EngineOptions {
   int threads_per_stage = 1;      // each stage has its own pool: S stages use S * T cores
   int prefill_micro_batches = 0;  // 0: one per stage (enough to fill the pipeline)
   int decode_micro_batches = 0;   // 0: min(stages, sequences in the step)
-  int64_t chunk_tokens = 0;       // > 0: prefill long prompts in chunks of this many tokens
-  int32_t max_batch = 8;          // sequences per generate() call
+  // Prefill chunking. > 0: split prompts into chunks of at most this many tokens. 0 (automatic):
+  // chunk only when there are fewer prompts than prefill micro-batches, so that even one long
+  // prompt fills the pipeline (chunks of at least kMinAutoChunkTokens). -1: never chunk.
+  int64_t chunk_tokens = 0;
+  static constexpr int64_t kMinAutoChunkTokens = 16;
+  int32_t max_batch = 8;    // sequences per generate() call
   int64_t max_context = 0;  // prompt + generated tokens; 0: min(max_position_embeddings, 4096)
   int64_t link_timeout_ms = 120'000;
   bool record_trace = false;  // keep per-instruction events (GenerateResult::trace)

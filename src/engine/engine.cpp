@@ -28,6 +28,24 @@ double seconds_since(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
 }
 
+// The chunk size a prefill step uses (0: none). Automatic chunking gives each of the n prompts
+// about M/n chunks when there are fewer prompts than micro-batches.
+int64_t prefill_chunk_tokens(const EngineOptions& options, int n_stages,
+                             const std::vector<Request>& requests) {
+  if (options.chunk_tokens != 0) return std::max<int64_t>(options.chunk_tokens, 0);
+  const int64_t micro =
+      options.prefill_micro_batches > 0 ? options.prefill_micro_batches : n_stages;
+  const auto n = static_cast<int64_t>(requests.size());
+  if (n >= micro) return 0;
+  int64_t longest = 0;
+  for (const Request& r : requests)
+    longest = std::max<int64_t>(longest, r.prompt.size());
+  const int64_t rounds = (micro + n - 1) / n;
+  const int64_t chunk =
+      std::max(EngineOptions::kMinAutoChunkTokens, (longest + rounds - 1) / rounds);
+  return chunk >= longest ? 0 : chunk;
+}
+
 Partition make_partition(const ModelConfig& config, const EngineOptions& options,
                          BackendKind backend, int64_t max_context) {
   if (!options.layers_per_stage.empty()) {
@@ -71,8 +89,9 @@ void EngineOptions::validate() const {
          "micro-batch counts must be >= 0 (0 picks the default); got prefill {} and decode {}",
          prefill_micro_batches, decode_micro_batches);
   }
-  if (chunk_tokens < 0) {
-    fail(ErrorCode::kInvalidArgument, "chunk_tokens is {} but must be >= 0 (0 disables chunking)",
+  if (chunk_tokens < -1) {
+    fail(ErrorCode::kInvalidArgument,
+         "chunk_tokens is {} but must be > 0 (a chunk size), 0 (automatic) or -1 (never chunk)",
          chunk_tokens);
   }
   if (max_batch < 1) {
@@ -326,11 +345,12 @@ GenerateResult Engine::generate(const std::vector<Request>& requests, const Gene
     }
     const StepPlan plan = build_prefill_plan(
         d.next_step++, seqs,
-        PrefillPlanOptions{.n_stages = d.partition.n_stages(),
-                           .n_micro_batches = d.options.prefill_micro_batches,
-                           .chunk_tokens = d.options.chunk_tokens,
-                           .sample_rule = gen.all_logits ? SampleRule::kEveryMicroBatch
-                                                         : SampleRule::kWhereChunksSample});
+        PrefillPlanOptions{
+            .n_stages = d.partition.n_stages(),
+            .n_micro_batches = d.options.prefill_micro_batches,
+            .chunk_tokens = prefill_chunk_tokens(d.options, d.partition.n_stages(), requests),
+            .sample_rule =
+                gen.all_logits ? SampleRule::kEveryMicroBatch : SampleRule::kWhereChunksSample});
     auto [sampled, seconds] = run(plan);
     result.prefill_tokens = plan.n_tokens();
     result.prefill_seconds = seconds;

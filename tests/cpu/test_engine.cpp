@@ -146,6 +146,26 @@ TEST_F(EngineTest, PartitionSpecs) {
             std::string::npos);
 }
 
+TEST_F(EngineTest, OneLongPromptIsChunkedToFillThePipeline) {
+  std::vector<Request> one = {requests()[1]};  // 17 tokens
+  one[0].max_new_tokens = 3;
+  Engine reference = Engine::open(dir_->path(), {});
+  const GenerateResult expected = reference.generate(one, logits_options());
+  // Default M = S = 3 micro-batches for one prompt: automatic 16-token chunks (2 rounds).
+  Engine automatic = Engine::open(dir_->path(), {.n_stages = 3});
+  const GenerateResult got = automatic.generate(one, logits_options());
+  EXPECT_EQ(got.steps.front().n_micro_batches, 2);
+  EXPECT_EQ(got.requests[0].tokens, expected.requests[0].tokens);
+  EXPECT_LE(test::relative_error(got.requests[0].logits, expected.requests[0].logits), 1e-5);
+  // -1 turns it off; a batch at least as large as M is never chunked automatically.
+  Engine never = Engine::open(dir_->path(), {.n_stages = 3, .chunk_tokens = -1});
+  EXPECT_EQ(never.generate(one).steps.front().n_micro_batches, 1);
+  Engine batch = Engine::open(dir_->path(), {.n_stages = 3});
+  EXPECT_EQ(batch.generate(requests()).steps.front().n_micro_batches, 3);
+  EXPECT_NE(error_of([&] { Engine::open(dir_->path(), {.chunk_tokens = -2}); }).find("-1 (never"),
+            std::string::npos);
+}
+
 TEST_F(EngineTest, EngineIsReusableAcrossCalls) {
   Engine engine = Engine::open(dir_->path(), {.n_stages = 3});
   for (int i = 0; i < 3; ++i) {
