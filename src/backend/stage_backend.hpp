@@ -37,6 +37,18 @@ struct LogitsRow {
   std::vector<float> values;  // [vocab]
 };
 
+// A row of a micro-batch that goes through the head (final norm + lm_head) on the last stage.
+struct HeadRow {
+  int32_t seq = 0;
+  int64_t position = 0;
+  int64_t index = 0;    // row in the micro-batch's activations
+  bool sample = false;  // the last row of a sampled chunk; otherwise only its logits are wanted
+};
+
+// The rows of `mb` that need logits: the last row of each chunk marked `sample`, and every row
+// when the caller captures all logits. Shared by every backend's sample().
+std::vector<HeadRow> head_rows(const MicroBatch& mb, const StepContext& ctx);
+
 // Activations kept on a device by the backend that produced them (a CUDA buffer plus the event
 // that marks it ready, say). Links move the handle; the bytes stay where they are until the
 // receiving stage reads them — over the device interconnect when it can.

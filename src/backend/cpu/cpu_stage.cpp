@@ -162,23 +162,7 @@ void CpuStage::sample(const MicroBatch& mb, const StepContext& ctx, const Activa
   const int64_t h = config_.hidden_size, vocab = config_.vocab_size;
   CONVEYOR_ASSERT(static_cast<int64_t>(activations.size()) == mb.n_tokens() * h);
 
-  // Rows that need logits: the last row of each sampled chunk, or every row for all_logits.
-  struct Row {
-    int32_t seq;
-    int64_t position;
-    int64_t index;  // row in the micro-batch
-    bool sample;
-  };
-  std::vector<Row> rows;
-  int64_t index = 0;
-  for (const SeqChunk& chunk : mb.chunks) {
-    for (int64_t p = chunk.begin; p < chunk.end; ++p, ++index) {
-      const bool sampled = chunk.sample && p == chunk.end - 1;
-      if (sampled || (ctx.capture_logits && ctx.all_logits)) {
-        rows.push_back({chunk.seq, p, index, sampled});
-      }
-    }
-  }
+  const std::vector<HeadRow> rows = head_rows(mb, ctx);
   if (rows.empty()) return;
 
   const int64_t n_rows = static_cast<int64_t>(rows.size());
@@ -198,7 +182,7 @@ void CpuStage::sample(const MicroBatch& mb, const StepContext& ctx, const Activa
          pool_);
 
   for (int64_t r = 0; r < n_rows; ++r) {
-    const Row& row = rows[static_cast<size_t>(r)];
+    const HeadRow& row = rows[static_cast<size_t>(r)];
     std::span<const float> row_logits(out.data() + r * vocab, static_cast<size_t>(vocab));
     if (row.sample) {
       tokens.push_back(

@@ -15,17 +15,7 @@ void CudaStage::sample(const MicroBatch& mb, const StepContext& ctx, const Activ
                        std::vector<SampledToken>& tokens, std::vector<LogitsRow>& logits) {
   CONVEYOR_ASSERT(spec_.head);
   set_device(device_);
-  // Rows that need logits: the last row of each sampled chunk, or every row for all_logits.
-  std::vector<HeadRow> rows;
-  int64_t index = 0;
-  for (const SeqChunk& chunk : mb.chunks) {
-    for (int64_t p = chunk.begin; p < chunk.end; ++p, ++index) {
-      const bool sampled = chunk.sample && p == chunk.end - 1;
-      if (sampled || (ctx.capture_logits && ctx.all_logits)) {
-        rows.push_back({chunk.seq, p, index, sampled});
-      }
-    }
-  }
+  const std::vector<HeadRow> rows = head_rows(mb, ctx);
   if (rows.empty()) return;
 
   try {

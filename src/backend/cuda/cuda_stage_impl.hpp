@@ -45,13 +45,6 @@ class CudaStage final : public StageBackend {
     Event uploaded;
   };
   // A row of the micro-batch that needs logits.
-  struct HeadRow {
-    int32_t seq;
-    int64_t position;
-    int64_t index;  // row in the micro-batch
-    bool sample;
-  };
-
   int64_t kv_seq_stride() const { return options_.max_context * config_.kv_dim(); }
   int64_t kv_bytes_per_token() const {
     return 2 * n_local_layers_ * config_.kv_dim() *
