@@ -62,6 +62,21 @@ void make_tiny_model(const std::filesystem::path& dir, int64_t n_layers, uint64_
   make_model(options);
 }
 
+std::vector<Request> mixed_requests(int64_t max_new_tokens) {
+  std::vector<Request> reqs(3);
+  for (int i = 0; i < 5; ++i)
+    reqs[0].prompt.push_back(3 + 7 * i);
+  for (int i = 0; i < 17; ++i)
+    reqs[1].prompt.push_back((11 * i + 5) % 500);
+  for (int i = 0; i < 9; ++i)
+    reqs[2].prompt.push_back(400 - 13 * i);
+  for (Request& r : reqs) {
+    r.max_new_tokens = max_new_tokens;
+    r.stop_at_eos = false;
+  }
+  return reqs;
+}
+
 int run_command(const std::string& command, std::string* output) {
   FILE* pipe = ::popen((command + " 2>&1").c_str(), "r");
   if (!pipe) return -1;

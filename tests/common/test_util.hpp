@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "conveyor/engine.hpp"
 #include "conveyor/error.hpp"
 
 namespace conveyor::test {
@@ -58,6 +59,10 @@ template <typename F>
 void expect_invalid(F&& f, const std::vector<std::string>& parts) {
   expect_error(std::forward<F>(f), ErrorCode::kInvalidArgument, parts);
 }
+
+// Three greedy requests with prompts of 5, 17 and 9 tokens (mixed lengths on purpose), each
+// generating `max_new_tokens` without stopping at EOS.
+std::vector<Request> mixed_requests(int64_t max_new_tokens = 6);
 
 // Runs a shell command, returns its exit status and captures stdout+stderr into `output`.
 int run_command(const std::string& command, std::string* output = nullptr);

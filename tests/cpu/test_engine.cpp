@@ -49,17 +49,7 @@ class EngineTest : public ::testing::Test {
 
   // Mixed prompt lengths, and one sampled request to check sampling is pipeline-invariant.
   static std::vector<Request> requests() {
-    std::vector<Request> reqs(3);
-    for (int i = 0; i < 5; ++i)
-      reqs[0].prompt.push_back(3 + 7 * i);
-    for (int i = 0; i < 17; ++i)
-      reqs[1].prompt.push_back((11 * i + 5) % 500);
-    for (int i = 0; i < 9; ++i)
-      reqs[2].prompt.push_back(400 - 13 * i);
-    for (auto& r : reqs) {
-      r.max_new_tokens = 6;
-      r.stop_at_eos = false;
-    }
+    std::vector<Request> reqs = test::mixed_requests();
     reqs[2].sampling = {.temperature = 0.9, .top_k = 40, .top_p = 0.9, .seed = 3};
     return reqs;
   }

@@ -136,18 +136,7 @@ std::vector<Variant> variants() {
 }
 
 std::vector<Request> greedy_requests() {
-  std::vector<Request> reqs(3);
-  for (int i = 0; i < 5; ++i)
-    reqs[0].prompt.push_back(3 + 7 * i);
-  for (int i = 0; i < 17; ++i)
-    reqs[1].prompt.push_back((11 * i + 5) % 500);
-  for (int i = 0; i < 9; ++i)
-    reqs[2].prompt.push_back(400 - 13 * i);
-  for (auto& r : reqs) {
-    r.max_new_tokens = 6;
-    r.stop_at_eos = false;
-  }
-  return reqs;
+  return test::mixed_requests();
 }
 
 GenerateOptions all_logits() {
