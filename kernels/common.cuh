@@ -3,8 +3,10 @@
 #pragma once
 
 #include <cuda_bf16.h>
+
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
+#include <type_traits>
 
 #include <cstdint>
 
@@ -80,6 +82,19 @@ void dispatch_half(DType dtype, Fn&& fn) {
   } else {
     fn(__half{});
   }
+}
+
+// Calls fn(T{}, std::integral_constant<int, D>{}) for the 16-bit type of `dtype` and a head_dim
+// the attention kernels support (64 or 128; the launchers validate it first).
+template <typename Fn>
+void dispatch_half_head_dim(DType dtype, int64_t head_dim, Fn&& fn) {
+  dispatch_half(dtype, [&](auto tag) {
+    if (head_dim == 64) {
+      fn(tag, std::integral_constant<int, 64>{});
+    } else {
+      fn(tag, std::integral_constant<int, 128>{});
+    }
+  });
 }
 
 inline unsigned int grid_dim(int64_t work, int64_t per_block) {

@@ -255,13 +255,8 @@ void launch_decode_attention(const DecodeAttentionArgs& a, cudaStream_t stream) 
   require_pointer(a.workspace, op, "workspace");
   require_aligned(a.workspace, 16, op, "workspace");
 
-  dispatch_half(a.dtype, [&](auto tag) {
-    using T = decltype(tag);
-    if (a.head_dim == 64) {
-      launch_decode<T, 64>(a, q_stride, stream);
-    } else {
-      launch_decode<T, 128>(a, q_stride, stream);
-    }
+  dispatch_half_head_dim(a.dtype, a.head_dim, [&](auto tag, auto head_dim) {
+    launch_decode<decltype(tag), decltype(head_dim)::value>(a, q_stride, stream);
   });
 }
 

@@ -229,13 +229,8 @@ void launch_prefill_attention(const PrefillAttentionArgs& a, cudaStream_t stream
   require_aligned(a.k, 16, op, "k");
   require_aligned(a.v, 16, op, "v");
 
-  dispatch_half(a.dtype, [&](auto tag) {
-    using T = decltype(tag);
-    if (a.head_dim == 64) {
-      launch_prefill<T, 64>(a, q_stride, stream);
-    } else {
-      launch_prefill<T, 128>(a, q_stride, stream);
-    }
+  dispatch_half_head_dim(a.dtype, a.head_dim, [&](auto tag, auto head_dim) {
+    launch_prefill<decltype(tag), decltype(head_dim)::value>(a, q_stride, stream);
   });
 }
 

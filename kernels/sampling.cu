@@ -263,15 +263,22 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// Shared checks of the row-wise launchers over [n_rows, vocab] fp32 logits; false: no rows.
+static bool check_logit_rows(const char* op, int64_t n_rows, int64_t vocab, const float* logits,
+                             const int32_t* tokens) {
+  require_non_negative(n_rows, op, "n_rows");
+  require_positive(vocab, op, "vocab");
+  if (vocab > INT32_MAX) invalid_argument(op, "vocab is ", vocab, " but token ids are int32");
+  if (n_rows > INT32_MAX) invalid_argument(op, "n_rows is ", n_rows, " but at most 2^31-1");
+  if (n_rows == 0) return false;
+  require_pointer(logits, op, "logits");
+  require_pointer(tokens, op, "tokens");
+  return true;
+}
+
 void launch_argmax(const ArgmaxArgs& a, cudaStream_t stream) {
   const char* op = "launch_argmax";
-  require_non_negative(a.n_rows, op, "n_rows");
-  require_positive(a.vocab, op, "vocab");
-  if (a.vocab > INT32_MAX) invalid_argument(op, "vocab is ", a.vocab, " but token ids are int32");
-  if (a.n_rows > INT32_MAX) invalid_argument(op, "n_rows is ", a.n_rows, " but at most 2^31-1");
-  if (a.n_rows == 0) return;
-  require_pointer(a.logits, op, "logits");
-  require_pointer(a.tokens, op, "tokens");
+  if (!check_logit_rows(op, a.n_rows, a.vocab, a.logits, a.tokens)) return;
   argmax_kernel<<<grid_dim(a.n_rows, 1), kThreads, 0, stream>>>(a.logits, a.tokens,
                                                                 static_cast<int>(a.vocab));
   CONVEYOR_CUDA_CHECK(cudaGetLastError());
@@ -279,14 +286,8 @@ void launch_argmax(const ArgmaxArgs& a, cudaStream_t stream) {
 
 void launch_sample(const SampleArgs& a, cudaStream_t stream) {
   const char* op = "launch_sample";
-  require_non_negative(a.n_rows, op, "n_rows");
-  require_positive(a.vocab, op, "vocab");
-  if (a.vocab > INT32_MAX) invalid_argument(op, "vocab is ", a.vocab, " but token ids are int32");
-  if (a.n_rows > INT32_MAX) invalid_argument(op, "n_rows is ", a.n_rows, " but at most 2^31-1");
-  if (a.n_rows == 0) return;
-  require_pointer(a.logits, op, "logits");
+  if (!check_logit_rows(op, a.n_rows, a.vocab, a.logits, a.tokens)) return;
   require_pointer(a.params, op, "params");
-  require_pointer(a.tokens, op, "tokens");
   sample_kernel<<<grid_dim(a.n_rows, 1), kThreads, 0, stream>>>(a.logits, a.params, a.tokens,
                                                                 static_cast<int>(a.vocab));
   CONVEYOR_CUDA_CHECK(cudaGetLastError());
