@@ -1,7 +1,8 @@
 // Token choice on the device: greedy argmax and temperature / top-k / top-p sampling with the
-// (seed, position) -> uniform draw of the CPU sampler (src/backend/sampler.cpp), one block per row.
+// (seed, position) -> uniform draw of the CPU sampler (core/random_bits.hpp), one block per row.
 #include <cmath>
 
+#include "core/random_bits.hpp"
 #include "kernels/common.cuh"
 
 namespace conveyor::kernels {
@@ -11,20 +12,6 @@ constexpr int kThreads = 1024;
 constexpr int kWarps = kThreads / 32;
 constexpr int kDigitBits = 4;
 constexpr int kBuckets = 1 << kDigitBits;
-
-// ---- the CPU sampler's random draw, bit for bit ---------------------------------------------
-
-__device__ __forceinline__ uint64_t splitmix64(uint64_t x) {
-  x += 0x9e3779b97f4a7c15ull;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-  return x ^ (x >> 31);
-}
-
-__device__ __forceinline__ double uniform_draw(uint64_t seed, int64_t position) {
-  const uint64_t bits = splitmix64(splitmix64(seed) ^ static_cast<uint64_t>(position));
-  return static_cast<double>(bits >> 11) * 0x1.0p-53;
-}
 
 // ---- argmax ----------------------------------------------------------------------------------
 
@@ -255,7 +242,7 @@ __global__ void __launch_bounds__(kThreads)
                               /*strict=*/false, s);
     total = kept_mass(row, threshold, s);
   }
-  const double target = uniform_draw(p.seed, p.position) * total;
+  const double target = sampling_uniform(p.seed, p.position) * total;
   const uint64_t chosen = find_crossing(row, threshold, /*count_mode=*/false, target,
                                         /*strict=*/true, s);
   if (threadIdx.x == 0) {

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "core/check.hpp"
+#include "core/random_bits.hpp"
 
 namespace conveyor {
 
@@ -22,23 +23,6 @@ void SamplingParams::validate() const {
     fail(ErrorCode::kInvalidArgument, "top_p is {} but must be in (0, 1] (1 turns it off)", top_p);
   }
 }
-
-namespace {
-
-uint64_t splitmix64(uint64_t x) {
-  x += 0x9e3779b97f4a7c15ull;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-  return x ^ (x >> 31);
-}
-
-// Uniform in [0, 1) from (seed, position): independent of batching and pipelining.
-double uniform_draw(uint64_t seed, int64_t position) {
-  const uint64_t bits = splitmix64(splitmix64(seed) ^ static_cast<uint64_t>(position));
-  return static_cast<double>(bits >> 11) * 0x1.0p-53;
-}
-
-}  // namespace
 
 int32_t argmax(std::span<const float> logits) {
   int32_t best = -1;
@@ -97,7 +81,7 @@ int32_t sample_token(std::span<const float> logits, const SamplingParams& params
     }
     total = std::accumulate(probs.begin(), probs.begin() + static_cast<ptrdiff_t>(n_kept), 0.0);
   }
-  const double target = uniform_draw(params.seed, position) * total;
+  const double target = sampling_uniform(params.seed, position) * total;
   double cumulative = 0.0;
   for (size_t i = 0; i < n_kept; ++i) {
     cumulative += probs[i];

@@ -10,6 +10,7 @@
 #include <system_error>
 
 #include "core/check.hpp"
+#include "core/random_bits.hpp"
 #include "model/safetensors_writer.hpp"
 
 namespace conveyor {
@@ -17,12 +18,11 @@ namespace {
 
 // ---- deterministic random numbers ------------------------------------------------------------
 
-uint64_t splitmix64(uint64_t& state) noexcept {
+// The splitmix64 sequence: returns the next output and advances `state`.
+uint64_t splitmix64_next(uint64_t& state) noexcept {
+  const uint64_t out = splitmix64(state);
   state += 0x9e3779b97f4a7c15ull;
-  uint64_t z = state;
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
+  return out;
 }
 
 // xoshiro256**: small, fast and fully specified, so streams are identical everywhere.
@@ -30,7 +30,7 @@ class Xoshiro256 {
  public:
   explicit Xoshiro256(uint64_t seed) noexcept {
     for (uint64_t& word : s_)
-      word = splitmix64(seed);
+      word = splitmix64_next(seed);
   }
   uint64_t next() noexcept {
     const uint64_t result = rotl(s_[1] * 5, 7) * 9;
@@ -286,7 +286,7 @@ std::vector<float> generate_tensor(const TensorRecipe& recipe, uint64_t seed) {
   for (int64_t dim : recipe.shape)
     numel *= dim;
   uint64_t mix = seed;
-  NormalSampler normal(splitmix64(mix) ^ fnv1a_64(recipe.name));
+  NormalSampler normal(splitmix64_next(mix) ^ fnv1a_64(recipe.name));
   std::vector<float> values(static_cast<std::size_t>(numel));
   for (float& value : values) {
     value = static_cast<float>(std::fma(recipe.std, normal.next(), recipe.mean));
