@@ -179,8 +179,14 @@ int run(Args& args) {
 int main(int argc, char** argv) {
   Args args;
   CLI::App app{"conveyor-generate: pipeline-parallel generation with a Llama-family model"};
-  app.add_option("--model", args.model, "model directory (config.json + *.safetensors)")
+  app.add_option("--model", args.model,
+                 "model directory (config.json + *.safetensors); with --random-weights also a "
+                 "config.json file")
       ->required();
+  app.add_option("--random-weights", args.engine.random_weights_seed,
+                 "draw the weights from this seed instead of reading *.safetensors (benchmarks: "
+                 "an 8B shape from configs/llama-3-8b.json needs no files; drawn on the GPU with "
+                 "--backend cuda)");
   app.add_option("--prompt-ids", args.prompt_ids, "prompt token ids, e.g. 1,2,3 (repeatable)");
   app.add_option("--prompt-ids-file", args.prompt_ids_file, "file with one prompt per line");
   app.add_option("--batch", args.batch, "several prompts separated by ';', e.g. '1,2,3;4,5'");
@@ -200,6 +206,8 @@ int main(int argc, char** argv) {
   app.add_option("--devices", args.devices, "CUDA device per stage, e.g. 0,1,2,3 or 0,0,0,0");
   app.add_option("--dtype", args.dtype, "weights/activations on a GPU: bf16 or f16")
       ->capture_default_str();
+  app.add_flag("!--no-cuda-graphs", args.engine.cuda_graphs,
+               "launch decode kernels one by one instead of replaying CUDA graphs");
   app.add_option("--threads", args.engine.threads_per_stage, "threads per stage (cpu)")
       ->capture_default_str();
   app.add_option("--stages", args.engine.n_stages, "pipeline stages")->capture_default_str();

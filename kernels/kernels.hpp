@@ -197,4 +197,18 @@ struct SampleArgs {
 };
 void launch_sample(const SampleArgs& args, cudaStream_t stream);
 
+// ---- random weights ----------------------------------------------------------------------------
+
+// out[i] = random_weight(key, i, mean, half_width) (core/random_bits.hpp) rounded to dtype:
+// a random-weights model drawn where it lives, bit for bit the host's values after rounding.
+struct RandomFillArgs {
+  DType dtype = DType::kBF16;  // of out (kBF16 or kF16)
+  void* out = nullptr;         // [numel]
+  int64_t numel = 0;
+  uint64_t key = 0;
+  float mean = 0.0f;
+  float half_width = 0.0f;
+};
+void launch_random_fill(const RandomFillArgs& args, cudaStream_t stream);
+
 }  // namespace conveyor::kernels

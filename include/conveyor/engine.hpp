@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -50,6 +51,17 @@ struct EngineOptions {
   int64_t max_context = 0;  // prompt + generated tokens; 0: min(max_position_embeddings, 4096)
   int64_t link_timeout_ms = 120'000;
   bool record_trace = false;  // keep per-instruction events (GenerateResult::trace)
+  // Benchmarks and tests: draw every weight from a deterministic generator keyed by (seed,
+  // tensor name) instead of reading *.safetensors. Only the config is read: Engine::open's path
+  // may then name a config.json file as well as a directory. CUDA stages draw the values on
+  // their device, so an 8B-shaped model needs neither 16 GB of files nor a host copy. The same
+  // seed gives the same weights on every backend (16-bit devices round them as they would a
+  // checkpoint's).
+  std::optional<uint64_t> random_weights_seed;
+  // CUDA: capture each stage's decode micro-batches (every chunk one token) in CUDA graphs, one
+  // per batch size and context bucket, and replay them instead of launching kernel by kernel.
+  // Off: every kernel is launched each step (the same kernels and sums: the same results).
+  bool cuda_graphs = true;
 
   FaultInjection fault;  // testing only
 
@@ -114,8 +126,9 @@ struct GenerateResult {
 class Engine {
  public:
   // Reads config.json, partitions the layers, loads each stage's weights (only its layers) and
-  // starts the stage workers.
-  static Engine open(const std::filesystem::path& model_dir, const EngineOptions& options = {});
+  // starts the stage workers. With options.random_weights_seed, `model` may also be the path of
+  // a config.json file, and no weights are read.
+  static Engine open(const std::filesystem::path& model, const EngineOptions& options = {});
   Engine(Engine&&) noexcept;
   Engine& operator=(Engine&&) noexcept;
   ~Engine();

@@ -8,6 +8,8 @@
 #include <algorithm>
 #include <chrono>
 #include <map>
+#include <optional>
+#include <utility>
 
 #include "conveyor/cost_model.hpp"
 #include "conveyor/error.hpp"
@@ -154,16 +156,24 @@ std::vector<std::string> Engine::stage_reports() const {
   return impl_->stage_reports;
 }
 
-Engine Engine::open(const std::filesystem::path& model_dir, const EngineOptions& options) {
+Engine Engine::open(const std::filesystem::path& model, const EngineOptions& options) {
   const auto start = Clock::now();
   options.validate();
-  if (!std::filesystem::is_directory(model_dir)) {
+  const bool random_weights = options.random_weights_seed.has_value();
+  if (random_weights && !std::filesystem::exists(model)) {
     fail(ErrorCode::kInvalidArgument,
-         "model directory {} does not exist; pass a directory with config.json and "
-         "*.safetensors (conveyor-make-model writes one)",
-         model_dir.string());
+         "model {} does not exist; with random weights pass a config.json file or a directory "
+         "holding one",
+         model.string());
   }
-  ModelConfig config = ModelConfig::load(model_dir);
+  if (!random_weights && !std::filesystem::is_directory(model)) {
+    fail(ErrorCode::kInvalidArgument,
+         "model directory {} does not exist or is not a directory; pass a directory with "
+         "config.json and *.safetensors (conveyor-make-model writes one), or a bare config.json "
+         "with random weights (--random-weights)",
+         model.string());
+  }
+  ModelConfig config = ModelConfig::load(model);
   const int64_t default_context = std::min<int64_t>(config.max_position_embeddings, 4096);
   const int64_t max_context = options.max_context > 0 ? options.max_context : default_context;
   if (max_context > config.max_position_embeddings) {
@@ -184,6 +194,7 @@ Engine Engine::open(const std::filesystem::path& model_dir, const EngineOptions&
          config.n_layers, config.n_layers);
   }
   const BackendKind backend = resolve_backend(options.backend);
+  if (backend == BackendKind::kCpu) check_host_memory(config);
   Partition partition = make_partition(config, options, backend, max_context);
   auto impl = std::make_unique<Impl>(config, options, std::move(partition));
   impl->max_context = max_context;
@@ -192,7 +203,8 @@ Engine Engine::open(const std::filesystem::path& model_dir, const EngineOptions&
   std::vector<int> devices(static_cast<size_t>(options.n_stages), 0);
   if (impl->backend == BackendKind::kCuda) devices = stage_devices(options);
 
-  SafeTensors tensors = SafeTensors::open(model_dir);
+  std::optional<SafeTensors> tensors;
+  if (!random_weights) tensors = SafeTensors::open(model);
   std::vector<std::unique_ptr<StageBackend>> stages;
   for (int s = 0; s < impl->partition.n_stages(); ++s) {
     const LayerRange range = impl->partition.range(s);
@@ -200,8 +212,10 @@ Engine Engine::open(const std::filesystem::path& model_dir, const EngineOptions&
                           .last_layer = range.last,
                           .embedding = impl->partition.has_embedding(s),
                           .head = impl->partition.has_head(s)};
-    stages.push_back(make_stage_backend(impl->backend, config,
-                                        load_stage_weights(tensors, config, spec), options,
+    StageSource weights =
+        random_weights ? StageSource(random_stage_draws(config, spec, *options.random_weights_seed))
+                       : StageSource(load_stage_weights(*tensors, config, spec));
+    stages.push_back(make_stage_backend(impl->backend, config, std::move(weights), options,
                                         StageResources{.stage = s,
                                                        .device = devices[static_cast<size_t>(s)],
                                                        .max_context = impl->max_context}));
@@ -216,8 +230,9 @@ Engine Engine::open(const std::filesystem::path& model_dir, const EngineOptions&
                       .record_trace = options.record_trace,
                       .fault = options.fault});
   impl->load_seconds = seconds_since(start);
-  spdlog::debug("opened {} in {:.2f}s: {} stages, partition {}", model_dir.string(),
-                impl->load_seconds, impl->partition.n_stages(), impl->partition.to_string());
+  spdlog::debug("opened {}{} in {:.2f}s: {} stages, partition {}", model.string(),
+                random_weights ? " (random weights)" : "", impl->load_seconds,
+                impl->partition.n_stages(), impl->partition.to_string());
   return Engine(std::move(impl));
 }
 

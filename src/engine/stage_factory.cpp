@@ -1,6 +1,11 @@
 // Backend selection and stage construction for the Engine.
 #include "engine/stage_factory.hpp"
 
+#include <fstream>
+#include <string>
+#include <utility>
+#include <variant>
+
 #include "backend/cpu/cpu_stage.hpp"
 #include "core/check.hpp"
 
@@ -46,6 +51,43 @@ BackendKind resolve_backend(BackendKind requested) {
   return requested;
 }
 
+namespace {
+
+// MemAvailable of /proc/meminfo in bytes, or 0 when it cannot be read.
+double available_host_bytes() {
+  std::ifstream meminfo("/proc/meminfo");
+  std::string key;
+  double kib = 0.0;
+  std::string unit;
+  while (meminfo >> key >> kib >> unit) {
+    if (key == "MemAvailable:") return kib * 1024.0;
+  }
+  return 0.0;
+}
+
+double gib(double bytes) {
+  return bytes / (1 << 30);
+}
+
+}  // namespace
+
+void check_host_memory(const ModelConfig& config) {
+  const double available = available_host_bytes();
+  if (available <= 0.0) return;
+  // fp32 everywhere; a tied head holds its own copy of the embedding on the last stage.
+  const double weights =
+      4.0 * static_cast<double>(config.n_params() + (config.tie_word_embeddings
+                                                         ? config.vocab_size * config.hidden_size
+                                                         : 0));
+  if (weights > available) {
+    fail(ErrorCode::kOutOfMemory,
+         "the cpu backend needs {:.1f} GiB of host memory for this model's fp32 weights ({:.2f}B "
+         "parameters), before any KV cache, but {:.1f} GiB is available; use --backend cuda or "
+         "a smaller model",
+         gib(weights), static_cast<double>(config.n_params()) / 1e9, gib(available));
+  }
+}
+
 std::vector<int> stage_devices(const EngineOptions& options) {
   std::vector<int> devices = options.devices;
   if (devices.empty()) {
@@ -71,21 +113,29 @@ std::vector<int> stage_devices(const EngineOptions& options) {
 }
 
 std::unique_ptr<StageBackend> make_stage_backend(BackendKind backend, const ModelConfig& config,
-                                                 StageWeights weights, const EngineOptions& options,
+                                                 StageSource weights, const EngineOptions& options,
                                                  const StageResources& resources) {
   if (backend == BackendKind::kCuda) {
 #if CONVEYOR_WITH_CUDA
-    return cuda::make_cuda_stage(config, std::move(weights),
-                                 cuda::CudaStageOptions{.device = resources.device,
-                                                        .dtype = options.device_dtype,
-                                                        .max_seqs = options.max_batch,
-                                                        .max_context = resources.max_context});
+    const cuda::CudaStageOptions cuda_options{.device = resources.device,
+                                              .dtype = options.device_dtype,
+                                              .max_seqs = options.max_batch,
+                                              .max_context = resources.max_context,
+                                              .cuda_graphs = options.cuda_graphs};
+    return std::visit(
+        [&](auto& source) {
+          return cuda::make_cuda_stage(config, std::move(source), cuda_options);
+        },
+        weights);
 #else
     CONVEYOR_ASSERT(false);  // resolve_backend refuses kCuda in a build without it
 #endif
   }
+  StageWeights host = std::holds_alternative<StageDraws>(weights)
+                          ? draw_stage_weights(std::get<StageDraws>(weights))
+                          : std::move(std::get<StageWeights>(weights));
   return std::make_unique<cpu::CpuStage>(
-      config, std::move(weights),
+      config, std::move(host),
       cpu::CpuStageOptions{.n_threads = options.threads_per_stage,
                            .max_seqs = options.max_batch,
                            .max_context = resources.max_context});

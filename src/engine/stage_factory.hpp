@@ -13,6 +13,12 @@ namespace conveyor {
 // requested backend is available, with an error naming the fix when it is not.
 BackendKind resolve_backend(BackendKind requested);
 
+// CPU backend: refuses, before anything is allocated, a model whose fp32 weights do not fit the
+// host's available memory (MemAvailable), so a model too large for the host is an error naming
+// the sizes rather than the out-of-memory killer. (KV caches grow with use and are not counted.)
+// Skipped when the available memory cannot be read.
+void check_host_memory(const ModelConfig& config);
+
 // CUDA device of each stage: options.devices, or 0..S-1 when empty. Checks the count and that
 // each id exists; stages may share a device.
 std::vector<int> stage_devices(const EngineOptions& options);
@@ -23,8 +29,10 @@ struct StageResources {
   int64_t max_context = 0;  // KV positions per sequence
 };
 
+// Builds the stage from weights read from a checkpoint or from the recipe of random ones (drawn
+// on the host for the CPU backend, on the device for CUDA).
 std::unique_ptr<StageBackend> make_stage_backend(BackendKind backend, const ModelConfig& config,
-                                                 StageWeights weights, const EngineOptions& options,
+                                                 StageSource weights, const EngineOptions& options,
                                                  const StageResources& resources);
 
 }  // namespace conveyor

@@ -1,18 +1,19 @@
-// Loading one pipeline stage's fp32 weights from SafeTensors by Hugging Face tensor name.
+// One pipeline stage's tensors: loaded as fp32 from SafeTensors by Hugging Face tensor name, or
+// described (and drawn) for a random-weights model.
 #include "model/weights.hpp"
 
 #include <fmt/format.h>
 
-#include <array>
+#include <cmath>
+#include <string>
+#include <unordered_map>
 
 #include "core/check.hpp"
+#include "core/random_bits.hpp"
+#include "model/make_model.hpp"
 
 namespace conveyor {
 namespace {
-
-int64_t vector_bytes(const std::vector<float>& v) {
-  return static_cast<int64_t>(v.size() * sizeof(float));
-}
 
 std::string layer_prefix(int64_t layer) {
   return fmt::format("model.layers.{}.", layer);
@@ -34,97 +35,129 @@ constexpr std::string_view kLmHead = "lm_head.weight";
 
 }  // namespace
 
-int64_t LayerWeights::bytes() const {
-  int64_t total = 0;
-  for (const std::vector<float>* v :
-       {&attn_norm, &wq, &wk, &wv, &bq, &bk, &bv, &wo, &mlp_norm, &w_gate, &w_up, &w_down}) {
-    total += vector_bytes(*v);
+std::vector<int64_t> layer_tensor_shape(const ModelConfig& config, size_t index) {
+  const int64_t hidden = config.hidden_size;
+  const int64_t inter = config.intermediate_size;
+  const int64_t q_dim = config.q_dim();
+  const int64_t kv_dim = config.kv_dim();
+  switch (index) {
+    case 0:  // input_layernorm
+    case 8:  // post_attention_layernorm
+      return {hidden};
+    case 1:
+      return {q_dim, hidden};
+    case 2:
+    case 3:
+      return {kv_dim, hidden};
+    case 4:
+      return config.attention_bias ? std::vector<int64_t>{q_dim} : std::vector<int64_t>{};
+    case 5:
+    case 6:
+      return config.attention_bias ? std::vector<int64_t>{kv_dim} : std::vector<int64_t>{};
+    case 7:
+      return {hidden, q_dim};
+    case 9:
+    case 10:
+      return {inter, hidden};
+    case 11:
+      return {hidden, inter};
+    default:
+      CONVEYOR_ASSERT(false);
   }
-  return total;
 }
 
-int64_t StageWeights::bytes() const {
-  int64_t total = vector_bytes(embedding) + vector_bytes(final_norm) + vector_bytes(lm_head);
-  for (const LayerWeights& layer : layers)
-    total += layer.bytes();
-  return total;
+namespace {
+
+// Builds the tensors `spec` holds in model order, each from make(name, shape). A tied head
+// copies the stage's embedding, or makes the embedding's tensor when the stage does not embed.
+template <typename T, typename Make>
+StageTensors<T> build_stage(const ModelConfig& config, const StageWeightsSpec& spec, Make&& make) {
+  check_spec(config, spec);
+  const std::vector<int64_t> table{config.vocab_size, config.hidden_size};
+  StageTensors<T> stage;
+  stage.spec = spec;
+  if (spec.embedding) stage.embedding = make(kEmbedding, table);
+  stage.layers.reserve(static_cast<size_t>(spec.last_layer - spec.first_layer));
+  for (int64_t layer = spec.first_layer; layer < spec.last_layer; ++layer) {
+    const std::string prefix = layer_prefix(layer);
+    for_each_layer_tensor(stage.layers.emplace_back(), [&](size_t index, T& tensor) {
+      const std::vector<int64_t> shape = layer_tensor_shape(config, index);
+      if (!shape.empty()) tensor = make(prefix + std::string(kLayerTensorSuffixes[index]), shape);
+    });
+  }
+  if (spec.head) {
+    stage.final_norm = make(kFinalNorm, {config.hidden_size});
+    if (!config.tie_word_embeddings) {
+      stage.lm_head = make(kLmHead, table);
+    } else if (spec.embedding) {
+      stage.lm_head = stage.embedding;
+    } else {
+      stage.lm_head = make(kEmbedding, table);
+    }
+  }
+  return stage;
 }
+
+}  // namespace
 
 std::vector<std::string> required_tensor_names(const ModelConfig& config,
                                                const StageWeightsSpec& spec) {
-  check_spec(config, spec);
   std::vector<std::string> names;
-  if (spec.embedding) names.emplace_back(kEmbedding);
-  for (int64_t layer = spec.first_layer; layer < spec.last_layer; ++layer) {
-    const std::string p = layer_prefix(layer);
-    names.push_back(p + "input_layernorm.weight");
-    for (const char* proj : {"q_proj", "k_proj", "v_proj", "o_proj"}) {
-      names.push_back(p + "self_attn." + proj + ".weight");
-    }
-    if (config.attention_bias) {
-      for (const char* proj : {"q_proj", "k_proj", "v_proj"}) {
-        names.push_back(p + "self_attn." + proj + ".bias");
-      }
-    }
-    names.push_back(p + "post_attention_layernorm.weight");
-    for (const char* proj : {"gate_proj", "up_proj", "down_proj"}) {
-      names.push_back(p + "mlp." + proj + ".weight");
-    }
-  }
-  if (spec.head) {
-    names.emplace_back(kFinalNorm);
-    if (!config.tie_word_embeddings) {
-      names.emplace_back(kLmHead);
-    } else if (!spec.embedding) {
-      names.emplace_back(kEmbedding);  // the tied head reads the embedding matrix
-    }
-  }
+  build_stage<int>(config, spec, [&](std::string_view name, const std::vector<int64_t>&) {
+    names.emplace_back(name);
+    return 0;
+  });
   return names;
 }
 
 StageWeights load_stage_weights(const SafeTensors& tensors, const ModelConfig& config,
                                 const StageWeightsSpec& spec) {
-  check_spec(config, spec);
-  const int64_t hidden = config.hidden_size;
-  const int64_t inter = config.intermediate_size;
-  const int64_t q_dim = config.q_dim();
-  const int64_t kv_dim = config.kv_dim();
-  auto load = [&](std::string_view name, std::initializer_list<int64_t> shape) {
-    return tensors.load_f32(name, std::span<const int64_t>(shape.begin(), shape.size()));
-  };
+  return build_stage<std::vector<float>>(
+      config, spec, [&](std::string_view name, const std::vector<int64_t>& shape) {
+        return tensors.load_f32(name, shape);
+      });
+}
 
+StageDraws random_stage_draws(const ModelConfig& config, const StageWeightsSpec& spec,
+                              uint64_t seed) {
+  std::unordered_map<std::string, TensorRecipe> recipes;
+  for (TensorRecipe& recipe : model_tensor_recipes(config))
+    recipes.emplace(recipe.name, std::move(recipe));
+  const uint64_t seed_key = splitmix64(seed);
+  return build_stage<TensorDraw>(
+      config, spec, [&](std::string_view name, const std::vector<int64_t>& shape) {
+        const auto it = recipes.find(std::string(name));
+        CONVEYOR_ASSERT(it != recipes.end());
+        int64_t numel = 1;
+        for (int64_t dim : shape)
+          numel *= dim;
+        // Uniform on [mean - w, mean + w) has standard deviation w / sqrt(3).
+        return TensorDraw{.key = splitmix64(seed_key ^ fnv1a_64(name)),
+                          .mean = static_cast<float>(it->second.mean),
+                          .half_width = static_cast<float>(it->second.std * std::sqrt(3.0)),
+                          .numel = numel};
+      });
+}
+
+std::vector<float> draw_tensor(const TensorDraw& draw) {
+  std::vector<float> values(static_cast<size_t>(draw.numel));
+  for (size_t i = 0; i < values.size(); ++i)
+    values[i] = random_weight(draw.key, i, draw.mean, draw.half_width);
+  return values;
+}
+
+StageWeights draw_stage_weights(const StageDraws& draws) {
   StageWeights stage;
-  stage.spec = spec;
-  if (spec.embedding) stage.embedding = load(kEmbedding, {config.vocab_size, hidden});
-  stage.layers.reserve(static_cast<std::size_t>(spec.last_layer - spec.first_layer));
-  for (int64_t layer = spec.first_layer; layer < spec.last_layer; ++layer) {
-    const std::string p = layer_prefix(layer);
-    LayerWeights& w = stage.layers.emplace_back();
-    w.attn_norm = load(p + "input_layernorm.weight", {hidden});
-    w.wq = load(p + "self_attn.q_proj.weight", {q_dim, hidden});
-    w.wk = load(p + "self_attn.k_proj.weight", {kv_dim, hidden});
-    w.wv = load(p + "self_attn.v_proj.weight", {kv_dim, hidden});
-    if (config.attention_bias) {
-      w.bq = load(p + "self_attn.q_proj.bias", {q_dim});
-      w.bk = load(p + "self_attn.k_proj.bias", {kv_dim});
-      w.bv = load(p + "self_attn.v_proj.bias", {kv_dim});
-    }
-    w.wo = load(p + "self_attn.o_proj.weight", {hidden, q_dim});
-    w.mlp_norm = load(p + "post_attention_layernorm.weight", {hidden});
-    w.w_gate = load(p + "mlp.gate_proj.weight", {inter, hidden});
-    w.w_up = load(p + "mlp.up_proj.weight", {inter, hidden});
-    w.w_down = load(p + "mlp.down_proj.weight", {hidden, inter});
+  stage.spec = draws.spec;
+  stage.embedding = draw_tensor(draws.embedding);
+  for (const LayerDraws& layer : draws.layers) {
+    zip_layer_tensors(stage.layers.emplace_back(), layer,
+                      [](size_t, std::vector<float>& values, const TensorDraw& draw) {
+                        values = draw_tensor(draw);
+                      });
   }
-  if (spec.head) {
-    stage.final_norm = load(kFinalNorm, {hidden});
-    if (!config.tie_word_embeddings) {
-      stage.lm_head = load(kLmHead, {config.vocab_size, hidden});
-    } else if (spec.embedding) {
-      stage.lm_head = stage.embedding;
-    } else {
-      stage.lm_head = load(kEmbedding, {config.vocab_size, hidden});
-    }
-  }
+  stage.final_norm = draw_tensor(draws.final_norm);
+  stage.lm_head = draw_tensor(draws.lm_head);
   return stage;
 }
 

@@ -7,6 +7,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <filesystem>
+#include <fstream>
 #include <functional>
 #include <string>
 #include <vector>
@@ -425,6 +427,26 @@ TEST_F(CudaStageRefusalTest, CommitAndRollbackLengths) {
   EXPECT_NO_THROW(stage->compute(decode, ctx, retry));
   stage->commit(1);
   EXPECT_EQ(stage->committed(0), 4);
+}
+
+TEST_F(CudaEngineTest, RandomWeightsMatchTheCpuEngine) {
+  // Drawn on the device for CUDA, on the host for the CPU: the same values before rounding.
+  test::TempDir dir("conveyor-cuda-random");
+  const Variant& variant = variants().front();
+  const std::filesystem::path config = dir.path() / "config.json";
+  std::ofstream(config) << variant.config.to_json();
+  const std::vector<Request> requests = greedy_requests();
+  EngineOptions cpu_options;
+  cpu_options.random_weights_seed = 77;
+  const GenerateResult cpu = Engine::open(config, cpu_options).generate(requests, all_logits());
+  for (int stages : {1, 3}) {
+    EngineOptions options = cuda_options(stages, DType::kBF16);
+    options.random_weights_seed = 77;
+    Engine engine = Engine::open(config, options);
+    expect_close_to_cpu(engine.generate(requests, all_logits()), cpu, requests,
+                        variant.config.vocab_size, 2e-2,
+                        fmt::format("random weights S={}", stages));
+  }
 }
 
 }  // namespace

@@ -355,5 +355,33 @@ TEST(KernelLaunchers, DecodeWorkspaceSize) {
   a.keys_per_split = 0;  // default 256
   EXPECT_EQ(kernels::decode_attention_workspace_bytes(a), size_t{2 * 8 * 4 * (128 + 2) * 4});
 }
+
+TEST(KernelLaunchers, RandomFillValidatesBeforeLaunching) {
+  kernels::RandomFillArgs a{.dtype = DType::kBF16, .out = fake(), .numel = 10};
+  expect_invalid(
+      [&] {
+        kernels::RandomFillArgs b = a;
+        b.dtype = DType::kF32;
+        kernels::launch_random_fill(b, nullptr);
+      },
+      "f32 fill");
+  expect_invalid(
+      [&] {
+        kernels::RandomFillArgs b = a;
+        b.numel = -1;
+        kernels::launch_random_fill(b, nullptr);
+      },
+      "negative numel");
+  expect_invalid(
+      [&] {
+        kernels::RandomFillArgs b = a;
+        b.out = nullptr;
+        kernels::launch_random_fill(b, nullptr);
+      },
+      "null out");
+  a.numel = 0;
+  EXPECT_NO_THROW(kernels::launch_random_fill(a, nullptr));  // nothing to do, no CUDA call
+}
+
 }  // namespace
 }  // namespace conveyor

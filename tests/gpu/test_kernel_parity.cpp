@@ -18,6 +18,7 @@
 #include "backend/sampler.hpp"
 #include "conveyor/error.hpp"
 #include "conveyor/model_config.hpp"
+#include "core/random_bits.hpp"
 #include "gpu/gpu_test_util.hpp"
 #include "kernels/kernels.hpp"
 #include "model/rope.hpp"
@@ -617,6 +618,35 @@ TEST(KernelParity, GemmMatchesCpuLinear) {
         }
       }
     }
+  }
+}
+
+// ---- random weights ----------------------------------------------------------------------------
+
+TEST(KernelParity, RandomFillIsTheHostDrawRounded) {
+  CONVEYOR_REQUIRE_CUDA_DEVICE();
+  // Odd size: the grid-stride loop's tail; more values than one pass of the grid covers.
+  constexpr int64_t kCount = 4096 * 256 + 12345;
+  const uint64_t key = test_seed();
+  for (DType dtype : kHalfTypes) {
+    Bits out(kCount);
+    out.poison();
+    kernels::launch_random_fill({.dtype = dtype,
+                                 .out = out.get(),
+                                 .numel = kCount,
+                                 .key = key,
+                                 .mean = 0.5f,
+                                 .half_width = 0.25f},
+                                nullptr);
+    sync();
+    const std::vector<uint16_t> bits = out.download();
+    int64_t mismatches = 0;
+    for (int64_t i = 0; i < kCount; ++i) {
+      const uint16_t expected =
+          to_bits(random_weight(key, static_cast<uint64_t>(i), 0.5f, 0.25f), dtype);
+      mismatches += bits[static_cast<size_t>(i)] != expected;
+    }
+    EXPECT_EQ(mismatches, 0) << name(dtype) << ", " << seed_note(key);
   }
 }
 

@@ -7,7 +7,9 @@
 
 #include <algorithm>
 #include <climits>
+#include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "backend/cuda/cuda_stage_impl.hpp"
@@ -67,23 +69,24 @@ const void* advance(const void* base, int64_t elements, DType dtype) {
 
 }  // namespace
 
-CudaStage::CudaStage(const ModelConfig& config, const StageWeights& weights,
+CudaStage::CudaStage(const ModelConfig& config, DeviceWeights weights, const StageWeightsSpec& spec,
                      const CudaStageOptions& options, const CudaStageSetup& setup)
     : config_(config),
       options_(options),
-      spec_(weights.spec),
-      n_local_layers_(weights.spec.last_layer - weights.spec.first_layer),
+      spec_(spec),
+      n_local_layers_(spec.last_layer - spec.first_layer),
       max_tokens_(setup.max_tokens),
       device_(select_device(options.device)),
       device_name_(setup.device_name),
       ctx_(device_, setup.plan),
-      weights_(device_, weights, options.dtype),
+      weights_(std::move(weights)),
       ledger_(KvCacheShape{.n_layers = 0,
                            .n_kv_heads = config.n_kv_heads,
                            .head_dim = config.head_dim,
                            .max_seqs = options.max_seqs,
                            .max_context = options.max_context}),
-      pool_(device_, setup.max_tokens, config.hidden_size, kActivationSlots) {
+      pool_(device_, setup.max_tokens, config.hidden_size, kActivationSlots),
+      graphs_(device_) {
   const std::vector<float> inv_freq = rope_inv_freq(config);
   inv_freq_ = DeviceBuffer(device_, inv_freq.size() * sizeof(float), "RoPE frequencies");
   CONVEYOR_CUDA_CHECK(cudaMemcpy(inv_freq_.get(), inv_freq.data(), inv_freq.size() * sizeof(float),
@@ -112,11 +115,12 @@ std::string CudaStage::describe() const {
   const double workspace = static_cast<double>(ctx_.bytes() + pool_.bytes());
   return fmt::format(
       "cuda:{} {} ({}): weights {:.1f} MiB, KV capacity {} tokens ({} slots x {}) at {:.1f} "
-      "KiB/token, workspace {:.1f} MiB",
+      "KiB/token, workspace {:.1f} MiB, decode graphs {}",
       device_, device_name_, dtype_label(options_.dtype),
       mib(static_cast<double>(weights_.bytes())),
       static_cast<int64_t>(options_.max_seqs) * options_.max_context, options_.max_seqs,
-      options_.max_context, static_cast<double>(kv_bytes_per_token()) / 1024, mib(workspace));
+      options_.max_context, static_cast<double>(kv_bytes_per_token()) / 1024, mib(workspace),
+      ctx_.plan().graph_rows > 0 ? "on" : "off");
 }
 
 void CudaStage::compute(const MicroBatch& mb, const StepContext& ctx, Activations& activations) {
@@ -137,22 +141,14 @@ void CudaStage::compute(const MicroBatch& mb, const StepContext& ctx, Activation
     upload_indices(mb, ctx);
     const cudaStream_t stream = ctx_.stream();
     std::shared_ptr<CudaActivations> out = pool_.acquire(n, stream);
-    float* x = out->data();  // [n, hidden] fp32: the residual stream of this micro-batch
-    if (spec_.embedding) {
-      kernels::launch_embedding({.dtype = options_.dtype,
-                                 .out_dtype = DType::kF32,
-                                 .table = weights_.embedding(),
-                                 .ids = device_ids(),
-                                 .out = x,
-                                 .n = n,
-                                 .vocab = config_.vocab_size,
-                                 .hidden = config_.hidden_size},
-                                stream);
+    if (const std::optional<DecodeGraphKey> key =
+            decode_graph_key(mb, ctx_.plan().graph_rows, options_.max_context)) {
+      compute_graph(*key, mb, activations, *out);
     } else {
-      load_input(mb, activations, *out);
+      float* x = out->data();  // [n, hidden] fp32: the residual stream of this micro-batch
+      if (!spec_.embedding) load_input(mb, activations, x);
+      forward(mb, x, 0);
     }
-    for (size_t l = 0; l < weights_.layers().size(); ++l)
-      run_layer(l, mb, x);
     out->record_ready(stream);
     activations.host.clear();
     activations.device = std::move(out);
@@ -208,8 +204,9 @@ void CudaStage::upload_indices(const MicroBatch& mb, const StepContext& ctx) {
   CONVEYOR_CUDA_CHECK(cudaEventRecord(staging.uploaded.get(), ctx_.stream()));
 }
 
-void CudaStage::load_input(const MicroBatch& mb, Activations& in, const CudaActivations& out) {
-  const int64_t n = out.n_tokens(), hidden = config_.hidden_size;
+void CudaStage::load_input(const MicroBatch& mb, Activations& in, float* x) {
+  const int64_t n = rows_, hidden = config_.hidden_size;
+  const size_t bytes = static_cast<size_t>(n * hidden) * sizeof(float);
   const cudaStream_t stream = ctx_.stream();
   if (in.device) {
     const auto* source = dynamic_cast<const CudaActivations*>(in.device.get());
@@ -227,11 +224,11 @@ void CudaStage::load_input(const MicroBatch& mb, Activations& in, const CudaActi
     }
     source->wait_ready(stream);
     if (source->device() == device_) {
-      CONVEYOR_CUDA_CHECK(cudaMemcpyAsync(out.data(), source->data(), out.bytes(),
-                                          cudaMemcpyDeviceToDevice, stream));
+      CONVEYOR_CUDA_CHECK(
+          cudaMemcpyAsync(x, source->data(), bytes, cudaMemcpyDeviceToDevice, stream));
     } else {
-      CONVEYOR_CUDA_CHECK(cudaMemcpyPeerAsync(out.data(), device_, source->data(), source->device(),
-                                              out.bytes(), stream));
+      CONVEYOR_CUDA_CHECK(
+          cudaMemcpyPeerAsync(x, device_, source->data(), source->device(), bytes, stream));
     }
     source->record_consumed(device_, stream);
     in.device.reset();  // frees the producer's buffer; its next writes wait for `consumed`
@@ -244,11 +241,26 @@ void CudaStage::load_input(const MicroBatch& mb, Activations& in, const CudaActi
          in.host.size(), mb.id, n * hidden, n, hidden);
   }
   // From pageable memory the call returns once the source is staged, so `in` may go.
-  CONVEYOR_CUDA_CHECK(
-      cudaMemcpyAsync(out.data(), in.host.data(), out.bytes(), cudaMemcpyHostToDevice, stream));
+  CONVEYOR_CUDA_CHECK(cudaMemcpyAsync(x, in.host.data(), bytes, cudaMemcpyHostToDevice, stream));
 }
 
-void CudaStage::run_layer(size_t layer, const MicroBatch& mb, float* x) {
+void CudaStage::forward(const MicroBatch& mb, float* x, int64_t max_keys) {
+  if (spec_.embedding) {
+    kernels::launch_embedding({.dtype = options_.dtype,
+                               .out_dtype = DType::kF32,
+                               .table = weights_.embedding(),
+                               .ids = device_ids(),
+                               .out = x,
+                               .n = rows_,
+                               .vocab = config_.vocab_size,
+                               .hidden = config_.hidden_size},
+                              ctx_.stream());
+  }
+  for (size_t l = 0; l < weights_.layers().size(); ++l)
+    run_layer(l, mb, x, max_keys);
+}
+
+void CudaStage::run_layer(size_t layer, const MicroBatch& mb, float* x, int64_t max_keys) {
   const ModelConfig& c = config_;
   const DeviceLayerWeights& w = weights_.layers()[layer];
   const Workspace& ws = ctx_.workspace();
@@ -321,7 +333,7 @@ void CudaStage::run_layer(size_t layer, const MicroBatch& mb, float* x) {
                              .kv_dim = kv_dim,
                              .seq_stride = kv_seq_stride()},
                             stream);
-  attention(layer, mb);
+  attention(layer, mb, max_keys);
   gemm.run({.dtype = dt,
             .y_dtype = DType::kF32,
             .x = ws.attn,
@@ -378,7 +390,7 @@ void CudaStage::run_layer(size_t layer, const MicroBatch& mb, float* x) {
 // Chunks of several tokens go to the prefill kernel (causal within the chunk, over the cached
 // prefix); runs of consecutive single-token chunks (decode) go to the split-K decode kernel
 // together, each row with its own slot and length.
-void CudaStage::attention(size_t layer, const MicroBatch& mb) {
+void CudaStage::attention(size_t layer, const MicroBatch& mb, int64_t max_keys) {
   const ModelConfig& c = config_;
   const Workspace& ws = ctx_.workspace();
   const DType dt = options_.dtype;
@@ -390,7 +402,7 @@ void CudaStage::attention(size_t layer, const MicroBatch& mb) {
     if (len == 1) {
       if (run_begin < 0) run_begin = row;
     } else {
-      if (run_begin >= 0) decode_attention(layer, run_begin, row);
+      if (run_begin >= 0) decode_attention(layer, run_begin, row, max_keys);
       run_begin = -1;
       const int64_t cache_offset = static_cast<int64_t>(chunk.seq) * kv_seq_stride();
       kernels::launch_prefill_attention({.dtype = dt,
@@ -407,19 +419,24 @@ void CudaStage::attention(size_t layer, const MicroBatch& mb) {
     }
     row += len;
   }
-  if (run_begin >= 0) decode_attention(layer, run_begin, row);
+  if (run_begin >= 0) decode_attention(layer, run_begin, row, max_keys);
 }
 
-void CudaStage::decode_attention(size_t layer, int64_t row_begin, int64_t row_end) {
+// A graph passes its keys bucket as max_keys: the launch must not depend on this step's lengths.
+void CudaStage::decode_attention(size_t layer, int64_t row_begin, int64_t row_end,
+                                 int64_t max_keys) {
   const ModelConfig& c = config_;
   const Workspace& ws = ctx_.workspace();
   const WorkspacePlan& plan = ctx_.plan();
   const DType dt = options_.dtype;
   for (int64_t begin = row_begin; begin < row_end; begin += plan.decode_rows) {
     const int64_t end = std::min(row_end, begin + plan.decode_rows);
-    int64_t max_keys = 1;
-    for (int64_t r = begin; r < end; ++r)
-      max_keys = std::max(max_keys, positions_[static_cast<size_t>(r)] + 1);
+    int64_t keys = max_keys;
+    if (keys == 0) {
+      keys = 1;
+      for (int64_t r = begin; r < end; ++r)
+        keys = std::max(keys, positions_[static_cast<size_t>(r)] + 1);
+    }
     const kernels::DecodeAttentionArgs args{.dtype = dt,
                                             .q = advance(ws.q, begin * c.q_dim(), dt),
                                             .k_cache = k_cache_[layer].get(),
@@ -432,7 +449,7 @@ void CudaStage::decode_attention(size_t layer, int64_t row_begin, int64_t row_en
                                             .n_heads = c.n_heads,
                                             .n_kv_heads = c.n_kv_heads,
                                             .head_dim = c.head_dim,
-                                            .max_keys = max_keys,
+                                            .max_keys = keys,
                                             .seq_stride = kv_seq_stride()};
     CONVEYOR_ASSERT(kernels::decode_attention_workspace_bytes(args) <= plan.decode);
     kernels::launch_decode_attention(args, ctx_.stream());
@@ -485,8 +502,12 @@ void CudaStageOptions::validate() const {
   }
 }
 
-std::unique_ptr<StageBackend> make_cuda_stage(const ModelConfig& config, StageWeights weights,
-                                              const CudaStageOptions& options) {
+namespace {
+
+// make_cuda_stage for weights from a checkpoint (StageWeights) or drawn (StageDraws).
+template <typename Source>
+std::unique_ptr<StageBackend> make_stage(const ModelConfig& config, const Source& weights,
+                                         const CudaStageOptions& options) {
   options.validate();
   if (config.head_dim != 64 && config.head_dim != 128) {
     fail(ErrorCode::kInvalidArgument,
@@ -532,8 +553,10 @@ std::unique_ptr<StageBackend> make_cuda_stage(const ModelConfig& config, StageWe
   const int64_t max_tokens =
       std::min<int64_t>(options.max_tokens_per_micro_batch,
                         static_cast<int64_t>(options.max_seqs) * options.max_context);
+  const int64_t graph_rows =
+      options.cuda_graphs ? decode_graph_max_rows(max_tokens, options.max_seqs) : 0;
   const WorkspacePlan plan = plan_workspace(config, options.dtype, max_tokens, options.max_seqs,
-                                            options.max_context, weights.spec.head);
+                                            options.max_context, weights.spec.head, graph_rows);
   const int64_t n_layers = weights.spec.last_layer - weights.spec.first_layer;
   const double weight_bytes =
       static_cast<double>(DeviceWeights::device_bytes(weights, options.dtype));
@@ -559,9 +582,22 @@ std::unique_ptr<StageBackend> make_cuda_stage(const ModelConfig& config, StageWe
          gib(workspace_bytes), gib(kHeadroomBytes), gib(static_cast<double>(free_bytes)),
          gib(static_cast<double>(total_bytes)));
   }
+  DeviceWeights device_weights(device, weights, options.dtype);
   return std::make_unique<CudaStage>(
-      config, weights, options,
+      config, std::move(device_weights), weights.spec, options,
       CudaStageSetup{.max_tokens = max_tokens, .plan = plan, .device_name = properties.name});
+}
+
+}  // namespace
+
+std::unique_ptr<StageBackend> make_cuda_stage(const ModelConfig& config, StageWeights weights,
+                                              const CudaStageOptions& options) {
+  return make_stage(config, weights, options);
+}
+
+std::unique_ptr<StageBackend> make_cuda_stage(const ModelConfig& config, const StageDraws& draws,
+                                              const CudaStageOptions& options) {
+  return make_stage(config, draws, options);
 }
 
 }  // namespace conveyor::cuda

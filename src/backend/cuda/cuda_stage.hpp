@@ -25,6 +25,10 @@ struct CudaStageOptions {
   // Rows of the largest micro-batch; sizes the workspace and the activation buffers. The
   // effective value is min(this, max_seqs * max_context). At most 65535.
   int64_t max_tokens_per_micro_batch = 4096;
+  // Decode micro-batches (every chunk one token, at most 256 rows) are captured
+  // once per (rows, context bucket) in a CUDA graph and replayed (decode_graphs.hpp); prefill
+  // and mixed micro-batches always launch kernel by kernel. Off: every kernel is launched.
+  bool cuda_graphs = true;
 
   // Throws conveyor::Error(kInvalidArgument) naming the field, value, limit and fix. Needs no
   // device.
@@ -43,5 +47,18 @@ struct CudaStageOptions {
 // with work in flight (the output handle carries an event), sample() and commit() synchronize.
 std::unique_ptr<StageBackend> make_cuda_stage(const ModelConfig& config, StageWeights weights,
                                               const CudaStageOptions& options);
+// The same for a random-weights stage: the values are drawn on the device (no host copy).
+std::unique_ptr<StageBackend> make_cuda_stage(const ModelConfig& config, const StageDraws& draws,
+                                              const CudaStageOptions& options);
+
+// A CUDA stage's decode-graph counters, for tests and benchmarks.
+struct DecodeGraphStats {
+  int64_t captures = 0;  // graphs captured (one per new (rows, context bucket) key)
+  int64_t replays = 0;   // launches of a graph captured by an earlier micro-batch
+  int64_t cached = 0;    // graphs held now (bounded; least recently used evicted)
+};
+// The counters of `stage`, which must come from make_cuda_stage (else kInvalidArgument). Read
+// from the thread that drives the stage, or between steps.
+DecodeGraphStats decode_graph_stats(const StageBackend& stage);
 
 }  // namespace conveyor::cuda

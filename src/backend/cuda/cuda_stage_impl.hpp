@@ -1,6 +1,7 @@
-// CudaStage's declaration, shared by its two sources (cuda_stage.cpp: construction and layers;
-// cuda_stage_head.cpp: final norm, lm_head and sampling). Internal to src/backend/cuda: the
-// rest of conveyor includes cuda_stage.hpp and builds stages with make_cuda_stage().
+// CudaStage's declaration, shared by its sources (cuda_stage.cpp: construction and layers;
+// cuda_stage_graph.cpp: decode steps as CUDA graphs; cuda_stage_head.cpp: final norm, lm_head
+// and sampling). Internal to src/backend/cuda: the rest of conveyor includes cuda_stage.hpp and
+// builds stages with make_cuda_stage().
 #pragma once
 
 #include <memory>
@@ -9,6 +10,7 @@
 
 #include "backend/cuda/activation_pool.hpp"
 #include "backend/cuda/cuda_stage.hpp"
+#include "backend/cuda/decode_graphs.hpp"
 #include "backend/cuda/device_context.hpp"
 #include "backend/cuda/device_weights.hpp"
 #include "backend/kv_cache.hpp"
@@ -24,9 +26,9 @@ struct CudaStageSetup {
 
 class CudaStage final : public StageBackend {
  public:
-  // The device must pass make_cuda_stage's checks.
-  CudaStage(const ModelConfig& config, const StageWeights& weights, const CudaStageOptions& options,
-            const CudaStageSetup& setup);
+  // The device must pass make_cuda_stage's checks; `weights` (for `spec`) are on it.
+  CudaStage(const ModelConfig& config, DeviceWeights weights, const StageWeightsSpec& spec,
+            const CudaStageOptions& options, const CudaStageSetup& setup);
 
   int64_t hidden_size() const override { return config_.hidden_size; }
   std::string describe() const override;
@@ -37,6 +39,12 @@ class CudaStage final : public StageBackend {
   void rollback() override;
   void release(int32_t seq) override { ledger_.release(seq); }
   int64_t committed(int32_t seq) const override { return ledger_.committed(seq); }
+
+  DecodeGraphStats graph_stats() const {
+    return {.captures = graphs_.captures(),
+            .replays = graphs_.replays(),
+            .cached = static_cast<int64_t>(graphs_.size())};
+  }
 
  private:
   // Pinned host copy of one micro-batch's index arrays, reusable once `uploaded` completed.
@@ -56,10 +64,17 @@ class CudaStage final : public StageBackend {
   const int32_t* device_lengths() const { return ctx_.workspace().indices + 3 * rows_; }
 
   void upload_indices(const MicroBatch& mb, const StepContext& ctx);
-  void load_input(const MicroBatch& mb, Activations& in, const CudaActivations& out);
-  void run_layer(size_t layer, const MicroBatch& mb, float* x);
-  void attention(size_t layer, const MicroBatch& mb);
-  void decode_attention(size_t layer, int64_t row_begin, int64_t row_end);
+  // Copies the received activations [rows_, hidden] fp32 into `x` (device).
+  void load_input(const MicroBatch& mb, Activations& in, float* x);
+  // The embedding (first stage) and every layer on the residual stream `x` [rows_, hidden].
+  // `max_keys`: decode attention's bound on the keys of a row; 0 is each launch's exact maximum.
+  void forward(const MicroBatch& mb, float* x, int64_t max_keys);
+  // The decode-graph path of compute() (cuda_stage_graph.cpp): `out` gets the result.
+  void compute_graph(const DecodeGraphKey& key, const MicroBatch& mb, Activations& in,
+                     const CudaActivations& out);
+  void run_layer(size_t layer, const MicroBatch& mb, float* x, int64_t max_keys);
+  void attention(size_t layer, const MicroBatch& mb, int64_t max_keys);
+  void decode_attention(size_t layer, int64_t row_begin, int64_t row_end, int64_t max_keys);
   const float* head_input(const MicroBatch& mb, const Activations& in,
                           std::shared_ptr<CudaActivations>& own);
   void head_pass(const HeadRow* rows, int64_t n_rows, const float* x, const StepContext& ctx,
@@ -88,6 +103,7 @@ class CudaStage final : public StageBackend {
   PinnedBuffer head_params_;  // [head_rows] SampleRowParams
   PinnedBuffer head_tokens_;  // [head_rows] int32
   PinnedBuffer head_logits_;  // [head_rows, vocab] fp32
+  DecodeGraphCache graphs_;   // replays write ctx_.workspace().graph_x, never a pool slot
 
   // The micro-batch being computed.
   int64_t rows_ = 0;

@@ -156,16 +156,18 @@ void Event::reset() noexcept {
 
 size_t WorkspacePlan::total() const {
   size_t sum = 0;
-  for (size_t bytes :
-       {normed, q, k, v, attn, gate, up, indices, decode, head_x, logits, params, tokens}) {
+  for (size_t bytes : {normed, q, k, v, attn, gate, up, indices, decode, head_x, logits, params,
+                       tokens, graph_x}) {
     sum += round_up(bytes);
   }
   return sum;
 }
 
 WorkspacePlan plan_workspace(const ModelConfig& config, DType dtype, int64_t max_tokens,
-                             int32_t max_seqs, int64_t max_context, bool with_head) {
+                             int32_t max_seqs, int64_t max_context, bool with_head,
+                             int64_t graph_rows) {
   CONVEYOR_ASSERT(max_tokens > 0 && max_seqs > 0 && max_context > 0);
+  CONVEYOR_ASSERT(graph_rows >= 0 && graph_rows <= max_tokens);
   const auto half = static_cast<size_t>(dtype_size(dtype));
   const auto rows = static_cast<size_t>(max_tokens);
   WorkspacePlan plan;
@@ -197,6 +199,9 @@ WorkspacePlan plan_workspace(const ModelConfig& config, DType dtype, int64_t max
     plan.params = head_rows * sizeof(kernels::SampleRowParams);
     plan.tokens = head_rows * sizeof(int32_t);
   }
+  plan.graph_rows = graph_rows;
+  plan.graph_x =
+      static_cast<size_t>(graph_rows) * static_cast<size_t>(config.hidden_size) * sizeof(float);
   return plan;
 }
 
@@ -232,6 +237,7 @@ DeviceContext::DeviceContext(int device, const WorkspacePlan& plan) : device_(de
   workspace_.logits = static_cast<float*>(carve(plan.logits));
   workspace_.params = static_cast<kernels::SampleRowParams*>(carve(plan.params));
   workspace_.tokens = static_cast<int32_t*>(carve(plan.tokens));
+  workspace_.graph_x = static_cast<float*>(carve(plan.graph_x));
   CONVEYOR_ASSERT(offset <= memory_.bytes());
 }
 

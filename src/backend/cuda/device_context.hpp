@@ -99,6 +99,7 @@ struct WorkspacePlan {
   int64_t decode_rows = 0;  // sequences of one decode-attention launch
   int64_t head_rows = 0;    // rows the head (final norm + lm_head) projects at once; 0: no head
   int64_t max_context = 0;  // keys one decode-attention row may attend
+  int64_t graph_rows = 0;   // rows a decode graph holds (decode_graphs.hpp); 0: graphs off
 
   size_t normed = 0;   // [max_tokens, hidden] dtype (also the head's normed rows)
   size_t q = 0;        // [max_tokens, q_dim] dtype
@@ -113,15 +114,20 @@ struct WorkspacePlan {
   size_t logits = 0;   // [head_rows, vocab] fp32
   size_t params = 0;   // [head_rows] kernels::SampleRowParams
   size_t tokens = 0;   // [head_rows] int32
+  // [graph_rows, hidden] fp32: the residual stream of decode graphs, at a fixed address
+  // (a graph bakes in its pointers; the activation pool hands out a different slot each time).
+  size_t graph_x = 0;
 
   // Sum of the buffers, each rounded up to 256 bytes.
   size_t total() const;
 };
 
 // The rows a head pass takes at once: enough for one sampled row per sequence slot, at least 64
-// (so all_logits prefill goes in few passes), at most the micro-batch.
+// (so all_logits prefill goes in few passes), at most the micro-batch. `graph_rows` (0: none)
+// sizes the decode graphs' residual buffer.
 WorkspacePlan plan_workspace(const ModelConfig& config, DType dtype, int64_t max_tokens,
-                             int32_t max_seqs, int64_t max_context, bool with_head);
+                             int32_t max_seqs, int64_t max_context, bool with_head,
+                             int64_t graph_rows);
 
 // Device pointers into the one workspace allocation, laid out by a WorkspacePlan.
 struct Workspace {
@@ -138,6 +144,7 @@ struct Workspace {
   float* logits = nullptr;
   kernels::SampleRowParams* params = nullptr;
   int32_t* tokens = nullptr;
+  float* graph_x = nullptr;
 };
 
 // One stage's device context. Not thread-safe: used by the stage's worker (commit/rollback come

@@ -1,13 +1,13 @@
-// DeviceWeights: host fp32 -> bf16/fp16 conversion and the one upload of a stage's weights.
+// DeviceWeights: the one allocation of a stage's weights, filled by host fp32 -> bf16/fp16
+// conversion and upload, or by the random-fill kernel.
 #include "backend/cuda/device_weights.hpp"
 
 #include <cuda_runtime_api.h>
 
-#include <functional>
-
 #include "core/check.hpp"
 #include "core/dtype_convert.hpp"
 #include "kernels/cuda_check.hpp"
+#include "kernels/kernels.hpp"
 
 namespace conveyor::cuda {
 
@@ -15,75 +15,108 @@ namespace {
 
 constexpr size_t kAlignment = 256;
 
-size_t aligned_bytes(const std::vector<float>& tensor, DType dtype) {
-  const size_t bytes = tensor.size() * dtype_size(dtype);
+int64_t numel(const std::vector<float>& tensor) {
+  return static_cast<int64_t>(tensor.size());
+}
+int64_t numel(const TensorDraw& draw) {
+  return draw.numel;
+}
+
+size_t aligned_bytes(int64_t numel, DType dtype) {
+  const size_t bytes = static_cast<size_t>(numel) * dtype_size(dtype);
   return (bytes + kAlignment - 1) / kAlignment * kAlignment;
 }
 
-// Calls visit(host tensor, device pointer slot) for every tensor of the stage, in one order.
-// Empty tensors (absent biases, or parts another stage holds) are visited too: they get no
-// bytes and keep a null pointer.
-using Visitor = std::function<void(const std::vector<float>&, const void**)>;
-
-void for_each_tensor(const StageWeights& w, std::vector<DeviceLayerWeights>& layers,
-                     const void** embedding, const void** final_norm, const void** lm_head,
-                     const Visitor& visit) {
-  visit(w.embedding, embedding);
-  for (size_t l = 0; l < w.layers.size(); ++l) {
-    const LayerWeights& h = w.layers[l];
-    DeviceLayerWeights& d = layers[l];
-    visit(h.attn_norm, &d.attn_norm);
-    visit(h.wq, &d.wq);
-    visit(h.wk, &d.wk);
-    visit(h.wv, &d.wv);
-    visit(h.bq, &d.bq);
-    visit(h.bk, &d.bk);
-    visit(h.bv, &d.bv);
-    visit(h.wo, &d.wo);
-    visit(h.mlp_norm, &d.mlp_norm);
-    visit(h.w_gate, &d.w_gate);
-    visit(h.w_up, &d.w_up);
-    visit(h.w_down, &d.w_down);
+// Calls visit(source tensor, device pointer slot) for every tensor of the stage, in one order.
+// Absent tensors (biases the model lacks, parts another stage holds) are visited too: they get
+// no bytes and keep a null pointer.
+template <typename T, typename Visit>
+void for_each_tensor(const StageTensors<T>& source, StageTensors<const void*>& device,
+                     Visit&& visit) {
+  device.spec = source.spec;
+  device.layers.resize(source.layers.size());
+  visit(source.embedding, device.embedding);
+  for (size_t l = 0; l < source.layers.size(); ++l) {
+    zip_layer_tensors(source.layers[l], device.layers[l],
+                      [&](size_t, const T& tensor, const void*& slot) { visit(tensor, slot); });
   }
-  visit(w.final_norm, final_norm);
-  visit(w.lm_head, lm_head);
+  visit(source.final_norm, device.final_norm);
+  visit(source.lm_head, device.lm_head);
 }
+
+template <typename T>
+int64_t total_bytes(const StageTensors<T>& source, DType dtype) {
+  StageTensors<const void*> unused;
+  size_t total = 0;
+  for_each_tensor(source, unused, [&](const T& tensor, const void*&) {
+    total += aligned_bytes(numel(tensor), dtype);
+  });
+  return static_cast<int64_t>(total);
+}
+
+// Hands out consecutive aligned pieces of one allocation.
+class Carver {
+ public:
+  Carver(const DeviceBuffer& memory, DType dtype) : memory_(memory), dtype_(dtype) {}
+  void* take(int64_t numel) {
+    void* piece = memory_.as<char>() + offset_;
+    offset_ += aligned_bytes(numel, dtype_);
+    CONVEYOR_ASSERT(offset_ <= memory_.bytes());
+    return piece;
+  }
+
+ private:
+  const DeviceBuffer& memory_;
+  DType dtype_;
+  size_t offset_ = 0;
+};
 
 }  // namespace
 
 int64_t DeviceWeights::device_bytes(const StageWeights& weights, DType dtype) {
-  std::vector<DeviceLayerWeights> layers(weights.layers.size());
-  const void* unused[3] = {};
-  size_t total = 0;
-  for_each_tensor(weights, layers, &unused[0], &unused[1], &unused[2],
-                  [&](const std::vector<float>& tensor, const void**) {
-                    total += aligned_bytes(tensor, dtype);
-                  });
-  return static_cast<int64_t>(total);
+  return total_bytes(weights, dtype);
+}
+int64_t DeviceWeights::device_bytes(const StageDraws& draws, DType dtype) {
+  return total_bytes(draws, dtype);
 }
 
 DeviceWeights::DeviceWeights(int device, const StageWeights& weights, DType dtype)
-    : memory_(device, static_cast<size_t>(device_bytes(weights, dtype)), "the stage weights"),
-      layers_(weights.layers.size()) {
+    : memory_(device, static_cast<size_t>(device_bytes(weights, dtype)), "the stage weights") {
   CONVEYOR_ASSERT(dtype == DType::kBF16 || dtype == DType::kF16);
-  auto* base = memory_.as<char>();
-  size_t offset = 0;
+  Carver carver(memory_, dtype);
   std::vector<uint16_t> staging;
-  for_each_tensor(
-      weights, layers_, &embedding_, &final_norm_, &lm_head_,
-      [&](const std::vector<float>& tensor, const void** slot) {
-        if (tensor.empty()) return;
-        staging.resize(tensor.size());
-        for (size_t i = 0; i < tensor.size(); ++i) {
-          staging[i] = dtype == DType::kBF16 ? f32_to_bf16(tensor[i]) : f32_to_f16(tensor[i]);
-        }
-        void* destination = base + offset;
-        CONVEYOR_CUDA_CHECK(cudaMemcpy(destination, staging.data(),
-                                       staging.size() * sizeof(uint16_t), cudaMemcpyHostToDevice));
-        *slot = destination;
-        offset += aligned_bytes(tensor, dtype);
-      });
-  CONVEYOR_ASSERT(offset <= memory_.bytes());
+  for_each_tensor(weights, tensors_, [&](const std::vector<float>& tensor, const void*& slot) {
+    if (tensor.empty()) return;
+    staging.resize(tensor.size());
+    for (size_t i = 0; i < tensor.size(); ++i) {
+      staging[i] = dtype == DType::kBF16 ? f32_to_bf16(tensor[i]) : f32_to_f16(tensor[i]);
+    }
+    void* destination = carver.take(numel(tensor));
+    CONVEYOR_CUDA_CHECK(cudaMemcpy(destination, staging.data(), staging.size() * sizeof(uint16_t),
+                                   cudaMemcpyHostToDevice));
+    slot = destination;
+  });
+}
+
+DeviceWeights::DeviceWeights(int device, const StageDraws& draws, DType dtype)
+    : memory_(device, static_cast<size_t>(device_bytes(draws, dtype)), "the stage weights") {
+  CONVEYOR_ASSERT(dtype == DType::kBF16 || dtype == DType::kF16);
+  Carver carver(memory_, dtype);
+  // The default stream, waited for before the weights are handed out.
+  const cudaStream_t stream = nullptr;
+  for_each_tensor(draws, tensors_, [&](const TensorDraw& draw, const void*& slot) {
+    if (draw.numel == 0) return;
+    void* destination = carver.take(draw.numel);
+    kernels::launch_random_fill({.dtype = dtype,
+                                 .out = destination,
+                                 .numel = draw.numel,
+                                 .key = draw.key,
+                                 .mean = draw.mean,
+                                 .half_width = draw.half_width},
+                                stream);
+    slot = destination;
+  });
+  CONVEYOR_CUDA_CHECK(cudaStreamSynchronize(stream));
 }
 
 }  // namespace conveyor::cuda
