@@ -621,6 +621,40 @@ TEST(KernelParity, GemmMatchesCpuLinear) {
   }
 }
 
+TEST(KernelParity, GemmPlanCacheIsBoundedAndStartsOverCorrectly) {
+  CONVEYOR_REQUIRE_CUDA_DEVICE();
+  std::mt19937_64 rng(test_seed());
+  constexpr int64_t kIn = 64, kOut = 32;
+  constexpr auto kRows = static_cast<int64_t>(cuda::Gemm::kMaxPlans) + 8;
+  Bits x(to_bits(random_vector(rng, static_cast<size_t>(kRows * kIn)), DType::kBF16));
+  Bits w(to_bits(random_vector(rng, static_cast<size_t>(kOut * kIn), 0.1f), DType::kBF16));
+  DeviceBuffer<float> y(static_cast<size_t>(kRows * kOut));
+  cuda::Gemm gemm;
+  auto run = [&](int64_t n) {
+    y.poison();
+    gemm.run({.dtype = DType::kBF16,
+              .y_dtype = DType::kF32,
+              .x = x.get(),
+              .w = w.get(),
+              .y = y.get(),
+              .n = n,
+              .in = kIn,
+              .out = kOut},
+             nullptr);
+    sync();
+    std::vector<float> rows = y.download();
+    rows.resize(static_cast<size_t>(n * kOut));
+    return rows;
+  };
+  const std::vector<float> first = run(5);
+  for (int64_t n = 1; n <= kRows; ++n) {  // one plan per row count: the cache starts over once
+    run(n);
+    ASSERT_LE(gemm.cached_plans(), cuda::Gemm::kMaxPlans) << "n=" << n;
+  }
+  EXPECT_LT(gemm.cached_plans(), cuda::Gemm::kMaxPlans);
+  EXPECT_EQ(run(5), first);  // a plan made again computes the same bits
+}
+
 // ---- random weights ----------------------------------------------------------------------------
 
 TEST(KernelParity, RandomFillIsTheHostDrawRounded) {

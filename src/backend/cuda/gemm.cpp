@@ -170,6 +170,10 @@ const Gemm::Plan& Gemm::plan_for(const GemmArgs& args, int alignment) {
                                 " bytes); check the dtypes and the workspace size"));
   }
   plan->algo = result.algo;
+  // Bounded: every distinct row count (prefill chunks, decode batch sizes) is a new key, and a
+  // long-running engine must not grow without limit. Dropping them all is simplest and cheap:
+  // a plan is one heuristic query, and graphs already captured keep their own copies.
+  if (plans_.size() >= kMaxPlans) plans_.clear();
   return *plans_.emplace(key, std::move(plan)).first->second;
 }
 

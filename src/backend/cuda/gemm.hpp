@@ -32,6 +32,8 @@ struct GemmArgs {
 class Gemm {
  public:
   static constexpr size_t kDefaultWorkspaceBytes = 32u << 20;
+  // Cached plans at most; the cache starts over when full.
+  static constexpr size_t kMaxPlans = 1024;
 
   // Creates the cuBLASLt handle and allocates the workspace; throws conveyor::Error (kDevice or
   // kOutOfMemory) when either fails.
@@ -45,9 +47,11 @@ class Gemm {
   void run(const GemmArgs& args, cudaStream_t stream);
 
   size_t workspace_bytes() const { return workspace_bytes_; }
+  size_t cached_plans() const { return plans_.size(); }
 
  private:
-  // Heuristic results cached per problem (shape, dtypes, beta, pointer alignment).
+  // Heuristic results cached per problem (shape, dtypes, beta, pointer alignment), at most
+  // kMaxPlans.
   struct Plan;
   using PlanKey = std::tuple<int64_t, int64_t, int64_t, int, int, bool, int>;
   const Plan& plan_for(const GemmArgs& args, int alignment);
