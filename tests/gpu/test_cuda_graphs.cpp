@@ -145,7 +145,11 @@ class DecodeGraphCacheTest : public ::testing::Test {
   int written() {
     gpu_testing::cuda_ok(cudaStreamSynchronize(stream_), "cudaStreamSynchronize");
     const std::vector<uint8_t> bytes = buffer_->download();
-    buffer_->upload(std::vector<uint8_t>(bytes.size(), 0));
+    // Cleared on the graphs' stream: a plain upload on the legacy stream would not be ordered
+    // before the next replay on this non-blocking one.
+    gpu_testing::cuda_ok(cudaMemsetAsync(buffer_->get(), 0, buffer_->size(), stream_),
+                         "cudaMemsetAsync");
+    gpu_testing::cuda_ok(cudaStreamSynchronize(stream_), "cudaStreamSynchronize");
     EXPECT_TRUE(std::all_of(bytes.begin(), bytes.end(), [&](uint8_t b) { return b == bytes[0]; }));
     return bytes.front();
   }

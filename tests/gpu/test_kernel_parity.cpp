@@ -662,25 +662,33 @@ TEST(KernelParity, RandomFillIsTheHostDrawRounded) {
   // Odd size: the grid-stride loop's tail; more values than one pass of the grid covers.
   constexpr int64_t kCount = 4096 * 256 + 12345;
   const uint64_t key = test_seed();
-  for (DType dtype : kHalfTypes) {
-    Bits out(kCount);
-    out.poison();
-    kernels::launch_random_fill({.dtype = dtype,
-                                 .out = out.get(),
-                                 .numel = kCount,
-                                 .key = key,
-                                 .mean = 0.5f,
-                                 .half_width = 0.25f},
-                                nullptr);
-    sync();
-    const std::vector<uint16_t> bits = out.download();
-    int64_t mismatches = 0;
-    for (int64_t i = 0; i < kCount; ++i) {
-      const uint16_t expected =
-          to_bits(random_weight(key, static_cast<uint64_t>(i), 0.5f, 0.25f), dtype);
-      mismatches += bits[static_cast<size_t>(i)] != expected;
+  // A spread that is not a power of two (as the recipes' are): the fused multiply-add rounds
+  // differently from a multiply then an add, so both sides must fuse.
+  struct Spread {
+    float mean, half_width;
+  };
+  for (const Spread spread : {Spread{0.5f, 0.25f}, Spread{0.01f, 0.0346f}}) {
+    for (DType dtype : kHalfTypes) {
+      Bits out(kCount);
+      out.poison();
+      kernels::launch_random_fill({.dtype = dtype,
+                                   .out = out.get(),
+                                   .numel = kCount,
+                                   .key = key,
+                                   .mean = spread.mean,
+                                   .half_width = spread.half_width},
+                                  nullptr);
+      sync();
+      const std::vector<uint16_t> bits = out.download();
+      int64_t mismatches = 0;
+      for (int64_t i = 0; i < kCount; ++i) {
+        const float value =
+            random_weight(key, static_cast<uint64_t>(i), spread.mean, spread.half_width);
+        mismatches += bits[static_cast<size_t>(i)] != to_bits(value, dtype);
+      }
+      EXPECT_EQ(mismatches, 0) << name(dtype) << " half_width " << spread.half_width << ", "
+                               << seed_note(key);
     }
-    EXPECT_EQ(mismatches, 0) << name(dtype) << ", " << seed_note(key);
   }
 }
 

@@ -91,6 +91,8 @@ CudaStage::CudaStage(const ModelConfig& config, DeviceWeights weights, const Sta
   inv_freq_ = DeviceBuffer(device_, inv_freq.size() * sizeof(float), "RoPE frequencies");
   CONVEYOR_CUDA_CHECK(cudaMemcpy(inv_freq_.get(), inv_freq.data(), inv_freq.size() * sizeof(float),
                                  cudaMemcpyHostToDevice));
+  // Landed before the stage's non-blocking stream reads it (a pageable copy may return early).
+  CONVEYOR_CUDA_CHECK(cudaStreamSynchronize(nullptr));
   const auto cache_bytes = static_cast<size_t>(options.max_seqs) *
                            static_cast<size_t>(kv_seq_stride()) * dtype_size(options.dtype);
   for (int64_t l = 0; l < n_local_layers_; ++l) {

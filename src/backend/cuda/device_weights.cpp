@@ -96,6 +96,9 @@ DeviceWeights::DeviceWeights(int device, const StageWeights& weights, DType dtyp
                                    cudaMemcpyHostToDevice));
     slot = destination;
   });
+  // A copy from pageable memory may return before its DMA lands; the stage's kernels run on a
+  // non-blocking stream that is not ordered after these copies.
+  CONVEYOR_CUDA_CHECK(cudaStreamSynchronize(nullptr));
 }
 
 DeviceWeights::DeviceWeights(int device, const StageDraws& draws, DType dtype)
