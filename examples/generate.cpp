@@ -204,6 +204,13 @@ int main(int argc, char** argv) {
                                                        {"auto", conveyor::BackendKind::kAuto}},
           CLI::ignore_case));
   app.add_option("--devices", args.devices, "CUDA device per stage, e.g. 0,1,2,3 or 0,0,0,0");
+  app.add_option("--transport", args.engine.transport,
+                 "between stages: local (in process; device copies on or between GPUs) or nccl "
+                 "(NCCL send/recv, one GPU per stage)")
+      ->transform(CLI::CheckedTransformer(
+          std::map<std::string, conveyor::Transport>{{"local", conveyor::Transport::kLocal},
+                                                     {"nccl", conveyor::Transport::kNccl}},
+          CLI::ignore_case));
   app.add_option("--dtype", args.dtype, "weights/activations on a GPU: bf16 or f16")
       ->capture_default_str();
   app.add_flag("!--no-cuda-graphs", args.engine.cuda_graphs,

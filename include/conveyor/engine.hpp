@@ -26,12 +26,20 @@ enum class BackendKind {
   kAuto,  // CUDA when conveyor was built with it and a GPU is present, else CPU
 };
 
+// How activations travel between stages.
+enum class Transport {
+  kLocal,  // in process: host memory (cpu), or device-to-device copies on one GPU or between
+           // peers (cuda)
+  kNccl,   // NCCL send/recv between stages on distinct GPUs (cuda; one rank per stage)
+};
+
 struct EngineOptions {
   BackendKind backend = BackendKind::kCpu;
   // CUDA device of each stage (empty: 0, 1, ..., n_stages-1). A device may repeat
   // (e.g. {0, 0, 0, 0}: four stages on one GPU, each with its own streams).
   std::vector<int> devices;
   DType device_dtype = DType::kBF16;  // weights and activations on a GPU: kBF16 or kF16
+  Transport transport = Transport::kLocal;
   int n_stages = 1;
   // How layers are split over the stages: "even" (extra layers to the first stages), "balanced"
   // (the cost model's exact min-max split: the lm_head's cost counted on the last stage),

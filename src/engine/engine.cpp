@@ -203,6 +203,8 @@ Engine Engine::open(const std::filesystem::path& model, const EngineOptions& opt
   std::vector<int> devices(static_cast<size_t>(options.n_stages), 0);
   if (impl->backend == BackendKind::kCuda) devices = stage_devices(options);
 
+  // Before any weights load: a transport that cannot work fails fast.
+  auto make_link = make_links(impl->backend, config, options, devices, impl->max_context);
   std::optional<SafeTensors> tensors;
   if (!random_weights) tensors = SafeTensors::open(model);
   std::vector<std::unique_ptr<StageBackend>> stages;
@@ -228,7 +230,8 @@ Engine Engine::open(const std::filesystem::path& model, const EngineOptions& opt
       std::move(stages),
       PipelineOptions{.link_timeout = std::chrono::milliseconds(options.link_timeout_ms),
                       .record_trace = options.record_trace,
-                      .fault = options.fault});
+                      .fault = options.fault,
+                      .make_link = std::move(make_link)});
   impl->load_seconds = seconds_since(start);
   spdlog::debug("opened {}{} in {:.2f}s: {} stages, partition {}", model.string(),
                 random_weights ? " (random weights)" : "", impl->load_seconds,

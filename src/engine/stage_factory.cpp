@@ -1,6 +1,8 @@
 // Backend selection and stage construction for the Engine.
 #include "engine/stage_factory.hpp"
 
+#include <algorithm>
+#include <chrono>
 #include <fstream>
 #include <string>
 #include <utility>
@@ -15,6 +17,12 @@
 #endif
 #if CONVEYOR_WITH_CUDA
 #include "backend/cuda/cuda_stage.hpp"
+#endif
+#ifndef CONVEYOR_HAVE_NCCL
+#define CONVEYOR_HAVE_NCCL 0
+#endif
+#if CONVEYOR_WITH_CUDA && CONVEYOR_HAVE_NCCL
+#include "backend/cuda/nccl_link.hpp"
 #endif
 
 namespace conveyor {
@@ -110,6 +118,36 @@ std::vector<int> stage_devices(const EngineOptions& options) {
     }
   }
   return devices;
+}
+
+std::function<std::unique_ptr<Link>(int)> make_links(BackendKind backend, const ModelConfig& config,
+                                                     const EngineOptions& options,
+                                                     const std::vector<int>& devices,
+                                                     int64_t max_context) {
+  if (options.transport == Transport::kLocal) return {};
+  if (backend != BackendKind::kCuda) {
+    fail(ErrorCode::kInvalidArgument,
+         "the nccl transport moves device buffers between GPUs and needs the cuda backend, but "
+         "the stages run on the cpu; use --backend cuda, or --transport local");
+  }
+#if CONVEYOR_WITH_CUDA && CONVEYOR_HAVE_NCCL
+  if (options.n_stages < 2) return {};  // no links
+  auto world = std::make_shared<cuda::NcclWorld>(
+      devices, std::chrono::milliseconds(options.link_timeout_ms));
+  // Rows of the largest micro-batch a CUDA stage takes (make_cuda_stage's effective limit).
+  const int64_t max_tokens =
+      std::min<int64_t>(cuda::CudaStageOptions{}.max_tokens_per_micro_batch,
+                        static_cast<int64_t>(options.max_batch) * max_context);
+  const int64_t hidden = config.hidden_size;
+  return [world, max_tokens, hidden](int from) -> std::unique_ptr<Link> {
+    return std::make_unique<cuda::NcclLink>(world, from, max_tokens, hidden, /*capacity=*/2);
+  };
+#else
+  (void)config, (void)devices, (void)max_context;
+  fail(ErrorCode::kInvalidArgument,
+       "the nccl transport was requested but this conveyor was built without NCCL; install NCCL "
+       "(its header and library) and rebuild, or use --transport local");
+#endif
 }
 
 std::unique_ptr<StageBackend> make_stage_backend(BackendKind backend, const ModelConfig& config,

@@ -1,11 +1,14 @@
 // Which backend runs the stages, and building one stage's backend from its weights.
 #pragma once
 
+#include <functional>
 #include <memory>
+#include <vector>
 
 #include "backend/stage_backend.hpp"
 #include "conveyor/engine.hpp"
 #include "model/weights.hpp"
+#include "runtime/link.hpp"
 
 namespace conveyor {
 
@@ -28,6 +31,14 @@ struct StageResources {
   int device = 0;           // CUDA only
   int64_t max_context = 0;  // KV positions per sequence
 };
+
+// The links between stages for options.transport: empty (the pipeline's in-process links) for
+// kLocal; for kNccl, NCCL links over one communicator of `devices` (CUDA backend, NCCL built in,
+// one distinct GPU per stage), created here so that their errors come before any weights load.
+std::function<std::unique_ptr<Link>(int)> make_links(BackendKind backend, const ModelConfig& config,
+                                                     const EngineOptions& options,
+                                                     const std::vector<int>& devices,
+                                                     int64_t max_context);
 
 // Builds the stage from weights read from a checkpoint or from the recipe of random ones (drawn
 // on the host for the CPU backend, on the device for CUDA).

@@ -26,7 +26,8 @@ Pipeline::Pipeline(std::vector<std::unique_ptr<StageBackend>> stages,
     : options_(options), epoch_(std::chrono::steady_clock::now()) {
   if (stages.empty()) fail(ErrorCode::kInvalidArgument, "a pipeline needs at least one stage");
   for (size_t s = 0; s + 1 < stages.size(); ++s) {
-    links_.push_back(std::make_unique<HostLink>(options.link_capacity));
+    links_.push_back(options.make_link ? options.make_link(static_cast<int>(s))
+                                       : std::make_unique<HostLink>(options.link_capacity));
   }
   for (size_t s = 0; s < stages.size(); ++s) {
     auto worker = std::make_unique<Worker>();

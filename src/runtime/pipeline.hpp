@@ -6,6 +6,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <exception>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <thread>
@@ -24,6 +25,9 @@ struct PipelineOptions {
   int link_capacity = 2;  // messages in flight per link (2 = double-buffered)
   bool record_trace = true;
   FaultInjection fault;
+  // The link from stage s to s + 1 (e.g. NCCL between GPUs); unset: in-process HostLinks of
+  // link_capacity, which carry host rows or device handles.
+  std::function<std::unique_ptr<Link>(int from_stage)> make_link;
 };
 
 struct StepResult {
@@ -69,7 +73,7 @@ class Pipeline {
   PipelineOptions options_;
   std::chrono::steady_clock::time_point epoch_;
   std::vector<std::unique_ptr<Worker>> workers_;
-  std::vector<std::unique_ptr<HostLink>> links_;  // links_[s] carries stage s -> s+1
+  std::vector<std::unique_ptr<Link>> links_;  // links_[s] carries stage s -> s+1
 
   std::mutex mutex_;
   std::condition_variable job_ready_;

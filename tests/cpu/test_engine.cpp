@@ -243,6 +243,11 @@ TEST_F(EngineTest, BadInputIsRefusedClearly) {
               Engine::open(dir_->path(), {.max_context = 100000});
             }).find("max_position_embeddings"),
             std::string::npos);
+  // NCCL moves device buffers: on the cpu backend it is refused before any weights load.
+  const std::string nccl_on_cpu =
+      error_of([&] { Engine::open(dir_->path(), {.transport = Transport::kNccl, .n_stages = 2}); });
+  EXPECT_NE(nccl_on_cpu.find("nccl transport"), std::string::npos) << nccl_on_cpu;
+  EXPECT_NE(nccl_on_cpu.find("--backend cuda"), std::string::npos) << nccl_on_cpu;
 }
 
 // Every (stage, instruction) of a prefill step and of a decode step: the failure names the

@@ -1,19 +1,27 @@
-// NcclCommunicator with one rank: a grouped send to itself moves the bytes; a receive nobody
-// sends to ends in an error (timeout) and an aborted communicator instead of a hang; bad
-// transfers are refused. Skips without a device, or when built without NCCL.
+// NcclCommunicator with one rank: a grouped send to itself moves the bytes (also through a split
+// rank); a receive nobody sends to ends in an error (timeout, or cancellation) and an aborted
+// communicator instead of a hang; bad transfers are refused. With two GPUs, the engine over NCCL
+// links. Skips without a device (or a second one), or when built without NCCL.
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <fstream>
 #include <numeric>
+#include <thread>
 #include <vector>
 
 #include "common/test_util.hpp"
 #include "conveyor/error.hpp"
 #include "gpu/gpu_test_util.hpp"
 
+#include "conveyor/engine.hpp"
+#include "model/make_model.hpp"
+
 #if CONVEYOR_HAVE_NCCL
 #include "backend/cuda/nccl_communicator.hpp"
+#include "backend/cuda/nccl_link.hpp"
 #endif
 
 namespace conveyor {
@@ -144,6 +152,115 @@ TEST(NcclRanks, RefusesAnInvalidRank) {
   test::expect_invalid(
       [] { NcclCommunicator::init_rank(cuda::NcclUniqueId{}, 2, 2, 0, std::chrono::seconds(1)); },
       {"rank 2 of a world of 2"});
+}
+
+TEST_F(NcclTest, SplitRanksKeepTheWorldAndWork) {
+  std::vector<NcclCommunicator> ranks = NcclCommunicator::init_all({0}, 60s).split();
+  ASSERT_EQ(ranks.size(), 1u);
+  EXPECT_EQ(ranks[0].world_size(), 1);
+  EXPECT_EQ(ranks[0].global_rank(0), 0);
+  EXPECT_EQ(ranks[0].device(0), 0);
+  std::vector<int32_t> values(300);
+  std::iota(values.begin(), values.end(), -5);
+  gpu_testing::DeviceBuffer<int32_t> source(values);
+  gpu_testing::DeviceBuffer<int32_t> target(values.size());
+  target.poison();
+  Stream stream;
+  const size_t bytes = values.size() * sizeof(int32_t);
+  const NcclTransfer transfers[] = {
+      {.kind = NcclTransfer::Kind::kSend,
+       .peer = 0,
+       .buffer = source.get(),
+       .bytes = bytes,
+       .stream = stream.get()},
+      {.kind = NcclTransfer::Kind::kRecv,
+       .peer = 0,
+       .buffer = target.get(),
+       .bytes = bytes,
+       .stream = stream.get()},
+  };
+  ranks[0].run(transfers, 30s);
+  EXPECT_EQ(target.download(), values);
+}
+
+TEST_F(NcclTest, ACancelledWaitAbortsPromptly) {
+  NcclCommunicator comm = NcclCommunicator::init_all({0}, 60s);
+  gpu_testing::DeviceBuffer<int32_t> target(64);
+  Stream stream;
+  const NcclTransfer recv_only[] = {{.kind = NcclTransfer::Kind::kRecv,
+                                     .peer = 0,
+                                     .buffer = target.get(),
+                                     .bytes = 64 * sizeof(int32_t),
+                                     .stream = stream.get()}};
+  std::atomic<bool> cancelled{false};
+  std::thread canceller([&] {
+    std::this_thread::sleep_for(200ms);
+    cancelled.store(true);
+  });
+  const auto start = std::chrono::steady_clock::now();
+  try {
+    comm.enqueue(recv_only, 30s);
+    comm.wait(recv_only, 60s, &cancelled);
+    ADD_FAILURE() << "a receive with no matching send completed";
+  } catch (const Error& e) {
+    // NCCL may also refuse the unmatched receive by itself before the cancel arrives.
+    EXPECT_TRUE(e.code() == ErrorCode::kAborted || e.code() == ErrorCode::kCommunication)
+        << e.what();
+  }
+  canceller.join();
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 20s);  // far below the 60 s deadline
+  EXPECT_TRUE(comm.aborted());
+}
+
+TEST(NcclWorld, RefusesStagesSharingAGpu) {
+  // Checked before NCCL or the device is touched, so this runs everywhere.
+  test::expect_invalid(
+      [] {
+        cuda::NcclWorld({0, 1, 0}, std::chrono::seconds(1));
+      },
+      {"one rank per GPU", "--devices 0,1,2,3", "local transport"});
+}
+
+// Two GPUs or more: the engine over NCCL links matches the local transport and survives a
+// fault (the world is rebuilt after the failed step).
+TEST(NcclEngine, MatchesTheLocalTransportAndRecoversFromAFault) {
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess || count < 2) {
+    GTEST_SKIP() << "needs 2 CUDA devices (found " << count << "): NCCL runs one rank per GPU";
+  }
+  test::TempDir dir("conveyor-nccl-engine");
+  ModelConfig config = preset_config("tiny");
+  config.hidden_size = 256;
+  config.intermediate_size = 512;
+  config.head_dim = 64;
+  std::ofstream(dir.path() / "config.json") << config.to_json();
+  EngineOptions local;
+  local.backend = BackendKind::kCuda;
+  local.n_stages = 2;
+  local.devices = {0, 1};
+  local.random_weights_seed = 9;
+  local.prefill_micro_batches = 3;
+  EngineOptions nccl = local;
+  nccl.transport = Transport::kNccl;
+  const std::vector<Request> requests = test::mixed_requests();
+  GenerateOptions logits;
+  logits.return_logits = true;
+  const GenerateResult expected = Engine::open(dir.path(), local).generate(requests, logits);
+  Engine engine = Engine::open(dir.path(), nccl);
+  auto expect_same = [&](const GenerateResult& got, const char* what) {
+    ASSERT_EQ(got.requests.size(), expected.requests.size()) << what;
+    for (size_t r = 0; r < got.requests.size(); ++r) {
+      EXPECT_EQ(got.requests[r].tokens, expected.requests[r].tokens) << what << " request " << r;
+      EXPECT_LE(test::relative_error(got.requests[r].logits, expected.requests[r].logits), 1e-5)
+          << what << " request " << r;
+    }
+  };
+  expect_same(engine.generate(requests, logits), "nccl");
+  nccl.fault = {.stage = 1, .step = 1, .instruction = 0};  // stage 1's first Recv of a decode
+  Engine faulty = Engine::open(dir.path(), nccl);
+  test::expect_error([&] { faulty.generate(requests, logits); }, ErrorCode::kInternal,
+                     {"stage 1 failed", "injected fault"});
+  expect_same(faulty.generate(requests, logits), "nccl after a failed step");
 }
 
 #else

@@ -205,6 +205,18 @@ NcclCommunicator& NcclCommunicator::operator=(NcclCommunicator&& other) noexcept
   return *this;
 }
 
+std::vector<NcclCommunicator> NcclCommunicator::split() && {
+  std::vector<NcclCommunicator> parts;
+  for (size_t i = 0; i < comms_.size(); ++i) {
+    parts.push_back(NcclCommunicator({comms_[i]}, {devices_[i]}, {ranks_[i]}, world_size_));
+    parts.back().aborted_ = aborted_;
+  }
+  comms_.clear();
+  devices_.clear();
+  ranks_.clear();
+  return parts;
+}
+
 int NcclCommunicator::global_rank(int local_rank) const {
   return ranks_.at(static_cast<size_t>(local_rank));
 }
@@ -316,10 +328,15 @@ void NcclCommunicator::enqueue(std::span<const NcclTransfer> transfers,
 }
 
 void NcclCommunicator::wait(std::span<const NcclTransfer> transfers,
-                            std::chrono::milliseconds timeout) {
+                            std::chrono::milliseconds timeout, const std::atomic<bool>* cancelled) {
   require_usable("wait");
   const auto deadline = Clock::now() + timeout;
   for (;;) {
+    if (cancelled != nullptr && cancelled->load()) {
+      const std::string what = describe(transfers, ranks_);
+      abort();  // in-flight transfers stop, so their streams drain
+      fail(ErrorCode::kAborted, "NCCL {} was cancelled; the communicator was aborted", what);
+    }
     // An NCCL error first: a failed peer shows here while the stream would never drain.
     for (size_t i = 0; i < comms_.size(); ++i) {
       ncclResult_t state = ncclSuccess;

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <array>
+#include <atomic>
 #include <chrono>
 #include <cstddef>
 #include <span>
@@ -66,13 +67,19 @@ class NcclCommunicator {
   void enqueue(std::span<const NcclTransfer> transfers, std::chrono::milliseconds timeout);
   // Waits until the transfers' streams drained (everything enqueued on them before, included),
   // polling cudaStreamQuery and ncclCommGetAsyncError. An NCCL error throws kCommunication and a
-  // passed deadline throws kTimeout, each naming the rank, peer and bytes, after aborting.
-  void wait(std::span<const NcclTransfer> transfers, std::chrono::milliseconds timeout);
+  // passed deadline throws kTimeout, each naming the rank, peer and bytes, after aborting. When
+  // `cancelled` becomes true (another thread cancelled the step), aborts and throws kAborted.
+  void wait(std::span<const NcclTransfer> transfers, std::chrono::milliseconds timeout,
+            const std::atomic<bool>* cancelled = nullptr);
   // enqueue() then wait().
   void run(std::span<const NcclTransfer> transfers, std::chrono::milliseconds timeout);
 
   // Aborts every communicator (in-flight operations stop); idempotent; never throws.
   void abort() noexcept;
+
+  // One communicator per local rank, each with the same world (init_all made them together, as
+  // NCCL requires): so that each rank can be driven by its own thread. Leaves this empty.
+  std::vector<NcclCommunicator> split() &&;
 
  private:
   NcclCommunicator(std::vector<ncclComm_t> comms, std::vector<int> devices, std::vector<int> ranks,
