@@ -214,12 +214,20 @@ StepResult Pipeline::run_step(const StepPlan& plan, const StepContext& ctx) {
       failed = worker.get();
     }
   }
-  for (auto& link : links_)
-    link->reset();
-  if (failed) {
+  // Every link is reset and, on failure, every stage rolled back, whatever throws on the way
+  // (a link that cannot recover, e.g. an NCCL communicator that cannot be rebuilt).
+  std::exception_ptr reset_error;
+  for (auto& link : links_) {
+    try {
+      link->reset();
+    } catch (...) {
+      if (!reset_error) reset_error = std::current_exception();
+    }
+  }
+  if (failed || reset_error) {
     for (auto& worker : workers_)
       worker->backend->rollback();
-    std::rethrow_exception(failed->error);
+    std::rethrow_exception(failed ? failed->error : reset_error);
   }
   for (auto& worker : workers_)
     worker->backend->commit(plan.step);

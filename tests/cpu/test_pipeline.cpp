@@ -124,6 +124,43 @@ TEST_F(PipelineTest, FailedPrefillLeavesEmptyCaches) {
   expect_committed(*p, 6, 3);
 }
 
+// A pluggable link (PipelineOptions::make_link, as the NCCL transport uses) whose reset can fail,
+// like a communicator that cannot be rebuilt: every other link is still reset, every stage
+// rolls back, the error surfaces, and the pipeline works again once the link does.
+class FlakyResetLink final : public Link {
+ public:
+  explicit FlakyResetLink(int* failing_resets) : failing_resets_(failing_resets) {}
+  void send(LinkMessage&& message, std::chrono::milliseconds timeout) override {
+    inner_.send(std::move(message), timeout);
+  }
+  LinkMessage recv(std::chrono::milliseconds timeout) override { return inner_.recv(timeout); }
+  void cancel() override { inner_.cancel(); }
+  void reset() override {
+    inner_.reset();
+    if (*failing_resets_ > 0) {
+      --*failing_resets_;
+      throw Error(ErrorCode::kCommunication, "link could not be rebuilt");
+    }
+  }
+
+ private:
+  HostLink inner_;
+  int* failing_resets_;
+};
+
+TEST_F(PipelineTest, AFailingLinkResetRollsBackAndSurfaces) {
+  int failing_resets = 0;
+  PipelineOptions options;
+  options.make_link = [&](int) { return std::make_unique<FlakyResetLink>(&failing_resets); };
+  auto p = make_pipeline(options);
+  failing_resets = 1;
+  test::expect_error([&] { p->run_step(prefill(0), context()); }, ErrorCode::kCommunication,
+                     {"could not be rebuilt"});
+  expect_committed(*p, 0, 0);  // the step's KV was rolled back on every stage
+  append(p->run_step(prefill(1), context()));
+  expect_committed(*p, 6, 3);
+}
+
 TEST_F(PipelineTest, RefusesUnvalidatedPlans) {
   auto p = make_pipeline();
   StepPlan plan = prefill(0);

@@ -25,8 +25,10 @@ namespace conveyor::cuda {
 // So a slot is in flight from P's compute to C's compute: at most link capacity + 2 per stage
 // (one computed but not sent, `capacity` in the link, one received but not computed). The pool
 // starts with that many (default link capacity 2) and grows when a plan holds more; it never
-// blocks. A handle dropped unread (a failed step) frees its slot too: the stage that failed has
-// synchronized its stream before rethrowing, so no read of the slot is left in flight.
+// blocks. A handle dropped unread (a failed step) frees its slot too; reads of it may still be in
+// flight on the failed stage's stream, so within the failed step the producer may overwrite rows
+// that are read (the step's results are discarded), and before the next step the pipeline rolls
+// every stage back, which synchronizes its stream.
 struct ActivationSlot {
   DeviceBuffer buffer;  // [max_tokens, hidden] fp32 (the residual stream)
   Event ready;          // on the producer's device; recorded after the producer's last write

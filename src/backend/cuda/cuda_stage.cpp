@@ -139,26 +139,24 @@ void CudaStage::compute(const MicroBatch& mb, const StepContext& ctx, Activation
   for (const SeqChunk& chunk : mb.chunks)
     ledger_.reserve(chunk.seq, chunk.begin, chunk.end);
 
-  try {
-    upload_indices(mb, ctx);
-    const cudaStream_t stream = ctx_.stream();
-    std::shared_ptr<CudaActivations> out = pool_.acquire(n, stream);
-    if (const std::optional<DecodeGraphKey> key =
-            decode_graph_key(mb, ctx_.plan().graph_rows, options_.max_context)) {
-      compute_graph(*key, mb, activations, *out);
-    } else {
-      float* x = out->data();  // [n, hidden] fp32: the residual stream of this micro-batch
-      if (!spec_.embedding) load_input(mb, activations, x);
-      forward(mb, x, 0);
-    }
-    out->record_ready(stream);
-    activations.host.clear();
-    activations.device = std::move(out);
-  } catch (...) {
-    // After a failure nothing of this call is left in flight (activation_pool.hpp relies on it).
-    ctx_.synchronize_noexcept();
-    throw;
+  // A failure leaves this call's work in flight: no synchronization here, since the stream may
+  // wait on a transfer that a failed peer never completes (NCCL). The pipeline resets the links
+  // (aborting such transfers) and then rolls every stage back, synchronizing its stream, before
+  // the next step (activation_pool.hpp).
+  upload_indices(mb, ctx);
+  const cudaStream_t stream = ctx_.stream();
+  std::shared_ptr<CudaActivations> out = pool_.acquire(n, stream);
+  if (const std::optional<DecodeGraphKey> key =
+          decode_graph_key(mb, ctx_.plan().graph_rows, options_.max_context)) {
+    compute_graph(*key, mb, activations, *out);
+  } else {
+    float* x = out->data();  // [n, hidden] fp32: the residual stream of this micro-batch
+    if (!spec_.embedding) load_input(mb, activations, x);
+    forward(mb, x, 0);
   }
+  out->record_ready(stream);
+  activations.host.clear();
+  activations.device = std::move(out);
 }
 
 void CudaStage::upload_indices(const MicroBatch& mb, const StepContext& ctx) {

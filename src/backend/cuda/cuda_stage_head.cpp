@@ -18,21 +18,17 @@ void CudaStage::sample(const MicroBatch& mb, const StepContext& ctx, const Activ
   const std::vector<HeadRow> rows = head_rows(mb, ctx);
   if (rows.empty()) return;
 
-  try {
-    std::shared_ptr<CudaActivations> own;  // set when the input is not readable in place
-    const float* x = head_input(mb, in, own);
-    const int64_t n_rows = static_cast<int64_t>(rows.size());
-    const int64_t block = ctx_.plan().head_rows;
-    for (int64_t begin = 0; begin < n_rows; begin += block) {
-      head_pass(rows.data() + begin, std::min(block, n_rows - begin), x, ctx, tokens, logits);
-    }
-    if (!own) {
-      // Read in place: the reads are done (head_pass synchronized); tell the producer.
-      static_cast<const CudaActivations&>(*in.device).record_consumed(device_, ctx_.stream());
-    }
-  } catch (...) {
-    ctx_.synchronize_noexcept();
-    throw;
+  // No synchronization on failure: see CudaStage::compute.
+  std::shared_ptr<CudaActivations> own;  // set when the input is not readable in place
+  const float* x = head_input(mb, in, own);
+  const int64_t n_rows = static_cast<int64_t>(rows.size());
+  const int64_t block = ctx_.plan().head_rows;
+  for (int64_t begin = 0; begin < n_rows; begin += block) {
+    head_pass(rows.data() + begin, std::min(block, n_rows - begin), x, ctx, tokens, logits);
+  }
+  if (!own) {
+    // Read in place: the reads are done (head_pass synchronized); tell the producer.
+    static_cast<const CudaActivations&>(*in.device).record_consumed(device_, ctx_.stream());
   }
 }
 

@@ -207,6 +207,7 @@ NcclCommunicator& NcclCommunicator::operator=(NcclCommunicator&& other) noexcept
 
 std::vector<NcclCommunicator> NcclCommunicator::split() && {
   std::vector<NcclCommunicator> parts;
+  parts.reserve(comms_.size());  // no throw below: each communicator has one owner throughout
   for (size_t i = 0; i < comms_.size(); ++i) {
     parts.push_back(NcclCommunicator({comms_[i]}, {devices_[i]}, {ranks_[i]}, world_size_));
     parts.back().aborted_ = aborted_;
@@ -247,8 +248,13 @@ void NcclCommunicator::require_usable(const char* what) const {
   }
 }
 
-void NcclCommunicator::settle(const char* what, Clock::time_point deadline) {
+void NcclCommunicator::settle(const std::string& what, Clock::time_point deadline,
+                              const std::atomic<bool>* cancelled) {
   for (;;) {
+    if (cancelled != nullptr && cancelled->load()) {
+      abort();
+      fail(ErrorCode::kAborted, "NCCL {} was cancelled; the communicator was aborted", what);
+    }
     bool pending = false;
     for (size_t i = 0; i < comms_.size(); ++i) {
       ncclResult_t state = ncclSuccess;
@@ -278,7 +284,8 @@ void NcclCommunicator::settle(const char* what, Clock::time_point deadline) {
 }
 
 void NcclCommunicator::enqueue(std::span<const NcclTransfer> transfers,
-                               std::chrono::milliseconds timeout) {
+                               std::chrono::milliseconds timeout,
+                               const std::atomic<bool>* cancelled) {
   require_usable("enqueue");
   for (const NcclTransfer& t : transfers) {
     if (t.local_rank < 0 || t.local_rank >= n_local_ranks()) {
@@ -324,7 +331,8 @@ void NcclCommunicator::enqueue(std::span<const NcclTransfer> transfers,
          "aborted",
          what, ncclGetErrorString(first_error));
   }
-  settle("enqueue of point-to-point transfers", Clock::now() + timeout);
+  // Errors reported while NCCL finishes the group (on its own thread) name the transfers too.
+  settle("enqueue of the " + describe(transfers, ranks_), Clock::now() + timeout, cancelled);
 }
 
 void NcclCommunicator::wait(std::span<const NcclTransfer> transfers,

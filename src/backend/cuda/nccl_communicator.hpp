@@ -8,6 +8,7 @@
 #include <chrono>
 #include <cstddef>
 #include <span>
+#include <string>
 #include <vector>
 
 typedef struct CUstream_st* cudaStream_t;
@@ -63,8 +64,11 @@ class NcclCommunicator {
 
   // Enqueues the transfers as one NCCL group (ncclGroupStart/End), so the sends and receives of
   // a step progress together whatever their order. Returns once NCCL accepted them (bounded by
-  // `timeout`); the data moves asynchronously on the transfers' streams.
-  void enqueue(std::span<const NcclTransfer> transfers, std::chrono::milliseconds timeout);
+  // `timeout`; NCCL connects a pair of ranks on their first transfer, which needs the peer's
+  // matching call); the data moves asynchronously on the transfers' streams. `cancelled` as in
+  // wait().
+  void enqueue(std::span<const NcclTransfer> transfers, std::chrono::milliseconds timeout,
+               const std::atomic<bool>* cancelled = nullptr);
   // Waits until the transfers' streams drained (everything enqueued on them before, included),
   // polling cudaStreamQuery and ncclCommGetAsyncError. An NCCL error throws kCommunication and a
   // passed deadline throws kTimeout, each naming the rank, peer and bytes, after aborting. When
@@ -86,7 +90,8 @@ class NcclCommunicator {
                    int world_size);
   // Polls every communicator until none reports ncclInProgress; aborts and throws on an error
   // or when `deadline` passes. `what` names the operation for the message.
-  void settle(const char* what, std::chrono::steady_clock::time_point deadline);
+  void settle(const std::string& what, std::chrono::steady_clock::time_point deadline,
+              const std::atomic<bool>* cancelled = nullptr);
   void require_usable(const char* what) const;
 
   std::vector<ncclComm_t> comms_;  // [n_local_ranks]

@@ -23,24 +23,67 @@ class Announcement final : public DeviceActivations {
   int64_t hidden;
 };
 
-cudaStream_t make_stream(int device) {
-  set_device(device);
-  cudaStream_t stream = nullptr;
-  CONVEYOR_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
-  return stream;
+// Every pair of neighbouring ranks exchanges a few bytes once, all in one group driven by this
+// thread: NCCL connects a pair on its first transfer, which needs both sides at once, and after
+// split() each side is driven by its own thread, which would wait in its first transfer for
+// an announcement the peer sends only afterwards.
+void connect_neighbours(NcclCommunicator& world, const std::vector<int>& devices,
+                        std::chrono::milliseconds timeout) {
+  const size_t n = devices.size();
+  if (n < 2) return;
+  std::vector<OwnedStream> streams;
+  std::vector<DeviceBuffer> buffers;
+  streams.reserve(n);
+  buffers.reserve(n);
+  for (size_t s = 0; s < n; ++s) {
+    streams.emplace_back(devices[s]);
+    buffers.emplace_back(devices[s], 2 * sizeof(int32_t), "NCCL connection probe");
+  }
+  std::vector<NcclTransfer> transfers;
+  for (size_t s = 0; s + 1 < n; ++s) {
+    const auto from = static_cast<int>(s), to = static_cast<int>(s + 1);
+    transfers.push_back({.kind = NcclTransfer::Kind::kSend,
+                         .local_rank = from,
+                         .peer = to,
+                         .buffer = buffers[s].get(),
+                         .bytes = sizeof(int32_t),
+                         .stream = streams[s].get()});
+    transfers.push_back({.kind = NcclTransfer::Kind::kRecv,
+                         .local_rank = to,
+                         .peer = from,
+                         .buffer = buffers[s + 1].as<int32_t>() + 1,
+                         .bytes = sizeof(int32_t),
+                         .stream = streams[s + 1].get()});
+  }
+  world.run(transfers, timeout);
 }
 
-void destroy_stream(int device, cudaStream_t stream) noexcept {
-  if (stream == nullptr) return;
-  cudaSetDevice(device);
-  const cudaError_t result = cudaStreamDestroy(stream);
+std::vector<NcclCommunicator> connected_ranks(const std::vector<int>& devices,
+                                              std::chrono::milliseconds timeout) {
+  NcclCommunicator world = NcclCommunicator::init_all(devices, timeout);
+  connect_neighbours(world, devices, timeout);
+  return std::move(world).split();
+}
+
+}  // namespace
+
+OwnedStream::OwnedStream(int device) : device_(device) {
+  set_device(device);
+  CONVEYOR_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+}
+
+OwnedStream::~OwnedStream() {
+  if (stream_ == nullptr) return;
+  cudaSetDevice(device_);
+  const cudaError_t result = cudaStreamDestroy(stream_);
   if (result != cudaSuccess) {
-    spdlog::warn("cudaStreamDestroy on CUDA device {} failed: {}", device,
+    spdlog::warn("cudaStreamDestroy on CUDA device {} failed: {}", device_,
                  cudaGetErrorString(result));
   }
 }
 
-}  // namespace
+OwnedStream::OwnedStream(OwnedStream&& other) noexcept
+    : device_(other.device_), stream_(std::exchange(other.stream_, nullptr)) {}
 
 NcclWorld::NcclWorld(std::vector<int> devices, std::chrono::milliseconds timeout)
     : devices_(std::move(devices)), timeout_(timeout) {
@@ -50,7 +93,7 @@ NcclWorld::NcclWorld(std::vector<int> devices, std::chrono::milliseconds timeout
          "every stage its own device (--devices 0,1,2,3) or use the local transport for stages "
          "that share a GPU");
   }
-  ranks_ = NcclCommunicator::init_all(devices_, timeout_).split();
+  ranks_ = connected_ranks(devices_, timeout_);
 }
 
 NcclWorld::~NcclWorld() {
@@ -58,15 +101,26 @@ NcclWorld::~NcclWorld() {
     rank.abort();
 }
 
+NcclCommunicator& NcclWorld::rank(int stage) {
+  if (ranks_.empty()) {
+    fail(ErrorCode::kCommunication,
+         "the NCCL communicator could not be created again after a failed step (see the earlier "
+         "error); the next step retries; check the GPUs or reopen the engine");
+  }
+  return ranks_.at(static_cast<size_t>(stage));
+}
+
 void NcclWorld::recover() {
-  bool aborted = false;
+  bool healthy = !ranks_.empty();
   for (const NcclCommunicator& rank : ranks_)
-    aborted = aborted || rank.aborted();
-  if (!failed_.exchange(false) && !aborted) return;
+    healthy = healthy && !rank.aborted();
+  if (healthy && !failed_.load()) return;
   for (NcclCommunicator& rank : ranks_)
     rank.abort();
   ranks_.clear();
-  ranks_ = NcclCommunicator::init_all(devices_, timeout_).split();
+  // Cleared only once the world is whole again: a failed rebuild is retried at the next reset.
+  ranks_ = connected_ranks(devices_, timeout_);
+  failed_.store(false);
 }
 
 NcclLink::NcclLink(std::shared_ptr<NcclWorld> world, int from, int64_t max_tokens, int64_t hidden,
@@ -78,15 +132,10 @@ NcclLink::NcclLink(std::shared_ptr<NcclWorld> world, int from, int64_t max_token
       hidden_(hidden),
       capacity_(capacity),
       announcements_(capacity),
-      send_stream_(make_stream(world_->device(from_))),
-      recv_stream_(make_stream(world_->device(to_))),
+      send_stream_(world_->device(from_)),
+      recv_stream_(world_->device(to_)),
       // The receiver holds at most `capacity` announced buffers plus the one its stage reads.
       pool_(world_->device(to_), max_tokens, hidden, capacity + 1) {}
-
-NcclLink::~NcclLink() {
-  destroy_stream(world_->device(from_), send_stream_);
-  destroy_stream(world_->device(to_), recv_stream_);
-}
 
 void NcclLink::send(LinkMessage&& message, std::chrono::milliseconds timeout) {
   if (cancelled_.load()) {
@@ -107,20 +156,22 @@ void NcclLink::send(LinkMessage&& message, std::chrono::milliseconds timeout) {
                               .peer = to_,
                               .buffer = source->data(),
                               .bytes = source->bytes(),
-                              .stream = send_stream_};
+                              .stream = send_stream_.get()};
   if (unconfirmed_sends_ >= capacity_) {
     // Bounded like a host link: the receiver has taken the earlier rows before more are sent.
     rank.wait(std::span<const NcclTransfer>(&transfer, 1), timeout, &cancelled_);
     unconfirmed_sends_ = 0;
   }
-  source->wait_ready(send_stream_);
-  rank.enqueue(std::span<const NcclTransfer>(&transfer, 1), timeout);
-  source->record_consumed(world_->device(from_), send_stream_);
-  ++unconfirmed_sends_;
-  // The producer's slot is free to reuse once `consumed` fires; the handle can go now.
-  const int64_t n_tokens = source->n_tokens();
-  message.activations.device = std::make_shared<Announcement>(n_tokens, hidden_);
+  // Announce first: the receiver posts its recv on the announcement, and NCCL may need it to
+  // accept this send. The rows stay alive (`rows`) until the send is enqueued.
+  const std::shared_ptr<DeviceActivations> rows = std::move(message.activations.device);
+  message.activations.device = std::make_shared<Announcement>(source->n_tokens(), hidden_);
   announcements_.send(std::move(message), timeout);
+  source->wait_ready(send_stream_.get());
+  rank.enqueue(std::span<const NcclTransfer>(&transfer, 1), timeout, &cancelled_);
+  // The producer reuses the slot once `consumed` fires, after the send read it.
+  source->record_consumed(world_->device(from_), send_stream_.get());
+  ++unconfirmed_sends_;
 }
 
 LinkMessage NcclLink::recv(std::chrono::milliseconds timeout) {
@@ -134,18 +185,18 @@ LinkMessage NcclLink::recv(std::chrono::milliseconds timeout) {
          message.micro_batch, n_tokens, from_, to_, max_tokens_);
   }
   set_device(world_->device(to_));
-  std::shared_ptr<CudaActivations> rows = pool_.acquire(n_tokens, recv_stream_);
+  std::shared_ptr<CudaActivations> rows = pool_.acquire(n_tokens, recv_stream_.get());
   const NcclTransfer transfer{.kind = NcclTransfer::Kind::kRecv,
                               .local_rank = 0,
                               .peer = from_,
                               .buffer = rows->data(),
                               .bytes = rows->bytes(),
-                              .stream = recv_stream_};
+                              .stream = recv_stream_.get()};
   NcclCommunicator& rank = world_->rank(to_);
-  rank.enqueue(std::span<const NcclTransfer>(&transfer, 1), timeout);
+  rank.enqueue(std::span<const NcclTransfer>(&transfer, 1), timeout, &cancelled_);
   // Deadline-bounded: a dead sender ends in kTimeout (rank aborted), never in a hang.
   rank.wait(std::span<const NcclTransfer>(&transfer, 1), timeout, &cancelled_);
-  rows->record_ready(recv_stream_);
+  rows->record_ready(recv_stream_.get());
   message.activations.device = std::move(rows);
   return message;
 }

@@ -15,23 +15,42 @@
 
 namespace conveyor::cuda {
 
+// A non-blocking CUDA stream on `device`, destroyed with the object. Move-only.
+class OwnedStream {
+ public:
+  explicit OwnedStream(int device);
+  ~OwnedStream();
+  OwnedStream(OwnedStream&& other) noexcept;
+  OwnedStream& operator=(OwnedStream&&) = delete;
+  OwnedStream(const OwnedStream&) = delete;
+  OwnedStream& operator=(const OwnedStream&) = delete;
+  cudaStream_t get() const { return stream_; }
+
+ private:
+  int device_;
+  cudaStream_t stream_ = nullptr;
+};
+
 // The ranks of a pipeline's NCCL communicator. Rank s is used by stage s's worker only (for its
 // incoming and outgoing link), except in rebuild(), which runs between steps.
 class NcclWorld {
  public:
-  // devices[s]: stage s's device, all distinct (NCCL runs one rank per GPU).
+  // devices[s]: stage s's device, all distinct (NCCL runs one rank per GPU). Creates the
+  // communicator and connects every pair of neighbouring ranks before splitting it.
   NcclWorld(std::vector<int> devices, std::chrono::milliseconds timeout);
   ~NcclWorld();  // aborts every rank: after a step nothing is in flight, and no rank waits
   NcclWorld(const NcclWorld&) = delete;
   NcclWorld& operator=(const NcclWorld&) = delete;
 
-  NcclCommunicator& rank(int stage) { return ranks_.at(static_cast<size_t>(stage)); }
+  // Stage s's rank; kCommunication when a rebuild after a failed step did not succeed.
+  NcclCommunicator& rank(int stage);
   int device(int stage) const { return devices_.at(static_cast<size_t>(stage)); }
 
   // A link was cancelled (a step failed): transfers may be left unmatched. Any thread.
   void mark_failed() { failed_.store(true); }
   // Between steps only: after a failed step, or when a rank was aborted, aborts every rank
-  // (stopping any transfer still in flight) and creates the communicator again.
+  // (stopping any transfer still in flight) and creates and connects the communicator again.
+  // Throws when that fails; the next call tries again.
   void recover();
 
  private:
@@ -41,10 +60,10 @@ class NcclWorld {
   std::atomic<bool> failed_{false};
 };
 
-// Link stage `from` -> from + 1. send() (on stage from's thread) enqueues an ncclSend of the
-// producer's CudaActivations on the link's send stream, ordered after the producer's `ready`
-// event, records the producer's `consumed` event after it and announces the micro-batch (id,
-// step, rows) through a bounded host queue. recv() (on stage from + 1's thread) takes the
+// Link stage `from` -> from + 1. send() (on stage from's thread) announces the micro-batch (id,
+// step, rows) through a bounded host queue, then enqueues an ncclSend of the producer's
+// CudaActivations on the link's send stream, ordered after the producer's `ready` event, and
+// records the producer's `consumed` event after it. recv() (on stage from + 1's thread) takes the
 // announcement, receives the rows into a buffer of the link's own pool on its device and
 // returns them as CudaActivations, as the in-process device link does. At most `capacity`
 // sends are unconfirmed: the next send first waits (deadline-bounded) for the earlier ones.
@@ -54,7 +73,6 @@ class NcclLink final : public Link {
  public:
   NcclLink(std::shared_ptr<NcclWorld> world, int from, int64_t max_tokens, int64_t hidden,
            int capacity);
-  ~NcclLink() override;
   NcclLink(const NcclLink&) = delete;
   NcclLink& operator=(const NcclLink&) = delete;
 
@@ -71,10 +89,10 @@ class NcclLink final : public Link {
   int64_t hidden_;
   int capacity_;
   HostLink announcements_;
-  cudaStream_t send_stream_ = nullptr;  // on the sender's device
-  cudaStream_t recv_stream_ = nullptr;  // on the receiver's device
-  ActivationPool pool_;                 // on the receiver's device
-  int unconfirmed_sends_ = 0;           // sender's thread only
+  OwnedStream send_stream_;    // on the sender's device
+  OwnedStream recv_stream_;    // on the receiver's device
+  ActivationPool pool_;        // on the receiver's device
+  int unconfirmed_sends_ = 0;  // sender's thread only
   std::atomic<bool> cancelled_{false};
 };
 
