@@ -69,11 +69,17 @@ size_t ActivationPool::bytes_for(int64_t max_tokens, int64_t hidden, int n_slots
 
 std::shared_ptr<CudaActivations> ActivationPool::acquire(int64_t n_tokens, cudaStream_t stream) {
   CONVEYOR_ASSERT(n_tokens > 0 && n_tokens <= max_tokens_);
+  // Round robin from the slot after the last one taken: the least recently produced free slot,
+  // whose `consumed` event is the most likely to have fired already (a slot freed just now may
+  // still be read by a copy or a transfer in flight, and waiting for it would serialize the
+  // producer with its consumer).
   std::shared_ptr<ActivationSlot> chosen;
-  for (const auto& slot : slots_) {
+  for (size_t i = 0; i < slots_.size(); ++i) {
+    const size_t index = (next_ + i) % slots_.size();
     bool expected = false;
-    if (slot->in_use.compare_exchange_strong(expected, true, std::memory_order_acquire)) {
-      chosen = slot;
+    if (slots_[index]->in_use.compare_exchange_strong(expected, true, std::memory_order_acquire)) {
+      chosen = slots_[index];
+      next_ = (index + 1) % slots_.size();
       break;
     }
   }

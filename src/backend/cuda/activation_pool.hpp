@@ -92,6 +92,7 @@ class ActivationPool {
   int64_t max_tokens_;
   int64_t hidden_;
   std::vector<std::shared_ptr<ActivationSlot>> slots_;
+  size_t next_ = 0;  // where the next acquire starts looking (round robin)
 };
 
 }  // namespace conveyor::cuda
