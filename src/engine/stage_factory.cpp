@@ -1,7 +1,6 @@
 // Backend selection and stage construction for the Engine.
 #include "engine/stage_factory.hpp"
 
-#include <algorithm>
 #include <chrono>
 #include <fstream>
 #include <string>
@@ -134,10 +133,10 @@ std::function<std::unique_ptr<Link>(int)> make_links(BackendKind backend, const 
   if (options.n_stages < 2) return {};  // no links
   auto world = std::make_shared<cuda::NcclWorld>(
       devices, std::chrono::milliseconds(options.link_timeout_ms));
-  // Rows of the largest micro-batch a CUDA stage takes (make_cuda_stage's effective limit).
+  // Rows of the largest micro-batch the receiving CUDA stage takes.
   const int64_t max_tokens =
-      std::min<int64_t>(cuda::CudaStageOptions{}.max_tokens_per_micro_batch,
-                        static_cast<int64_t>(options.max_batch) * max_context);
+      cuda::CudaStageOptions{.max_seqs = options.max_batch, .max_context = max_context}
+          .effective_max_tokens();
   const int64_t hidden = config.hidden_size;
   return [world, max_tokens, hidden](int from) -> std::unique_ptr<Link> {
     return std::make_unique<cuda::NcclLink>(world, from, max_tokens, hidden, /*capacity=*/2);

@@ -502,6 +502,11 @@ void CudaStageOptions::validate() const {
   }
 }
 
+int64_t CudaStageOptions::effective_max_tokens() const {
+  return std::min<int64_t>(max_tokens_per_micro_batch,
+                           static_cast<int64_t>(max_seqs) * max_context);
+}
+
 namespace {
 
 // make_cuda_stage for weights from a checkpoint (StageWeights) or drawn (StageDraws).
@@ -550,9 +555,7 @@ std::unique_ptr<StageBackend> make_stage(const ModelConfig& config, const Source
   }
 
   // Memory: everything the stage allocates, checked before the first allocation.
-  const int64_t max_tokens =
-      std::min<int64_t>(options.max_tokens_per_micro_batch,
-                        static_cast<int64_t>(options.max_seqs) * options.max_context);
+  const int64_t max_tokens = options.effective_max_tokens();
   const int64_t graph_rows =
       options.cuda_graphs ? decode_graph_max_rows(max_tokens, options.max_seqs) : 0;
   const WorkspacePlan plan = plan_workspace(config, options.dtype, max_tokens, options.max_seqs,

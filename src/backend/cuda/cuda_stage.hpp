@@ -33,6 +33,9 @@ struct CudaStageOptions {
   // Throws conveyor::Error(kInvalidArgument) naming the field, value, limit and fix. Needs no
   // device.
   void validate() const;
+  // Rows the stage (and any link that feeds it) takes at most: min(max_tokens_per_micro_batch,
+  // max_seqs * max_context).
+  int64_t effective_max_tokens() const;
 };
 
 // Checks the options, the model's shapes against the kernels (head_dim 64 or 128), the device
