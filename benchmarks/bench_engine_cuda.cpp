@@ -4,20 +4,17 @@
 // baselines are measured in the same run. Prints markdown tables and writes JSON.
 // Usage: bench_engine_cuda [--config configs/llama-3-8b.json] [--json out.json] (--help: all flags)
 #include <cuda_runtime_api.h>
-#include <dlfcn.h>
 #include <fmt/format.h>
 #include <CLI/CLI.hpp>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 #include <fstream>
 #include <string>
 #include <vector>
 
 #include "backend/cuda/device_context.hpp"
-#include "backend/cuda/gemm.hpp"
 #include "bench_common.hpp"
 #include "bench_cuda_baselines.hpp"
 #include "conveyor/engine.hpp"
