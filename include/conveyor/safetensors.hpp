@@ -11,9 +11,12 @@
 #include <string_view>
 #include <vector>
 
+#include "conveyor/checkpoint.hpp"
 #include "conveyor/dtype.hpp"
 
 namespace conveyor {
+
+class MappedFile;
 
 struct TensorInfo {
   std::string name;
@@ -43,6 +46,7 @@ class SafeTensorsFile {
   ~SafeTensorsFile();
 
   const std::filesystem::path& path() const { return path_; }
+  uint64_t file_size() const;
   const std::vector<TensorInfo>& tensors() const { return tensors_; }
   const TensorInfo* find(std::string_view name) const;  // nullptr when absent
   std::span<const std::byte> bytes(const TensorInfo& info) const;
@@ -50,28 +54,29 @@ class SafeTensorsFile {
  private:
   SafeTensorsFile() = default;
   std::filesystem::path path_;
-  void* map_ = nullptr;  // whole-file mapping
-  std::size_t map_size_ = 0;
-  std::size_t data_offset_ = 0;  // 8 + header length
+  std::unique_ptr<MappedFile> map_;  // the whole file
+  std::size_t data_offset_ = 0;      // 8 + header length
   std::vector<TensorInfo> tensors_;
 };
 
 // The weights of a model directory: `model.safetensors`, or the shards listed by
 // `model.safetensors.index.json`. Shards are mapped lazily, when one of their tensors is first
 // requested, so a pipeline stage maps only the shards that hold its layers. Thread-safe.
-class SafeTensors {
+class SafeTensors : public TensorSource {
  public:
   static SafeTensors open(const std::filesystem::path& model_dir);
   SafeTensors(SafeTensors&&) noexcept;
   SafeTensors& operator=(SafeTensors&&) noexcept;
-  ~SafeTensors();
+  ~SafeTensors() override;
 
-  bool contains(std::string_view name) const;
+  bool contains(std::string_view name) const override;
   // Shape and dtype of a tensor (maps its shard). Throws kModelFormat when absent.
   TensorInfo info(std::string_view name) const;
   // Loads a tensor converted to fp32 after checking its shape equals `expected_shape`; the error
   // names the tensor, both shapes and the file.
-  std::vector<float> load_f32(std::string_view name, std::span<const int64_t> expected_shape) const;
+  std::vector<float> load_f32(std::string_view name,
+                              std::span<const int64_t> expected_shape) const override;
+  uint64_t bytes_read() const override;
   // Number of shard files mapped so far (for tests of lazy loading).
   std::size_t n_mapped_files() const;
 

@@ -36,18 +36,23 @@ bool parse_dtype(std::string_view text, DType& out) noexcept {
 }
 
 float f16_to_f32(uint16_t h) noexcept {
-  const uint32_t sign = (h >> 15) & 1u;
-  const uint32_t exponent = (h >> 10) & 0x1fu;
-  const uint32_t mantissa = h & 0x3ffu;
-  float value;
-  if (exponent == 0) {
-    value = std::ldexp(static_cast<float>(mantissa), -24);  // subnormal or zero
-  } else if (exponent == 31) {
-    value = mantissa == 0 ? INFINITY : NAN;
+  // Bit manipulation, exact for every input: normals rebias the exponent, subnormals are
+  // mantissa * 2^-24 (exact in float), inf and NaN keep their payload (as numpy and ggml do).
+  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
+  const uint32_t magnitude = h & 0x7fffu;
+  uint32_t bits;
+  if (magnitude >= 0x7c00u) {
+    bits = sign | 0x7f800000u | ((magnitude & 0x3ffu) << 13);
+  } else if (magnitude >= 0x0400u) {
+    bits = sign | ((magnitude + 0x1c000u) << 13);  // exponent bias 15 -> 127
   } else {
-    value = std::ldexp(static_cast<float>(mantissa | 0x400u), static_cast<int>(exponent) - 25);
+    const float value = static_cast<float>(magnitude) * 0x1.0p-24f;
+    std::memcpy(&bits, &value, sizeof bits);
+    bits |= sign;
   }
-  return sign ? -value : value;
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
 }
 
 uint16_t f32_to_f16(float f) noexcept {

@@ -2,15 +2,11 @@
 // (SafeTensorsFile) and a model directory of one file or lazily mapped shards (SafeTensors).
 #include "conveyor/safetensors.hpp"
 
-#include <fcntl.h>
 #include <fmt/format.h>
 #include <fmt/ranges.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include <algorithm>
-#include <cerrno>
+#include <atomic>
 #include <cstring>
 #include <fstream>
 #include <limits>
@@ -23,6 +19,7 @@
 #include "core/check.hpp"
 #include "core/dtype_convert.hpp"
 #include "core/json_util.hpp"
+#include "core/mapped_file.hpp"
 
 namespace conveyor {
 namespace {
@@ -281,40 +278,12 @@ std::vector<TensorInfo> parse_safetensors(std::span<const std::byte> file,
 // ---- SafeTensorsFile -------------------------------------------------------------------------
 
 SafeTensorsFile SafeTensorsFile::open(const std::filesystem::path& path) {
-  const std::string name = path.string();
-  int fd = ::open(name.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) {
-    fail(ErrorCode::kModelFormat,
-         "cannot open {}: {}; check --model, or create a model with conveyor-make-model", name,
-         std::strerror(errno));
-  }
-  struct stat st {};
-  if (::fstat(fd, &st) != 0) {
-    const int err = errno;
-    ::close(fd);
-    fail(ErrorCode::kModelFormat, "cannot stat {}: {}", name, std::strerror(err));
-  }
-  if (!S_ISREG(st.st_mode)) {
-    ::close(fd);
-    fail(ErrorCode::kModelFormat, "{} is not a regular file; expected a .safetensors file", name);
-  }
   SafeTensorsFile file;
   file.path_ = path;
-  file.map_size_ = static_cast<std::size_t>(st.st_size);
-  if (file.map_size_ > 0) {
-    void* map = ::mmap(nullptr, file.map_size_, PROT_READ, MAP_PRIVATE, fd, 0);
-    if (map == MAP_FAILED) {
-      const int err = errno;
-      ::close(fd);
-      fail(ErrorCode::kModelFormat, "cannot memory-map {} ({} bytes): {}", name, file.map_size_,
-           std::strerror(err));
-    }
-    file.map_ = map;
-  }
-  ::close(fd);  // the mapping keeps the file alive
-
-  std::span<const std::byte> bytes(static_cast<const std::byte*>(file.map_), file.map_size_);
-  file.tensors_ = parse_safetensors(bytes, name);  // on throw, `file` unmaps in its destructor
+  file.map_ = std::make_unique<MappedFile>(MappedFile::open(
+      path, ".safetensors file", "check --model, or create a model with conveyor-make-model"));
+  const std::span<const std::byte> bytes = file.map_->bytes();
+  file.tensors_ = parse_safetensors(bytes, path.string());
   uint64_t header_size = 0;
   for (int i = 7; i >= 0; --i) {
     header_size = (header_size << 8) | static_cast<uint64_t>(bytes[static_cast<std::size_t>(i)]);
@@ -323,27 +292,12 @@ SafeTensorsFile SafeTensorsFile::open(const std::filesystem::path& path) {
   return file;
 }
 
-SafeTensorsFile::SafeTensorsFile(SafeTensorsFile&& other) noexcept
-    : path_(std::move(other.path_)),
-      map_(std::exchange(other.map_, nullptr)),
-      map_size_(std::exchange(other.map_size_, 0)),
-      data_offset_(std::exchange(other.data_offset_, 0)),
-      tensors_(std::move(other.tensors_)) {}
+SafeTensorsFile::SafeTensorsFile(SafeTensorsFile&&) noexcept = default;
+SafeTensorsFile& SafeTensorsFile::operator=(SafeTensorsFile&&) noexcept = default;
+SafeTensorsFile::~SafeTensorsFile() = default;
 
-SafeTensorsFile& SafeTensorsFile::operator=(SafeTensorsFile&& other) noexcept {
-  if (this != &other) {
-    if (map_ != nullptr) ::munmap(map_, map_size_);
-    path_ = std::move(other.path_);
-    map_ = std::exchange(other.map_, nullptr);
-    map_size_ = std::exchange(other.map_size_, 0);
-    data_offset_ = std::exchange(other.data_offset_, 0);
-    tensors_ = std::move(other.tensors_);
-  }
-  return *this;
-}
-
-SafeTensorsFile::~SafeTensorsFile() {
-  if (map_ != nullptr) ::munmap(map_, map_size_);
+uint64_t SafeTensorsFile::file_size() const {
+  return map_ ? map_->size() : 0;
 }
 
 const TensorInfo* SafeTensorsFile::find(std::string_view name) const {
@@ -355,15 +309,15 @@ const TensorInfo* SafeTensorsFile::find(std::string_view name) const {
 }
 
 std::span<const std::byte> SafeTensorsFile::bytes(const TensorInfo& info) const {
-  const std::size_t data_size = map_size_ - data_offset_;
+  const std::size_t data_size = map_->size() - data_offset_;
   if (info.data_begin > info.data_end || info.data_end > data_size) {
     fail(ErrorCode::kInvalidArgument,
          "tensor \"{}\" range [{}, {}) is outside the {} data bytes of {}; was the TensorInfo "
          "taken from another file?",
          info.name, info.data_begin, info.data_end, data_size, path_.string());
   }
-  const auto* base = static_cast<const std::byte*>(map_) + data_offset_;
-  return {base + info.data_begin, static_cast<std::size_t>(info.data_end - info.data_begin)};
+  return map_->bytes().subspan(data_offset_ + info.data_begin,
+                               static_cast<std::size_t>(info.data_end - info.data_begin));
 }
 
 // ---- SafeTensors -----------------------------------------------------------------------------
@@ -376,6 +330,7 @@ struct SafeTensors::Impl {
   std::map<std::string, std::size_t, std::less<>> weight_map;  // tensor -> shard (sharded only)
   bool sharded = false;
   mutable std::mutex mutex;  // guards files[] slots while they are filled
+  std::atomic<uint64_t> bytes_read{0};
 
   // The file holding `name` and its entry; maps the shard on first use.
   std::pair<const SafeTensorsFile*, const TensorInfo*> locate(std::string_view name) {
@@ -508,6 +463,7 @@ std::vector<float> SafeTensors::load_f32(std::string_view name,
          name, file->path().string(), shape_string(info->shape), shape_string(expected_shape));
   }
   std::span<const std::byte> bytes = file->bytes(*info);
+  impl_->bytes_read += bytes.size();
   const std::size_t numel = static_cast<std::size_t>(info->numel());
   std::vector<float> out(numel);
   // The data may sit at any byte offset, so every read goes through memcpy.
@@ -531,6 +487,10 @@ std::vector<float> SafeTensors::load_f32(std::string_view name,
       break;
   }
   return out;
+}
+
+uint64_t SafeTensors::bytes_read() const {
+  return impl_->bytes_read.load();
 }
 
 std::size_t SafeTensors::n_mapped_files() const {

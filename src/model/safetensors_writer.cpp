@@ -2,15 +2,14 @@
 #include "model/safetensors_writer.hpp"
 
 #include <algorithm>
-#include <cerrno>
 #include <cstring>
-#include <fstream>
 #include <limits>
 #include <nlohmann/json.hpp>
-#include <system_error>
 
 #include "core/check.hpp"
 #include "core/dtype_convert.hpp"
+#include "core/file_io.hpp"
+#include "model/weights.hpp"
 
 namespace conveyor {
 namespace {
@@ -142,15 +141,7 @@ std::vector<std::byte> SafeTensorsWriter::serialize() const {
 }
 
 void SafeTensorsWriter::write(const std::filesystem::path& path) const {
-  std::filesystem::path tmp = path;
-  tmp += ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    if (!out) {
-      fail(ErrorCode::kInvalidArgument,
-           "cannot create {}: {}; check the directory exists and is writable", tmp.string(),
-           std::strerror(errno));
-    }
+  write_file_atomically(path, [&](std::ostream& out) {
     std::vector<const Entry*> order;
     const std::string header = header_bytes(order);
     out.write(header.data(), static_cast<std::streamsize>(header.size()));
@@ -160,18 +151,31 @@ void SafeTensorsWriter::write(const std::filesystem::path& path) const {
       out.write(reinterpret_cast<const char*>(data.data()),
                 static_cast<std::streamsize>(data.size()));
     }
-    out.flush();
-    if (!out) {
-      fail(ErrorCode::kInvalidArgument, "writing {} failed (disk full?): {}", tmp.string(),
-           std::strerror(errno));
-    }
-  }
+  });
+}
+
+void write_safetensors_model(const ModelConfig& config, const TensorSource& tensors, DType dtype,
+                             const std::filesystem::path& dir) {
+  const std::string config_json = config.to_json();  // refuses what config.json cannot hold
   std::error_code ec;
-  std::filesystem::rename(tmp, path, ec);
+  std::filesystem::create_directories(dir, ec);
   if (ec) {
-    fail(ErrorCode::kInvalidArgument, "cannot rename {} to {}: {}", tmp.string(), path.string(),
-         ec.message());
+    fail(ErrorCode::kInvalidArgument, "cannot create {}: {}", dir.string(), ec.message());
   }
+  const StageWeightsSpec whole{
+      .first_layer = 0, .last_layer = config.n_layers, .embedding = true, .head = true};
+  std::vector<std::string> names = required_tensor_names(config, whole);
+  std::sort(names.begin(), names.end());
+  names.erase(std::unique(names.begin(), names.end()), names.end());
+  SafeTensorsWriter writer;
+  for (const std::string& name : names) {
+    const std::vector<int64_t> shape = tensor_shape(config, name);
+    writer.add(name, dtype, shape, SafeTensorsWriter::Producer([&tensors, name, shape] {
+                 return tensors.load_f32(name, shape);
+               }));
+  }
+  writer.write(dir / "model.safetensors");
+  write_file(dir / "config.json", config_json, "config.json");
 }
 
 }  // namespace conveyor

@@ -9,7 +9,9 @@
 #include <string>
 #include <vector>
 
+#include "conveyor/checkpoint.hpp"
 #include "conveyor/dtype.hpp"
+#include "conveyor/model_config.hpp"
 
 namespace conveyor {
 
@@ -48,5 +50,12 @@ class SafeTensorsWriter {
 
   std::vector<Entry> tensors_;
 };
+
+// Writes `config` as config.json and every tensor of the model (read from `tensors` by Hugging
+// Face name) into `dir`/model.safetensors as `dtype`: e.g. a GGUF checkpoint exported as the
+// equivalent Hugging Face directory. Creates `dir` when missing. Throws kInvalidArgument for a
+// config that config.json cannot express (GGUF rope frequency factors).
+void write_safetensors_model(const ModelConfig& config, const TensorSource& tensors, DType dtype,
+                             const std::filesystem::path& dir);
 
 }  // namespace conveyor

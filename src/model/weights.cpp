@@ -66,6 +66,26 @@ std::vector<int64_t> layer_tensor_shape(const ModelConfig& config, size_t index)
   }
 }
 
+std::vector<int64_t> tensor_shape(const ModelConfig& config, std::string_view name) {
+  if (name == kEmbedding || name == kLmHead) return {config.vocab_size, config.hidden_size};
+  if (name == kFinalNorm) return {config.hidden_size};
+  constexpr std::string_view kLayers = "model.layers.";
+  if (name.starts_with(kLayers)) {
+    const size_t dot = name.find('.', kLayers.size());
+    if (dot != std::string_view::npos) {
+      const std::string_view suffix = name.substr(dot + 1);
+      for (size_t i = 0; i < kLayerTensorCount; ++i) {
+        if (kLayerTensorSuffixes[i] == suffix) {
+          std::vector<int64_t> shape = layer_tensor_shape(config, i);
+          if (!shape.empty()) return shape;
+        }
+      }
+    }
+  }
+  fail(ErrorCode::kInvalidArgument, "\"{}\" is not a tensor of this {} model", name,
+       architecture_name(config.architecture));
+}
+
 namespace {
 
 // Builds the tensors `spec` holds in model order, each from make(name, shape). A tied head
@@ -110,7 +130,7 @@ std::vector<std::string> required_tensor_names(const ModelConfig& config,
   return names;
 }
 
-StageWeights load_stage_weights(const SafeTensors& tensors, const ModelConfig& config,
+StageWeights load_stage_weights(const TensorSource& tensors, const ModelConfig& config,
                                 const StageWeightsSpec& spec) {
   return build_stage<std::vector<float>>(
       config, spec, [&](std::string_view name, const std::vector<int64_t>& shape) {

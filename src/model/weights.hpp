@@ -12,8 +12,8 @@
 #include <variant>
 #include <vector>
 
+#include "conveyor/checkpoint.hpp"
 #include "conveyor/model_config.hpp"
-#include "conveyor/safetensors.hpp"
 
 namespace conveyor {
 
@@ -125,6 +125,10 @@ struct TensorDraw {
 using LayerDraws = LayerTensors<TensorDraw>;
 using StageDraws = StageTensors<TensorDraw>;
 
+// Shape of a tensor of `config` by Hugging Face name ("model.embed_tokens.weight",
+// "model.layers.3.mlp.up_proj.weight", ...). Throws kInvalidArgument for names the model lacks.
+std::vector<int64_t> tensor_shape(const ModelConfig& config, std::string_view name);
+
 // Hugging Face tensor names: "model.layers.{i}.self_attn.q_proj.weight" and so on.
 std::vector<std::string> required_tensor_names(const ModelConfig& config,
                                                const StageWeightsSpec& spec);
@@ -132,7 +136,7 @@ std::vector<std::string> required_tensor_names(const ModelConfig& config,
 // Loads (and converts to fp32) exactly the tensors `spec` needs, checking every shape against
 // the config. Throws conveyor::Error(kModelFormat) naming the tensor on a missing tensor or a
 // shape mismatch.
-StageWeights load_stage_weights(const SafeTensors& tensors, const ModelConfig& config,
+StageWeights load_stage_weights(const TensorSource& tensors, const ModelConfig& config,
                                 const StageWeightsSpec& spec);
 
 // The recipe of a stage of a random-weights model: the shapes of `config`, means and spreads of

@@ -1,0 +1,58 @@
+// Checkpoint: a model on disk — a Hugging Face directory (config.json + *.safetensors) or a
+// GGUF file — as one ModelConfig and tensors by Hugging Face name, converted to fp32.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "conveyor/model_config.hpp"
+
+namespace conveyor {
+
+// Tensors by Hugging Face name ("model.layers.3.self_attn.q_proj.weight"), row-major, in
+// Hugging Face orientation, converted to fp32. Thread-safe for reads.
+class TensorSource {
+ public:
+  virtual ~TensorSource() = default;
+  virtual bool contains(std::string_view name) const = 0;
+  // The tensor's values after checking its shape equals `expected_shape`; the error names the
+  // tensor, both shapes and the file.
+  virtual std::vector<float> load_f32(std::string_view name,
+                                      std::span<const int64_t> expected_shape) const = 0;
+  // Bytes read from the files so far (for load statistics).
+  virtual uint64_t bytes_read() const = 0;
+};
+
+enum class CheckpointFormat { kSafetensors, kGguf };
+
+// Where a --model path leads: a directory with config.json (safetensors), a .gguf file, or a
+// directory holding exactly one .gguf (and no config.json).
+struct ModelLocation {
+  CheckpointFormat format = CheckpointFormat::kSafetensors;
+  std::filesystem::path path;  // the directory (safetensors) or the .gguf file
+};
+
+// Throws conveyor::Error(kInvalidArgument) naming the path and what was found when it is none of
+// the above (missing, an empty directory, several .gguf files, ...).
+ModelLocation locate_model(const std::filesystem::path& path);
+
+struct Checkpoint {
+  ModelLocation location;
+  ModelConfig config;
+  std::unique_ptr<TensorSource> tensors;
+  // "safetensors, 1 file, BF16" or "GGUF v3, 272 tensors: 210 Q4_1, 61 F32, 1 Q8_0".
+  std::string description;
+  uint64_t file_bytes = 0;  // on disk
+
+  // Opens the model at `path` (see locate_model): reads and validates the config, the tensor
+  // table and, for GGUF, that every tensor the config implies is present with its shape and a
+  // supported type. Throws conveyor::Error(kModelFormat) naming the file and the problem.
+  static Checkpoint open(const std::filesystem::path& path);
+};
+
+}  // namespace conveyor
