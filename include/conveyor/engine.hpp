@@ -33,6 +33,23 @@ enum class Transport {
   kNccl,   // NCCL send/recv between stages on distinct GPUs (cuda; one rank per stage)
 };
 
+// Progress of Engine::open's weight loading, reported after each tensor.
+struct LoadProgress {
+  uint64_t bytes_done = 0;   // read from the checkpoint so far
+  uint64_t bytes_total = 0;  // size of the checkpoint's files
+  double seconds = 0.0;      // since loading started
+  std::string tensor;        // the tensor just loaded (Hugging Face name)
+};
+
+// What Engine::open read and built.
+struct LoadStats {
+  std::string format;         // "GGUF v3, 272 tensors: 210 Q4_1, ..." or "safetensors, ..."
+  uint64_t file_bytes = 0;    // size of the checkpoint's files
+  uint64_t bytes_read = 0;    // bytes read from them (all stages)
+  uint64_t weight_bytes = 0;  // host fp32 weights built (0 when stages build on a device)
+  double seconds = 0.0;       // the whole of Engine::open
+};
+
 struct EngineOptions {
   BackendKind backend = BackendKind::kCpu;
   // CUDA device of each stage (empty: 0, 1, ..., n_stages-1). A device may repeat
@@ -70,6 +87,8 @@ struct EngineOptions {
   // per batch size and context bucket, and replay them instead of launching kernel by kernel.
   // Off: every kernel is launched each step (the same kernels and sums: the same results).
   bool cuda_graphs = true;
+  // Called on the opening thread after each tensor is loaded (progress bars for large models).
+  std::function<void(const LoadProgress&)> on_load_progress;
 
   FaultInjection fault;  // testing only
 
@@ -133,9 +152,11 @@ struct GenerateResult {
 // stage and instruction) every KV cache is back at its last commit and the engine is usable.
 class Engine {
  public:
-  // Reads config.json, partitions the layers, loads each stage's weights (only its layers) and
-  // starts the stage workers. With options.random_weights_seed, `model` may also be the path of
-  // a config.json file, and no weights are read.
+  // Opens the checkpoint at `model` — a Hugging Face directory (config.json + *.safetensors), a
+  // .gguf file, or a directory holding one .gguf — partitions the layers, loads each stage's
+  // weights (only its layers; GGUF tensors are dequantized) and starts the stage workers. With
+  // options.random_weights_seed, `model` may also be the path of a config.json file, and no
+  // weights are read.
   static Engine open(const std::filesystem::path& model, const EngineOptions& options = {});
   Engine(Engine&&) noexcept;
   Engine& operator=(Engine&&) noexcept;
@@ -146,6 +167,7 @@ class Engine {
   const Partition& partition() const;
   int64_t max_context() const;
   double load_seconds() const;
+  const LoadStats& load_stats() const;
   // Backend the stages run on (kAuto resolved).
   BackendKind backend() const;
   // One line per stage: device, layers, weight bytes, KV capacity in tokens, workspace.

@@ -18,7 +18,9 @@ enum class Architecture { kLlama, kMistral, kQwen2 };
 // Hugging Face architecture name, e.g. "LlamaForCausalLM".
 std::string_view architecture_name(Architecture arch) noexcept;
 
-enum class RopeScalingType { kNone, kLinear, kLlama3 };
+// kFrequencyFactors: one divisor per rotated pair, as GGUF stores Llama-3.1 scaling (the
+// rope_freqs.weight tensor); config.json cannot express it.
+enum class RopeScalingType { kNone, kLinear, kLlama3, kFrequencyFactors };
 
 // rope_scaling of config.json. Only the fields of the active type are meaningful.
 struct RopeScaling {
@@ -27,7 +29,10 @@ struct RopeScaling {
   double low_freq_factor = 1.0;                     // llama3
   double high_freq_factor = 4.0;                    // llama3
   int64_t original_max_position_embeddings = 8192;  // llama3
+  std::vector<double> frequency_factors;            // [head_dim / 2]: inv_freq[i] /= factors[i]
 };
+
+class GgufFile;
 
 struct ModelConfig {
   Architecture architecture = Architecture::kLlama;
@@ -56,10 +61,17 @@ struct ModelConfig {
   // architecture, or any field that changes the math in a way conveyor does not implement
   // (hidden_act other than silu, mlp_bias, unknown rope_scaling types, ...).
   static ModelConfig from_json(std::string_view json_text, std::string_view origin = "config.json");
-  // Reads `<model_dir>/config.json`, or the file itself when a path to a .json file is given.
+  // Reads the metadata of a GGUF file (architectures llama and qwen2; docs/gguf.md lists the
+  // keys). Throws conveyor::Error(kModelFormat) naming the key for missing or ill-typed keys,
+  // other architectures, and anything that changes the math without an implementation (mixture
+  // of experts, yarn rope scaling, ...).
+  static ModelConfig from_gguf(const GgufFile& file);
+  // Reads `<model_dir>/config.json`, the file itself when a path to a .json file is given, or
+  // the metadata of a GGUF model (a .gguf file, or a directory holding one and no config.json).
   static ModelConfig load(const std::filesystem::path& path);
 
-  // Hugging Face config.json text for this config (what conveyor-make-model writes).
+  // Hugging Face config.json text for this config (what conveyor-make-model writes). Throws
+  // kInvalidArgument for frequency-factor rope scaling, which config.json cannot express.
   std::string to_json() const;
 
   // Checks internal consistency (positive sizes, n_heads % n_kv_heads == 0, even head_dim...).

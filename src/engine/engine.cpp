@@ -11,6 +11,7 @@
 #include <optional>
 #include <utility>
 
+#include "conveyor/checkpoint.hpp"
 #include "conveyor/cost_model.hpp"
 #include "conveyor/error.hpp"
 #include "conveyor/partitioner.hpp"
@@ -47,6 +48,36 @@ int64_t prefill_chunk_tokens(const EngineOptions& options, int n_stages,
       std::max(EngineOptions::kMinAutoChunkTokens, (longest + rounds - 1) / rounds);
   return chunk >= longest ? 0 : chunk;
 }
+
+// Forwards to the checkpoint's tensors and reports progress after each tensor, in bytes read
+// out of the file's size (a tied embedding read twice can pass 100%; the total is clamped).
+class ProgressTensors final : public TensorSource {
+ public:
+  ProgressTensors(const TensorSource& inner, uint64_t total_bytes,
+                  std::function<void(const LoadProgress&)> report)
+      : inner_(inner), total_(total_bytes), report_(std::move(report)), start_(Clock::now()) {}
+
+  bool contains(std::string_view name) const override { return inner_.contains(name); }
+  std::vector<float> load_f32(std::string_view name,
+                              std::span<const int64_t> expected_shape) const override {
+    std::vector<float> values = inner_.load_f32(name, expected_shape);
+    if (report_) {
+      const uint64_t done = std::min(inner_.bytes_read(), total_);
+      report_(LoadProgress{.bytes_done = done,
+                           .bytes_total = total_,
+                           .seconds = seconds_since(start_),
+                           .tensor = std::string(name)});
+    }
+    return values;
+  }
+  uint64_t bytes_read() const override { return inner_.bytes_read(); }
+
+ private:
+  const TensorSource& inner_;
+  uint64_t total_;
+  std::function<void(const LoadProgress&)> report_;
+  Clock::time_point start_;
+};
 
 Partition make_partition(const ModelConfig& config, const EngineOptions& options,
                          BackendKind backend, int64_t max_context) {
@@ -122,6 +153,7 @@ struct Engine::Impl {
   BackendKind backend = BackendKind::kCpu;
   int64_t max_context = 0;
   double load_seconds = 0.0;
+  LoadStats load_stats;
   std::vector<std::string> stage_reports;
   std::unique_ptr<Pipeline> pipeline;
   int64_t next_step = 0;
@@ -149,6 +181,9 @@ int64_t Engine::max_context() const {
 double Engine::load_seconds() const {
   return impl_->load_seconds;
 }
+const LoadStats& Engine::load_stats() const {
+  return impl_->load_stats;
+}
 BackendKind Engine::backend() const {
   return impl_->backend;
 }
@@ -166,14 +201,11 @@ Engine Engine::open(const std::filesystem::path& model, const EngineOptions& opt
          "holding one",
          model.string());
   }
-  if (!random_weights && !std::filesystem::is_directory(model)) {
-    fail(ErrorCode::kInvalidArgument,
-         "model directory {} does not exist or is not a directory; pass a directory with "
-         "config.json and *.safetensors (conveyor-make-model writes one), or a bare config.json "
-         "with random weights (--random-weights)",
-         model.string());
-  }
-  ModelConfig config = ModelConfig::load(model);
+  // Random weights read only the config; otherwise the checkpoint (safetensors or GGUF) is
+  // opened and validated as a whole before any stage loads.
+  std::optional<Checkpoint> checkpoint;
+  if (!random_weights) checkpoint = Checkpoint::open(model);
+  ModelConfig config = checkpoint ? checkpoint->config : ModelConfig::load(model);
   const int64_t default_context = std::min<int64_t>(config.max_position_embeddings, 4096);
   const int64_t max_context = options.max_context > 0 ? options.max_context : default_context;
   if (max_context > config.max_position_embeddings) {
@@ -205,8 +237,14 @@ Engine Engine::open(const std::filesystem::path& model, const EngineOptions& opt
 
   // Before any weights load: a transport that cannot work fails fast.
   auto make_link = make_links(impl->backend, config, options, devices, impl->max_context);
-  std::optional<SafeTensors> tensors;
-  if (!random_weights) tensors = SafeTensors::open(model);
+  std::optional<ProgressTensors> tensors;
+  if (checkpoint) {
+    tensors.emplace(*checkpoint->tensors, checkpoint->file_bytes, options.on_load_progress);
+    impl->load_stats.format = checkpoint->description;
+    impl->load_stats.file_bytes = checkpoint->file_bytes;
+  } else {
+    impl->load_stats.format = fmt::format("random weights (seed {})", *options.random_weights_seed);
+  }
   std::vector<std::unique_ptr<StageBackend>> stages;
   for (int s = 0; s < impl->partition.n_stages(); ++s) {
     const LayerRange range = impl->partition.range(s);
@@ -217,6 +255,9 @@ Engine Engine::open(const std::filesystem::path& model, const EngineOptions& opt
     StageSource weights =
         random_weights ? StageSource(random_stage_draws(config, spec, *options.random_weights_seed))
                        : StageSource(load_stage_weights(*tensors, config, spec));
+    if (const auto* host = std::get_if<StageWeights>(&weights)) {
+      impl->load_stats.weight_bytes += static_cast<uint64_t>(host->bytes());
+    }
     stages.push_back(make_stage_backend(impl->backend, config, std::move(weights), options,
                                         StageResources{.stage = s,
                                                        .device = devices[static_cast<size_t>(s)],
@@ -233,6 +274,8 @@ Engine Engine::open(const std::filesystem::path& model, const EngineOptions& opt
                       .fault = options.fault,
                       .make_link = std::move(make_link)});
   impl->load_seconds = seconds_since(start);
+  impl->load_stats.seconds = impl->load_seconds;
+  if (tensors) impl->load_stats.bytes_read = tensors->bytes_read();
   spdlog::debug("opened {}{} in {:.2f}s: {} stages, partition {}", model.string(),
                 random_weights ? " (random weights)" : "", impl->load_seconds,
                 impl->partition.n_stages(), impl->partition.to_string());

@@ -9,6 +9,8 @@
 #include <sstream>
 #include <tuple>
 
+#include "conveyor/checkpoint.hpp"
+#include "conveyor/gguf.hpp"
 #include "conveyor/model_config.hpp"
 #include "core/check.hpp"
 #include "core/json_util.hpp"
@@ -331,7 +333,13 @@ ModelConfig ModelConfig::from_json(std::string_view json_text, std::string_view 
 ModelConfig ModelConfig::load(const std::filesystem::path& path) {
   std::filesystem::path file = path;
   std::error_code ec;
-  if (std::filesystem::is_directory(path, ec)) file = path / "config.json";
+  if (std::filesystem::is_directory(path, ec) || path.extension() == ".gguf") {
+    const ModelLocation location = locate_model(path);
+    if (location.format == CheckpointFormat::kGguf) {
+      return from_gguf(GgufFile::open(location.path));
+    }
+    file = location.path / "config.json";
+  }
   std::ifstream in(file, std::ios::binary);
   if (!in) {
     fail(ErrorCode::kModelFormat,
@@ -383,6 +391,10 @@ std::string ModelConfig::to_json() const {
           {"high_freq_factor", rope_scaling.high_freq_factor},
           {"original_max_position_embeddings", rope_scaling.original_max_position_embeddings}};
       break;
+    case RopeScalingType::kFrequencyFactors:
+      fail(ErrorCode::kInvalidArgument,
+           "this model's rotary embedding uses per-frequency factors (a GGUF rope_freqs tensor), "
+           "which config.json cannot express; keep the model as GGUF");
   }
   root["tie_word_embeddings"] = tie_word_embeddings;
   root["attention_bias"] = attention_bias;
@@ -463,8 +475,20 @@ void ModelConfig::validate() const {
     fail(ErrorCode::kInvalidArgument, "rope_theta = {} must be a positive finite number",
          rope_theta);
   }
-  if (rope_scaling.type != RopeScalingType::kNone &&
-      (!(rope_scaling.factor > 0.0) || !std::isfinite(rope_scaling.factor))) {
+  if (rope_scaling.type == RopeScalingType::kFrequencyFactors) {
+    if (static_cast<int64_t>(rope_scaling.frequency_factors.size()) != head_dim / 2) {
+      fail(ErrorCode::kInvalidArgument,
+           "rope frequency factors hold {} values but head_dim {} rotates {} pairs",
+           rope_scaling.frequency_factors.size(), head_dim, head_dim / 2);
+    }
+    for (double f : rope_scaling.frequency_factors) {
+      if (!(f > 0.0) || !std::isfinite(f)) {
+        fail(ErrorCode::kInvalidArgument,
+             "rope frequency factor {} must be a positive finite number", f);
+      }
+    }
+  } else if (rope_scaling.type != RopeScalingType::kNone &&
+             (!(rope_scaling.factor > 0.0) || !std::isfinite(rope_scaling.factor))) {
     fail(ErrorCode::kInvalidArgument, "rope_scaling.factor = {} must be a positive finite number",
          rope_scaling.factor);
   }

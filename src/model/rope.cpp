@@ -38,7 +38,8 @@ std::vector<float> rope_inv_freq(const ModelConfig& config) {
          config.rope_theta);
   }
   const RopeScaling& scaling = config.rope_scaling;
-  if (scaling.type != RopeScalingType::kNone && !(scaling.factor > 0.0)) {
+  if ((scaling.type == RopeScalingType::kLinear || scaling.type == RopeScalingType::kLlama3) &&
+      !(scaling.factor > 0.0)) {
     fail(ErrorCode::kInvalidArgument,
          "rope_scaling.factor must be positive but is {}; fix the model config", scaling.factor);
   }
@@ -66,6 +67,15 @@ std::vector<float> rope_inv_freq(const ModelConfig& config) {
         break;
       case RopeScalingType::kLlama3:
         f = llama3_scale(f, scaling);
+        break;
+      case RopeScalingType::kFrequencyFactors:
+        if (static_cast<int64_t>(scaling.frequency_factors.size()) != half) {
+          fail(ErrorCode::kInvalidArgument,
+               "rope frequency factors hold {} values but head_dim {} rotates {} pairs; fix the "
+               "model",
+               scaling.frequency_factors.size(), head_dim, half);
+        }
+        f /= scaling.frequency_factors[static_cast<size_t>(i)];
         break;
     }
     inv_freq[static_cast<size_t>(i)] = static_cast<float>(f);
