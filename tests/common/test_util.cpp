@@ -3,12 +3,15 @@
 
 #include "model/make_model.hpp"
 
+#include <fmt/format.h>
+
 #include <sys/wait.h>
 #include <unistd.h>
 #include <array>
 #include <atomic>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <limits>
 #include <random>
 
@@ -75,6 +78,28 @@ std::vector<Request> mixed_requests(int64_t max_new_tokens) {
     r.stop_at_eos = false;
   }
   return reqs;
+}
+
+std::optional<std::filesystem::path> asset_path(const std::string& relative) {
+  std::filesystem::path root;
+  if (const char* cache = std::getenv("CONVEYOR_CACHE"); cache != nullptr && *cache != '\0') {
+    root = cache;
+  } else if (const char* home = std::getenv("HOME"); home != nullptr) {
+    root = std::filesystem::path(home) / ".cache" / "conveyor";
+  } else {
+    return std::nullopt;
+  }
+  std::filesystem::path path = root / relative;
+  std::error_code ec;
+  if (!std::filesystem::exists(path, ec)) return std::nullopt;
+  return path;
+}
+
+std::string missing_asset_reason(const std::string& relative, const std::string& fetch_name) {
+  return fmt::format(
+      "{} is not in the asset cache ($CONVEYOR_CACHE or ~/.cache/conveyor); run "
+      "scripts/fetch-assets.sh {} (needs PyPI)",
+      relative, fetch_name);
 }
 
 int run_command(const std::string& command, std::string* output) {

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -63,6 +64,12 @@ void expect_invalid(F&& f, const std::vector<std::string>& parts) {
 // Three greedy requests with prompts of 5, 17 and 9 tokens (mixed lengths on purpose), each
 // generating `max_new_tokens` without stopping at EOS.
 std::vector<Request> mixed_requests(int64_t max_new_tokens = 6);
+
+// A file fetched by scripts/fetch-assets.sh into $CONVEYOR_CACHE (default ~/.cache/conveyor),
+// e.g. asset_path("SmolLM2-135M-Instruct.Q4_1.gguf"); nullopt when it is not there.
+std::optional<std::filesystem::path> asset_path(const std::string& relative);
+// The reason a test skips when asset_path(relative) is missing: which fetch command to run.
+std::string missing_asset_reason(const std::string& relative, const std::string& fetch_name);
 
 // Runs a shell command, returns its exit status and captures stdout+stderr into `output`.
 int run_command(const std::string& command, std::string* output = nullptr);

@@ -6,6 +6,7 @@
 #include "common/test_util.hpp"
 #include "conveyor/error.hpp"
 #include "conveyor/partition.hpp"
+#include "conveyor/safetensors.hpp"
 #include "plan/plan_builders.hpp"
 #include "runtime/pipeline.hpp"
 
