@@ -11,6 +11,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 namespace conveyor {
@@ -24,6 +25,9 @@ enum class TokenKind : uint8_t { kNormal, kUnknown, kControl, kUserDefined, kUnu
 struct EncodeOptions {
   bool add_special = true;     // BOS (and EOS) as the tokenizer's configuration asks
   bool parse_special = false;  // match control tokens ("<|im_start|>") written in the text
+  // With parse_special: when not empty, control tokens are matched only inside these byte ranges
+  // of the text (a chat template's markup; see encode_chat).
+  std::span<const std::pair<size_t, size_t>> special_ranges;
 };
 
 struct DecodeOptions {

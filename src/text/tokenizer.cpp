@@ -67,7 +67,18 @@ struct Fragment {
 };
 
 // Splits `text` at the special tokens it contains (longest match first at each position).
-std::vector<Fragment> partition_specials(const Impl& t, std::string_view text, bool parse_special) {
+std::vector<Fragment> partition_specials(const Impl& t, std::string_view text,
+                                         const EncodeOptions& options) {
+  // A control token may be matched at [pos, pos + n) when specials are parsed there.
+  size_t range = 0;  // ranges are sorted; the first one that may contain pos
+  auto control_allowed = [&](size_t pos, size_t n) {
+    if (!options.parse_special) return false;
+    const auto& ranges = options.special_ranges;
+    if (ranges.empty()) return true;
+    while (range < ranges.size() && ranges[range].second <= pos)
+      ++range;
+    return range < ranges.size() && ranges[range].first <= pos && pos + n <= ranges[range].second;
+  };
   std::vector<Fragment> out;
   size_t begin = 0;  // start of the pending text fragment
   size_t pos = 0;
@@ -78,7 +89,7 @@ std::vector<Fragment> partition_specials(const Impl& t, std::string_view text, b
     const Impl::Special* match = nullptr;
     for (uint32_t index : t.specials_by_first_byte[static_cast<uint8_t>(text[pos])]) {
       const Impl::Special& s = t.specials[index];
-      if (s.control && !parse_special) continue;
+      if (s.control && !control_allowed(pos, s.content.size())) continue;
       if (text.compare(pos, s.content.size(), s.content) == 0) {
         match = &s;  // specials are sorted longest first
         break;
@@ -459,7 +470,7 @@ std::vector<int32_t> Tokenizer::encode(std::string_view text, const EncodeOption
   if (options.add_special) out = t.prefix_ids;
   Merger merger(t);
   std::unordered_map<std::string, std::vector<int32_t>> cache;
-  for (const Fragment& f : partition_specials(t, text, options.parse_special)) {
+  for (const Fragment& f : partition_specials(t, text, options)) {
     if (f.special >= 0) {
       out.push_back(f.special);
     } else {
