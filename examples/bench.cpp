@@ -177,7 +177,7 @@ Profile measure_profile(const std::filesystem::path& dir, const ModelConfig& con
         {32, 0}, {64, 0}, {128, 0}, {256, 0}, {512, 0}, {64, 448}, {128, 384}, {256, 256}};
     for (const auto& [t, past] : prefill) {
       if (past + t > max_context) continue;
-      stage->release(0);
+      stage->truncate(0, 0);
       if (past > 0) {
         MicroBatch warm{.id = 0, .step = step, .chunks = {{0, 0, past, false}}};
         Activations a{.host = random_rows(past)};
@@ -198,7 +198,7 @@ Profile measure_profile(const std::filesystem::path& dir, const ModelConfig& con
     }
     for (int64_t context : {64, 512}) {
       for (int32_t s = 0; s < kSeqs; ++s) {
-        stage->release(s);
+        stage->truncate(s, 0);
         MicroBatch fill{.id = 0, .step = step, .chunks = {{s, 0, context - 1, false}}};
         Activations a{.host = random_rows(context - 1)};
         stage->compute(fill, ctx, a);

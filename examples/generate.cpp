@@ -1,5 +1,6 @@
-// conveyor-generate: run a model directory across S pipeline stages and print generated ids,
-// timings and the stage balance; optionally write logits (.npy), a Chrome trace and a timeline.
+// conveyor-generate: run a model across S pipeline stages on text prompts (optionally through
+// the model's chat template; the answer streams to the terminal) or token ids, and print timings
+// and the stage balance; optionally write logits (.npy), a Chrome trace and a timeline.
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 #include <spdlog/spdlog.h>
@@ -7,19 +8,31 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <fstream>
 #include <map>
-#include "cli_errors.hpp"
+#include <sstream>
 
+#include "cli_engine.hpp"
+#include "cli_errors.hpp"
+#include "conveyor/chat_template.hpp"
 #include "conveyor/engine.hpp"
 #include "conveyor/error.hpp"
 #include "conveyor/observe.hpp"
 #include "conveyor/token_ids.hpp"
+#include "conveyor/tokenizer.hpp"
 #include "observe/npy.hpp"
+#include "text/unicode.hpp"
 
 namespace {
 
 struct Args {
-  std::string model;
+  conveyor::cli::EngineArgs engine_args;
+  std::vector<std::string> prompts;     // text, repeatable: one request each
+  std::string prompt_file;              // one text prompt, the whole file
+  bool chat = false;                    // through the model's chat template
+  std::string system;                   // system message (implies --chat)
+  std::string chat_template;            // override of the detected format
+  bool parse_special = false;           // control tokens written in the prompt text are parsed
   std::vector<std::string> prompt_ids;  // repeatable: one request each
   std::string prompt_ids_file;
   std::string batch;  // "1,2,3;4,5": several prompts
@@ -33,12 +46,52 @@ struct Args {
   bool all_logits = false;
   std::string trace_out;
   std::string timeline_out;
-  std::string layers_per_stage;
-  std::string devices;
-  std::string dtype = "bf16";
   bool quiet = false;
-  conveyor::EngineOptions engine;
+  bool max_new_tokens_given = false;
 };
+
+bool text_mode(const Args& args) {
+  return !args.prompts.empty() || !args.prompt_file.empty();
+}
+
+// Text prompts as token ids: raw (BOS as the tokenizer adds it) or through the chat template.
+std::vector<std::vector<int32_t>> encode_text_prompts(const Args& args,
+                                                      const conveyor::Tokenizer& tokenizer,
+                                                      std::string& mode) {
+  std::vector<std::string> texts = args.prompts;
+  if (!args.prompt_file.empty()) {
+    std::ifstream in(args.prompt_file, std::ios::binary);
+    if (!in) {
+      throw conveyor::Error(conveyor::ErrorCode::kInvalidArgument,
+                            fmt::format("cannot read --prompt-file {}", args.prompt_file));
+    }
+    std::ostringstream text;
+    text << in.rdbuf();
+    texts.push_back(text.str());
+  }
+  std::vector<std::vector<int32_t>> prompts;
+  if (args.chat || !args.system.empty()) {
+    const auto chat = conveyor::ChatTemplate::for_tokenizer(tokenizer, args.chat_template);
+    mode = fmt::format("chat, {}", chat.describe());
+    for (const std::string& text : texts) {
+      std::vector<conveyor::ChatMessage> messages;
+      if (!args.system.empty()) messages.push_back({"system", args.system});
+      messages.push_back({"user", text});
+      prompts.push_back(
+          conveyor::encode_chat(tokenizer, chat.render(messages, tokenizer), args.parse_special));
+    }
+  } else {
+    mode = "raw text";
+    for (const std::string& text : texts) {
+      prompts.push_back(tokenizer.encode(text, {.parse_special = args.parse_special}));
+      if (prompts.back().empty()) {
+        throw conveyor::Error(conveyor::ErrorCode::kInvalidArgument,
+                              "the prompt is empty; give some text");
+      }
+    }
+  }
+  return prompts;
+}
 
 std::vector<std::vector<int32_t>> collect_prompts(const Args& args) {
   std::vector<std::vector<int32_t>> prompts;
@@ -61,46 +114,60 @@ std::vector<std::vector<int32_t>> collect_prompts(const Args& args) {
   }
   if (prompts.empty()) {
     throw conveyor::Error(conveyor::ErrorCode::kInvalidArgument,
-                          "no prompt given: pass --prompt-ids 1,2,3, --batch '1,2;3,4' or "
+                          "no prompt given: pass --prompt TEXT (with --chat for an instruct "
+                          "model), --prompt-file FILE, --prompt-ids 1,2,3, --batch '1,2;3,4' or "
                           "--prompt-ids-file FILE");
   }
   return prompts;
 }
 
 int run(Args& args) {
-  if (!args.layers_per_stage.empty()) {
-    for (int32_t count : conveyor::parse_token_ids(args.layers_per_stage, "--layers-per-stage")) {
-      args.engine.layers_per_stage.push_back(count);
-    }
+  conveyor::EngineOptions options = conveyor::cli::engine_options(args.engine_args);
+  const bool text = text_mode(args);
+  if (text && (!args.prompt_ids.empty() || !args.batch.empty() || !args.prompt_ids_file.empty())) {
+    throw conveyor::Error(conveyor::ErrorCode::kInvalidArgument,
+                          "pass text prompts (--prompt, --prompt-file) or token ids (--prompt-ids, "
+                          "--batch, --prompt-ids-file), not both");
   }
-  for (int32_t device : conveyor::parse_token_ids(args.devices, "--devices")) {
-    args.engine.devices.push_back(device);
+  if (!text && (args.chat || !args.system.empty())) {
+    throw conveyor::Error(conveyor::ErrorCode::kInvalidArgument,
+                          "--chat and --system apply to text prompts; add --prompt TEXT");
   }
-  if (!conveyor::parse_dtype(args.dtype, args.engine.device_dtype) ||
-      args.engine.device_dtype == conveyor::DType::kF32) {
-    throw conveyor::Error(
-        conveyor::ErrorCode::kInvalidArgument,
-        fmt::format("--dtype {} is not a GPU dtype; use bf16 or f16", args.dtype));
+  if (text && !args.max_new_tokens_given) args.max_new_tokens = 256;  // answers, not a few ids
+  std::optional<conveyor::Tokenizer> tokenizer;
+  std::string mode = "token ids";
+  std::vector<std::vector<int32_t>> prompts;
+  if (text) {
+    tokenizer = conveyor::cli::open_tokenizer(args.engine_args);
+    prompts = encode_text_prompts(args, *tokenizer, mode);
+  } else {
+    prompts = collect_prompts(args);
   }
-  const auto prompts = collect_prompts(args);
-  if (static_cast<int64_t>(prompts.size()) > args.engine.max_batch) {
+  if (static_cast<int64_t>(prompts.size()) > options.max_batch) {
     throw conveyor::Error(
         conveyor::ErrorCode::kInvalidArgument,
         fmt::format("{} prompts but --max-batch is {}; raise --max-batch or pass fewer prompts",
-                    prompts.size(), args.engine.max_batch));
+                    prompts.size(), options.max_batch));
   }
-  args.engine.record_trace = true;  // the balance report needs the events
+  options.record_trace = true;  // the balance report needs the events
 
-  conveyor::Engine engine = conveyor::Engine::open(args.model, args.engine);
+  conveyor::Engine engine = conveyor::Engine::open(args.engine_args.model, options);
   const conveyor::ModelConfig& config = engine.config();
   const auto& partition = engine.partition();
-  fmt::print("model {}: {}, {} layers, hidden {}, vocab {}, {:.1f}M params\n", args.model,
-             conveyor::architecture_name(config.architecture), config.n_layers, config.hidden_size,
-             config.vocab_size, static_cast<double>(config.n_params()) / 1e6);
+  fmt::print("model {}: {}, {} layers, hidden {}, vocab {}, {:.1f}M params\n",
+             args.engine_args.model, conveyor::architecture_name(config.architecture),
+             config.n_layers, config.hidden_size, config.vocab_size,
+             static_cast<double>(config.n_params()) / 1e6);
+  fmt::print("{}\n", conveyor::cli::load_summary(engine.load_stats()));
   fmt::print("pipeline: {} stage(s), layers {}, max_context {}\n", partition.n_stages(),
              partition.to_string(), engine.max_context());
   for (const std::string& line : engine.stage_reports())
     fmt::print("  {}\n", line);
+  if (tokenizer) {
+    fmt::print("tokenizer: {}\n", tokenizer->description());
+    for (size_t r = 0; r < prompts.size(); ++r)
+      fmt::print("prompt {}: {} tokens ({})\n", r, prompts[r].size(), mode);
+  }
 
   std::vector<conveyor::Request> requests;
   for (const auto& prompt : prompts) {
@@ -112,6 +179,7 @@ int run(Args& args) {
                     .top_p = args.top_p,
                     .seed = args.seed};
     req.stop_at_eos = !args.ignore_eos;
+    if (tokenizer && !args.ignore_eos) req.stop_token_ids = tokenizer->end_of_generation_ids();
     requests.push_back(std::move(req));
   }
   conveyor::GenerateOptions gen;
@@ -121,12 +189,36 @@ int run(Args& args) {
     throw conveyor::Error(conveyor::ErrorCode::kInvalidArgument,
                           "--all-logits needs --logits-out FILE.npy");
   }
+  // One text request streams to the terminal as it is generated; several print at the end.
+  std::optional<conveyor::StreamDecoder> stream;
+  if (tokenizer && requests.size() == 1) {
+    stream.emplace(*tokenizer, conveyor::DecodeOptions{.skip_special = true});
+    fmt::print("--- answer ---\n");
+    std::fflush(stdout);
+    gen.on_token = [&](const conveyor::TokenEvent& event) {
+      if (event.finished && tokenizer->is_end_of_generation(event.token)) return;
+      fmt::print("{}", stream->push(event.token));
+      std::fflush(stdout);
+    };
+  }
   conveyor::GenerateResult result = engine.generate(requests, gen);
 
   for (size_t r = 0; r < result.requests.size(); ++r) {
     const auto& out = result.requests[r];
-    fmt::print("request {}: {}{}\n", r, fmt::join(out.tokens, " "),
-               out.finish == conveyor::FinishReason::kStopToken ? "  [stop token]" : "");
+    const char* stop = out.finish == conveyor::FinishReason::kStopToken ? "  [stop token]" : "";
+    if (!tokenizer) {
+      fmt::print("request {}: {}{}\n", r, fmt::join(out.tokens, " "), stop);
+      continue;
+    }
+    if (stream) {
+      fmt::print("{}\n--- {} tokens{} ---\n", stream->finish(), out.tokens.size(), stop);
+      continue;
+    }
+    std::vector<int32_t> answer = out.tokens;
+    if (!answer.empty() && tokenizer->is_end_of_generation(answer.back())) answer.pop_back();
+    fmt::print(
+        "--- answer {} ({} tokens{}) ---\n{}\n", r, out.tokens.size(), stop,
+        conveyor::text::replace_invalid_utf8(tokenizer->decode(answer, {.skip_special = true})));
   }
   auto rate = [](int64_t tokens, double seconds) {
     return seconds > 0 ? static_cast<double>(tokens) / seconds : 0.0;
@@ -167,8 +259,9 @@ int run(Args& args) {
     fmt::print("wrote Chrome trace to {} (open in Perfetto)\n", args.trace_out);
   }
   if (!args.timeline_out.empty()) {
-    conveyor::write_timeline_svg(args.timeline_out, result.trace, n_stages,
-                                 {.title = fmt::format("{}: {} stages", args.model, n_stages)});
+    conveyor::write_timeline_svg(
+        args.timeline_out, result.trace, n_stages,
+        {.title = fmt::format("{}: {} stages", args.engine_args.model, n_stages)});
     fmt::print("wrote timeline to {}\n", args.timeline_out);
   }
   return 0;
@@ -179,64 +272,28 @@ int run(Args& args) {
 int main(int argc, char** argv) {
   Args args;
   CLI::App app{"conveyor-generate: pipeline-parallel generation with a Llama-family model"};
-  app.add_option("--model", args.model,
-                 "model directory (config.json + *.safetensors); with --random-weights also a "
-                 "config.json file")
-      ->required();
-  app.add_option("--random-weights", args.engine.random_weights_seed,
-                 "draw the weights from this seed instead of reading *.safetensors (benchmarks: "
-                 "an 8B shape from configs/llama-3-8b.json needs no files; drawn on the GPU with "
-                 "--backend cuda)");
+  conveyor::cli::add_engine_options(app, args.engine_args);
+  app.add_option("--prompt", args.prompts, "prompt text (repeatable: one request each)");
+  app.add_option("--prompt-file", args.prompt_file, "a file holding one text prompt");
+  app.add_flag("--chat", args.chat,
+               "wrap each prompt as a user message in the model's chat template");
+  app.add_option("--system", args.system, "system message (implies --chat)");
+  app.add_option("--chat-template", args.chat_template,
+                 "chat format instead of the model's: chatml, llama3, llama3.1, llama2, "
+                 "mistral-v1, mistral-v3");
+  app.add_flag("--parse-special", args.parse_special,
+               "parse control tokens (<|im_start|> ...) written in the prompt text");
   app.add_option("--prompt-ids", args.prompt_ids, "prompt token ids, e.g. 1,2,3 (repeatable)");
   app.add_option("--prompt-ids-file", args.prompt_ids_file, "file with one prompt per line");
   app.add_option("--batch", args.batch, "several prompts separated by ';', e.g. '1,2,3;4,5'");
-  app.add_option("--max-new-tokens", args.max_new_tokens, "tokens to generate per prompt")
-      ->capture_default_str();
+  app.add_option("--max-new-tokens", args.max_new_tokens,
+                 "tokens to generate per prompt (default 16 for token ids, 256 for text)");
   app.add_option("--temperature", args.temperature, "0 = greedy")->capture_default_str();
   app.add_option("--top-k", args.top_k, "0 = off")->capture_default_str();
   app.add_option("--top-p", args.top_p, "1 = off")->capture_default_str();
   app.add_option("--seed", args.seed, "sampling seed")->capture_default_str();
-  app.add_flag("--ignore-eos", args.ignore_eos, "do not stop at the model's eos token");
-  app.add_option("--backend", args.engine.backend, "cpu, cuda or auto (cuda when a GPU is present)")
-      ->transform(CLI::CheckedTransformer(
-          std::map<std::string, conveyor::BackendKind>{{"cpu", conveyor::BackendKind::kCpu},
-                                                       {"cuda", conveyor::BackendKind::kCuda},
-                                                       {"auto", conveyor::BackendKind::kAuto}},
-          CLI::ignore_case));
-  app.add_option("--devices", args.devices, "CUDA device per stage, e.g. 0,1,2,3 or 0,0,0,0");
-  app.add_option("--transport", args.engine.transport,
-                 "between stages: local (in process; device copies on or between GPUs) or nccl "
-                 "(NCCL send/recv, one GPU per stage)")
-      ->transform(CLI::CheckedTransformer(
-          std::map<std::string, conveyor::Transport>{{"local", conveyor::Transport::kLocal},
-                                                     {"nccl", conveyor::Transport::kNccl}},
-          CLI::ignore_case));
-  app.add_option("--dtype", args.dtype, "weights/activations on a GPU: bf16 or f16")
-      ->capture_default_str();
-  app.add_flag("!--no-cuda-graphs", args.engine.cuda_graphs,
-               "launch decode kernels one by one instead of replaying CUDA graphs");
-  app.add_option("--threads", args.engine.threads_per_stage, "threads per stage (cpu)")
-      ->capture_default_str();
-  app.add_option("--stages", args.engine.n_stages, "pipeline stages")->capture_default_str();
-  app.add_option("--partition", args.engine.partition,
-                 "even, balanced (cost model), counts 5,6,6,7 or a layout emb,0-4|5-9,head")
-      ->capture_default_str();
-  app.add_option("--layers-per-stage", args.layers_per_stage, "explicit split, e.g. 5,6,6,7");
-  app.add_option("--microbatches", args.engine.prefill_micro_batches,
-                 "prefill micro-batches (0 = one per stage)")
-      ->capture_default_str();
-  app.add_option("--decode-microbatches", args.engine.decode_micro_batches,
-                 "decode micro-batches (0 = min(stages, sequences))")
-      ->capture_default_str();
-  app.add_option("--chunk-tokens", args.engine.chunk_tokens,
-                 "prefill chunk size; 0 = automatic (chunk only when there are fewer prompts "
-                 "than micro-batches), -1 = never chunk")
-      ->capture_default_str();
-  app.add_option("--max-batch", args.engine.max_batch, "most prompts per run")
-      ->capture_default_str();
-  app.add_option("--max-context", args.engine.max_context,
-                 "prompt + generated tokens (0 = min(max_position_embeddings, 4096))")
-      ->capture_default_str();
+  app.add_flag("--ignore-eos", args.ignore_eos,
+               "do not stop at the model's end-of-generation tokens");
   app.add_option("--logits-out", args.logits_out, "write float32 logits [rows, vocab] as .npy");
   app.add_flag("--all-logits", args.all_logits,
                "with --logits-out: one row per prompt position too, not only per generated token");
@@ -244,6 +301,7 @@ int main(int argc, char** argv) {
   app.add_option("--timeline", args.timeline_out, "write an SVG timeline of the stages");
   app.add_flag("--quiet", args.quiet, "omit the stage-balance report");
   CLI11_PARSE(app, argc, argv);
+  args.max_new_tokens_given = app.count("--max-new-tokens") > 0;
   spdlog::set_level(spdlog::level::warn);
   return conveyor::run_reporting_errors([&] { return run(args); });
 }

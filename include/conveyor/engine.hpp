@@ -119,11 +119,17 @@ struct GenerateOptions {
   // (one per generated token); with all_logits, first one row per prompt position.
   bool return_logits = false;
   bool all_logits = false;
+  // Keep KV caches between calls: request i reuses the KV entries of the longest prefix its
+  // prompt shares with what request i of the previous call computed (a chat's history), and
+  // computes only the rest. Results are those of computing everything (within rounding). Not
+  // with all_logits, whose rows need every position computed.
+  bool reuse_cache = false;
   std::function<void(const TokenEvent&)> on_token;
 };
 
 struct RequestResult {
   std::vector<int32_t> tokens;  // generated ids (the prompt is not repeated)
+  int64_t reused_tokens = 0;    // prompt tokens whose KV came from the previous call
   FinishReason finish = FinishReason::kLength;
   int64_t logits_rows = 0;
   std::vector<float> logits;  // [logits_rows, vocab] when requested

@@ -99,9 +99,19 @@ void KvCache::rollback() {
 }
 
 void KvCache::release(int32_t seq) {
+  truncate(seq, 0);
+}
+
+void KvCache::truncate(int32_t seq, int64_t length) {
   Slot& s = slot(seq);
-  s.committed = 0;
-  s.pending = 0;
+  if (length < 0 || length > s.committed || s.pending != s.committed) {
+    fail(ErrorCode::kInvalidArgument,
+         "cannot truncate sequence {} to {} positions: it has {} committed and {} pending; "
+         "truncate only between steps, to at most the committed length",
+         seq, length, s.committed, s.pending);
+  }
+  s.committed = length;
+  s.pending = length;
 }
 
 int64_t KvCache::allocated_bytes() const {

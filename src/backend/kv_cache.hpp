@@ -53,6 +53,9 @@ class KvCache {
   void rollback();
   // Forgets a sequence (its slot is reused by a new request). Only between steps.
   void release(int32_t seq);
+  // Keeps the first `length` committed positions of `seq` and forgets the rest (a conversation
+  // that continues from a shared prefix). Only between steps; length <= committed(seq).
+  void truncate(int32_t seq, int64_t length);
 
   // Bytes currently allocated.
   int64_t allocated_bytes() const;

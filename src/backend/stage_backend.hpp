@@ -87,8 +87,10 @@ class StageBackend {
   // The KV commit barrier (docs/architecture.md): make the step's writes visible, or drop them.
   virtual void commit(int64_t step) = 0;
   virtual void rollback() = 0;
-  // Forget a sequence slot before it is reused by another request.
-  virtual void release(int32_t seq) = 0;
+  // Keep the first `length` committed KV positions of a sequence slot and forget the rest: 0
+  // before the slot is reused by another request, more when a conversation continues from a
+  // prefix it already computed. Only between steps.
+  virtual void truncate(int32_t seq, int64_t length) = 0;
   virtual int64_t committed(int32_t seq) const = 0;
 };
 

@@ -157,6 +157,8 @@ struct Engine::Impl {
   std::vector<std::string> stage_reports;
   std::unique_ptr<Pipeline> pipeline;
   int64_t next_step = 0;
+  // Per sequence slot: the tokens whose KV entries the slot holds committed (reuse_cache).
+  std::vector<std::vector<int32_t>> cached;
 
   void check_requests(const std::vector<Request>& requests, const GenerateOptions& gen) const;
 };
@@ -273,6 +275,7 @@ Engine Engine::open(const std::filesystem::path& model, const EngineOptions& opt
                       .record_trace = options.record_trace,
                       .fault = options.fault,
                       .make_link = std::move(make_link)});
+  impl->cached.resize(static_cast<size_t>(options.max_batch));
   impl->load_seconds = seconds_since(start);
   impl->load_stats.seconds = impl->load_seconds;
   if (tensors) impl->load_stats.bytes_read = tensors->bytes_read();
@@ -338,11 +341,28 @@ GenerateResult Engine::generate(const std::vector<Request>& requests, const Gene
   d.pipeline->take_trace();  // drop events of an earlier failed call
   const size_t n = requests.size();
 
-  // Sequence slot i serves request i for the whole call.
-  std::vector<std::vector<int32_t>> tokens(static_cast<size_t>(d.options.max_batch));
-  std::vector<SamplingParams> sampling(static_cast<size_t>(d.options.max_batch));
-  for (size_t i = 0; i < static_cast<size_t>(d.options.max_batch); ++i) {
-    d.pipeline->release(static_cast<int32_t>(i));
+  // Sequence slot i serves request i for the whole call. With reuse_cache, slot i keeps the
+  // KV entries of the longest prefix request i shares with what the slot computed last time
+  // (always leaving at least the last prompt token to compute); every other slot starts empty.
+  const auto slots = static_cast<size_t>(d.options.max_batch);
+  std::vector<std::vector<int32_t>> tokens(slots);
+  std::vector<SamplingParams> sampling(slots);
+  std::vector<int64_t> reused(n, 0);
+  const bool reuse = gen.reuse_cache && !gen.all_logits;
+  for (size_t i = 0; i < slots; ++i) {
+    int64_t keep = 0;
+    if (reuse && i < n) {
+      const std::vector<int32_t>& cached = d.cached[i];
+      const std::vector<int32_t>& prompt = requests[i].prompt;
+      const size_t limit = std::min(cached.size(), prompt.size() - 1);
+      while (static_cast<size_t>(keep) < limit &&
+             cached[static_cast<size_t>(keep)] == prompt[static_cast<size_t>(keep)]) {
+        ++keep;
+      }
+      reused[i] = keep;
+    }
+    d.pipeline->truncate(static_cast<int32_t>(i), keep);
+    d.cached[i].resize(static_cast<size_t>(keep));
   }
   for (size_t i = 0; i < n; ++i) {
     tokens[i] = requests[i].prompt;
@@ -401,8 +421,10 @@ GenerateResult Engine::generate(const std::vector<Request>& requests, const Gene
   {
     std::vector<PrefillSeq> seqs;
     for (size_t r = 0; r < n; ++r) {
-      seqs.push_back({static_cast<int32_t>(r), 0, static_cast<int64_t>(requests[r].prompt.size())});
+      seqs.push_back({static_cast<int32_t>(r), reused[r],
+                      static_cast<int64_t>(requests[r].prompt.size()) - reused[r]});
       active[r] = requests[r].max_new_tokens > 0;
+      result.requests[r].reused_tokens = reused[r];
     }
     const StepPlan plan = build_prefill_plan(
         d.next_step++, seqs,
@@ -458,6 +480,12 @@ GenerateResult Engine::generate(const std::vector<Request>& requests, const Gene
       }
       CONVEYOR_ASSERT(static_cast<int64_t>(out.logits.size()) == out.logits_rows * vocab);
     }
+  }
+  // What each slot now holds in its KV cache, for the next call's reuse_cache.
+  for (size_t i = 0; i < n; ++i) {
+    const auto committed = static_cast<size_t>(d.pipeline->committed(0, static_cast<int32_t>(i)));
+    d.cached[i].assign(tokens[i].begin(),
+                       tokens[i].begin() + static_cast<std::ptrdiff_t>(committed));
   }
   if (d.options.record_trace) result.trace = d.pipeline->take_trace();
   return result;

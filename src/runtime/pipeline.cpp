@@ -234,9 +234,9 @@ StepResult Pipeline::run_step(const StepPlan& plan, const StepContext& ctx) {
   return std::move(workers_.back()->result);
 }
 
-void Pipeline::release(int32_t seq) {
+void Pipeline::truncate(int32_t seq, int64_t length) {
   for (auto& worker : workers_)
-    worker->backend->release(seq);
+    worker->backend->truncate(seq, length);
 }
 
 int64_t Pipeline::committed(int stage, int32_t seq) const {

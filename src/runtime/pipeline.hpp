@@ -35,7 +35,7 @@ struct StepResult {
   std::vector<LogitsRow> logits;     // when StepContext::capture_logits
 };
 
-// Thread safety: run_step, release and take_trace are called from one thread (the engine's).
+// Thread safety: run_step, truncate and take_trace are called from one thread (the engine's).
 class Pipeline {
  public:
   Pipeline(std::vector<std::unique_ptr<StageBackend>> stages, const PipelineOptions& options);
@@ -54,8 +54,9 @@ class Pipeline {
   // named; the pipeline stays usable. `ctx` must stay unchanged until run_step returns.
   StepResult run_step(const StepPlan& plan, const StepContext& ctx);
 
-  // Frees a sequence slot on every stage (between steps).
-  void release(int32_t seq);
+  // Keeps the first `length` committed positions of a sequence slot on every stage (0 frees it).
+  // Between steps only.
+  void truncate(int32_t seq, int64_t length);
   // Committed KV length of `seq` on `stage`.
   int64_t committed(int stage, int32_t seq) const;
 

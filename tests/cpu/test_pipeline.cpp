@@ -193,7 +193,7 @@ class ThrowingStage final : public StageBackend {
               std::vector<LogitsRow>&) override {}
   void commit(int64_t) override { ++commits; }
   void rollback() override { ++rollbacks; }
-  void release(int32_t) override {}
+  void truncate(int32_t, int64_t) override {}
   int64_t committed(int32_t) const override { return 0; }
 
   int commits = 0;

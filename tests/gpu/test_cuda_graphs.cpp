@@ -112,7 +112,7 @@ TEST(DecodeGraphStats, RefusesAStageOfAnotherBackend) {
                 std::vector<SampledToken>&, std::vector<LogitsRow>&) override {}
     void commit(int64_t) override {}
     void rollback() override {}
-    void release(int32_t) override {}
+    void truncate(int32_t, int64_t) override {}
     int64_t committed(int32_t) const override { return 0; }
   };
   test::expect_invalid([] { cuda::decode_graph_stats(NotCuda{}); },

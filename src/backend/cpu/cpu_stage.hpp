@@ -30,7 +30,7 @@ class CpuStage final : public StageBackend {
               std::vector<SampledToken>& tokens, std::vector<LogitsRow>& logits) override;
   void commit(int64_t step) override { kv_.commit(step); }
   void rollback() override { kv_.rollback(); }
-  void release(int32_t seq) override { kv_.release(seq); }
+  void truncate(int32_t seq, int64_t length) override { kv_.truncate(seq, length); }
   int64_t committed(int32_t seq) const override { return kv_.committed(seq); }
 
   const KvCache& kv_cache() const { return kv_; }

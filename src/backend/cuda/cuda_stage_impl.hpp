@@ -37,7 +37,7 @@ class CudaStage final : public StageBackend {
               std::vector<SampledToken>& tokens, std::vector<LogitsRow>& logits) override;
   void commit(int64_t step) override;
   void rollback() override;
-  void release(int32_t seq) override { ledger_.release(seq); }
+  void truncate(int32_t seq, int64_t length) override { ledger_.truncate(seq, length); }
   int64_t committed(int32_t seq) const override { return ledger_.committed(seq); }
 
   DecodeGraphStats graph_stats() const {

@@ -1,0 +1,139 @@
+// What conveyor-generate, conveyor-chat and conveyor-serve share: the engine options on the
+// command line, the load progress display, and opening the model's tokenizer.
+#pragma once
+
+#include <fmt/format.h>
+#include <unistd.h>
+#include <CLI/CLI.hpp>
+
+#include <cstdio>
+#include <map>
+#include <optional>
+#include <string>
+
+#include "conveyor/engine.hpp"
+#include "conveyor/error.hpp"
+#include "conveyor/token_ids.hpp"
+#include "conveyor/tokenizer.hpp"
+
+namespace conveyor::cli {
+
+struct EngineArgs {
+  std::string model;
+  std::string layers_per_stage;
+  std::string devices;
+  std::string dtype = "bf16";
+  std::string tokenizer;  // tokenizer.json for a model directory without one
+  EngineOptions engine;
+};
+
+// --model and every engine option (stages, partition, threads, backend, devices, ...).
+inline void add_engine_options(CLI::App& app, EngineArgs& args) {
+  app.add_option("--model", args.model,
+                 "a .gguf file, a directory holding one, or a Hugging Face directory "
+                 "(config.json + *.safetensors); with --random-weights also a config.json")
+      ->required();
+  app.add_option("--tokenizer", args.tokenizer,
+                 "tokenizer.json to use when the model directory has none");
+  app.add_option("--random-weights", args.engine.random_weights_seed,
+                 "draw the weights from this seed instead of reading them (benchmarks)");
+  app.add_option("--backend", args.engine.backend, "cpu, cuda or auto (cuda when a GPU is present)")
+      ->transform(
+          CLI::CheckedTransformer(std::map<std::string, BackendKind>{{"cpu", BackendKind::kCpu},
+                                                                     {"cuda", BackendKind::kCuda},
+                                                                     {"auto", BackendKind::kAuto}},
+                                  CLI::ignore_case));
+  app.add_option("--devices", args.devices, "CUDA device per stage, e.g. 0,1,2,3 or 0,0,0,0");
+  app.add_option("--transport", args.engine.transport,
+                 "between stages: local (in process) or nccl (NCCL send/recv, one GPU per stage)")
+      ->transform(
+          CLI::CheckedTransformer(std::map<std::string, Transport>{{"local", Transport::kLocal},
+                                                                   {"nccl", Transport::kNccl}},
+                                  CLI::ignore_case));
+  app.add_option("--dtype", args.dtype, "weights/activations on a GPU: bf16 or f16")
+      ->capture_default_str();
+  app.add_flag("!--no-cuda-graphs", args.engine.cuda_graphs,
+               "launch decode kernels one by one instead of replaying CUDA graphs");
+  app.add_option("--threads", args.engine.threads_per_stage, "threads per stage (cpu)")
+      ->capture_default_str();
+  app.add_option("--stages", args.engine.n_stages, "pipeline stages")->capture_default_str();
+  app.add_option("--partition", args.engine.partition,
+                 "even, balanced (cost model), counts 5,6,6,7 or a layout emb,0-4|5-9,head")
+      ->capture_default_str();
+  app.add_option("--layers-per-stage", args.layers_per_stage, "explicit split, e.g. 5,6,6,7");
+  app.add_option("--microbatches", args.engine.prefill_micro_batches,
+                 "prefill micro-batches (0 = one per stage)")
+      ->capture_default_str();
+  app.add_option("--decode-microbatches", args.engine.decode_micro_batches,
+                 "decode micro-batches (0 = min(stages, sequences))")
+      ->capture_default_str();
+  app.add_option("--chunk-tokens", args.engine.chunk_tokens,
+                 "prefill chunk size; 0 = automatic (chunk only when there are fewer prompts "
+                 "than micro-batches), -1 = never chunk")
+      ->capture_default_str();
+  app.add_option("--max-batch", args.engine.max_batch, "most prompts per run")
+      ->capture_default_str();
+  app.add_option("--max-context", args.engine.max_context,
+                 "prompt + generated tokens (0 = min(max_position_embeddings, 4096))")
+      ->capture_default_str();
+}
+
+// Prints loading progress on stderr for checkpoints over ~1 GiB: a bar on a terminal, a line
+// per quarter otherwise.
+inline std::function<void(const LoadProgress&)> load_progress_printer() {
+  const bool terminal = ::isatty(STDERR_FILENO) != 0;
+  int last_quarter = 0;
+  return [terminal, last_quarter](const LoadProgress& p) mutable {
+    if (p.bytes_total < (uint64_t{1} << 30)) return;
+    const double fraction = static_cast<double>(p.bytes_done) / static_cast<double>(p.bytes_total);
+    const double gb = static_cast<double>(p.bytes_done) / 1e9;
+    if (terminal) {
+      const int width = 30;
+      const int filled = static_cast<int>(fraction * width);
+      fmt::print(stderr, "\rloading [{}{}] {:3.0f}% {:.2f} GB {:.1f} s", std::string(filled, '#'),
+                 std::string(width - filled, ' '), 100 * fraction, gb, p.seconds);
+      if (p.bytes_done >= p.bytes_total) fmt::print(stderr, "\n");
+    } else if (const int quarter = static_cast<int>(fraction * 4); quarter > last_quarter) {
+      last_quarter = quarter;
+      fmt::print(stderr, "loading: {:.0f}% ({:.2f} GB in {:.1f} s)\n", 100 * fraction, gb,
+                 p.seconds);
+    }
+  };
+}
+
+// Turns the text options into EngineOptions (devices, layer counts, dtype).
+inline EngineOptions engine_options(EngineArgs& args) {
+  EngineOptions options = args.engine;
+  if (!args.layers_per_stage.empty()) {
+    for (int32_t count : parse_token_ids(args.layers_per_stage, "--layers-per-stage"))
+      options.layers_per_stage.push_back(count);
+  }
+  for (int32_t device : parse_token_ids(args.devices, "--devices"))
+    options.devices.push_back(device);
+  if (!parse_dtype(args.dtype, options.device_dtype) || options.device_dtype == DType::kF32) {
+    throw Error(ErrorCode::kInvalidArgument,
+                fmt::format("--dtype {} is not a GPU dtype; use bf16 or f16", args.dtype));
+  }
+  if (!options.on_load_progress) options.on_load_progress = load_progress_printer();
+  return options;
+}
+
+// The tokenizer of --model (or --tokenizer).
+inline Tokenizer open_tokenizer(const EngineArgs& args) {
+  return Tokenizer::open(args.tokenizer.empty() ? args.model : args.tokenizer);
+}
+
+// "load 0.42 s: 98.4 MB read (GGUF v3, ...), 538 MB of fp32 weights (1.28 GB/s)".
+inline std::string load_summary(const LoadStats& s) {
+  std::string out = fmt::format("load {:.2f} s: {}", s.seconds, s.format);
+  if (s.bytes_read > 0)
+    out += fmt::format(", {:.1f} MB read", static_cast<double>(s.bytes_read) / 1e6);
+  if (s.weight_bytes > 0) {
+    out += fmt::format(", {:.1f} MB of fp32 weights ({:.2f} GB/s)",
+                       static_cast<double>(s.weight_bytes) / 1e6,
+                       s.seconds > 0 ? static_cast<double>(s.weight_bytes) / 1e9 / s.seconds : 0.0);
+  }
+  return out;
+}
+
+}  // namespace conveyor::cli
