@@ -100,11 +100,7 @@ int run(Args& args) {
                               .stop_token_ids = tokenizer.end_of_generation_ids()};
     conveyor::StreamDecoder stream(tokenizer, {.skip_special = true});
     conveyor::GenerateOptions gen{.reuse_cache = true};
-    gen.on_token = [&](const conveyor::TokenEvent& event) {
-      if (event.finished && tokenizer.is_end_of_generation(event.token)) return;
-      fmt::print("{}", stream.push(event.token));
-      std::fflush(stdout);
-    };
+    gen.on_token = conveyor::cli::stream_to_stdout(tokenizer, stream);
     const auto start = std::chrono::steady_clock::now();
     conveyor::GenerateResult result;
     try {
@@ -117,10 +113,8 @@ int run(Args& args) {
     const double seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     fmt::print("{}\n", stream.finish());
-    std::vector<int32_t> answer = result.requests[0].tokens;
-    if (!answer.empty() && tokenizer.is_end_of_generation(answer.back())) answer.pop_back();
-    messages.push_back({"assistant", conveyor::text::replace_invalid_utf8(
-                                         tokenizer.decode(answer, {.skip_special = true}))});
+    messages.push_back(
+        {"assistant", conveyor::cli::answer_text(tokenizer, result.requests[0].tokens)});
     fmt::print(
         "[{} prompt tokens, {} reused from the cache; {} generated in {:.2f} s, {:.1f} tok/s]\n",
         prompt.size(), result.requests[0].reused_tokens, result.requests[0].tokens.size(), seconds,

@@ -15,6 +15,7 @@
 #include "conveyor/error.hpp"
 #include "conveyor/token_ids.hpp"
 #include "conveyor/tokenizer.hpp"
+#include "text/unicode.hpp"
 
 namespace conveyor::cli {
 
@@ -121,6 +122,24 @@ inline EngineOptions engine_options(EngineArgs& args) {
 // The tokenizer of --model (or --tokenizer).
 inline Tokenizer open_tokenizer(const EngineArgs& args) {
   return Tokenizer::open(args.tokenizer.empty() ? args.model : args.tokenizer);
+}
+
+// Prints generated text as it streams: each token's complete characters, the final
+// end-of-generation token left out.
+inline std::function<void(const TokenEvent&)> stream_to_stdout(const Tokenizer& tokenizer,
+                                                               StreamDecoder& stream) {
+  return [&tokenizer, &stream](const TokenEvent& event) {
+    if (event.finished && tokenizer.is_end_of_generation(event.token)) return;
+    fmt::print("{}", stream.push(event.token));
+    std::fflush(stdout);
+  };
+}
+
+// The text of an answer: its tokens without a final end-of-generation token and without
+// control tokens, invalid UTF-8 (a cut-off character) replaced.
+inline std::string answer_text(const Tokenizer& tokenizer, std::vector<int32_t> tokens) {
+  if (!tokens.empty() && tokenizer.is_end_of_generation(tokens.back())) tokens.pop_back();
+  return text::replace_invalid_utf8(tokenizer.decode(tokens, {.skip_special = true}));
 }
 
 // "load 0.42 s: 98.4 MB read (GGUF v3, ...), 538 MB of fp32 weights (1.28 GB/s)".

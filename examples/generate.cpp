@@ -195,11 +195,7 @@ int run(Args& args) {
     stream.emplace(*tokenizer, conveyor::DecodeOptions{.skip_special = true});
     fmt::print("--- answer ---\n");
     std::fflush(stdout);
-    gen.on_token = [&](const conveyor::TokenEvent& event) {
-      if (event.finished && tokenizer->is_end_of_generation(event.token)) return;
-      fmt::print("{}", stream->push(event.token));
-      std::fflush(stdout);
-    };
+    gen.on_token = conveyor::cli::stream_to_stdout(*tokenizer, *stream);
   }
   conveyor::GenerateResult result = engine.generate(requests, gen);
 
@@ -214,11 +210,8 @@ int run(Args& args) {
       fmt::print("{}\n--- {} tokens{} ---\n", stream->finish(), out.tokens.size(), stop);
       continue;
     }
-    std::vector<int32_t> answer = out.tokens;
-    if (!answer.empty() && tokenizer->is_end_of_generation(answer.back())) answer.pop_back();
-    fmt::print(
-        "--- answer {} ({} tokens{}) ---\n{}\n", r, out.tokens.size(), stop,
-        conveyor::text::replace_invalid_utf8(tokenizer->decode(answer, {.skip_special = true})));
+    fmt::print("--- answer {} ({} tokens{}) ---\n{}\n", r, out.tokens.size(), stop,
+               conveyor::cli::answer_text(*tokenizer, out.tokens));
   }
   auto rate = [](int64_t tokens, double seconds) {
     return seconds > 0 ? static_cast<double>(tokens) / seconds : 0.0;

@@ -209,11 +209,29 @@ void q6_k(const uint8_t* b, float* y) {  // ql[0:128] qh[128:192] scales[192:208
   }
 }
 
-template <typename Block>
-void for_each_block(const uint8_t* src, float* dst, size_t n_blocks, int64_t block_bytes,
-                    int64_t block_elems, Block&& block) {
-  for (size_t i = 0; i < n_blocks; ++i) {
-    block(src + i * static_cast<size_t>(block_bytes), dst + i * static_cast<size_t>(block_elems));
+using BlockDequantizer = void (*)(const uint8_t* block, float* out);
+
+// The block dequantizer of each quantized type conveyor reads (plain floats are handled apart).
+BlockDequantizer block_dequantizer(uint32_t type) {
+  switch (static_cast<GgmlType>(type)) {
+    case GgmlType::kQ4_0:
+      return q4_0;
+    case GgmlType::kQ4_1:
+      return q4_1;
+    case GgmlType::kQ5_0:
+      return q5_0;
+    case GgmlType::kQ5_1:
+      return q5_1;
+    case GgmlType::kQ8_0:
+      return q8_0;
+    case GgmlType::kQ4_K:
+      return q4_k;
+    case GgmlType::kQ5_K:
+      return q5_k;
+    case GgmlType::kQ6_K:
+      return q6_k;
+    default:
+      return nullptr;
   }
 }
 
@@ -268,24 +286,15 @@ void dequantize_row(uint32_t type, std::span<const std::byte> src, std::span<flo
       for (size_t i = 0; i < dst.size(); ++i)
         out[i] = bf16_to_f32(load_u16(in + 2 * i));
       return;
-    case GgmlType::kQ4_0:
-      return for_each_block(in, out, n_blocks, 18, 32, q4_0);
-    case GgmlType::kQ4_1:
-      return for_each_block(in, out, n_blocks, 20, 32, q4_1);
-    case GgmlType::kQ5_0:
-      return for_each_block(in, out, n_blocks, 22, 32, q5_0);
-    case GgmlType::kQ5_1:
-      return for_each_block(in, out, n_blocks, 24, 32, q5_1);
-    case GgmlType::kQ8_0:
-      return for_each_block(in, out, n_blocks, 34, 32, q8_0);
-    case GgmlType::kQ4_K:
-      return for_each_block(in, out, n_blocks, 144, 256, q4_k);
-    case GgmlType::kQ5_K:
-      return for_each_block(in, out, n_blocks, 176, 256, q5_k);
-    case GgmlType::kQ6_K:
-      return for_each_block(in, out, n_blocks, 210, 256, q6_k);
+    default:
+      break;
   }
-  CONVEYOR_ASSERT(false);
+  const BlockDequantizer block = block_dequantizer(type);
+  CONVEYOR_ASSERT(block != nullptr);
+  for (size_t i = 0; i < n_blocks; ++i) {
+    block(in + i * static_cast<size_t>(traits->block_bytes),
+          out + i * static_cast<size_t>(traits->block_elems));
+  }
 }
 
 }  // namespace conveyor

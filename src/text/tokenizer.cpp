@@ -55,6 +55,18 @@ constexpr std::string_view kEndOfGenerationTexts[] = {
     "<EOT>",      "_<EOT>",        "<｜end▁of▁sentence｜>",
     "</s>"};
 
+// Every occurrence of `from` in `s` replaced by `to`.
+void replace_all(std::string& s, std::string_view from, std::string_view to) {
+  std::string out;
+  size_t pos = 0;
+  for (size_t hit; (hit = s.find(from, pos)) != std::string::npos; pos = hit + from.size()) {
+    out.append(s, pos, hit - pos);
+    out += to;
+  }
+  out.append(s, pos);
+  s = std::move(out);
+}
+
 bool is_space(char c) {
   return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f';
 }
@@ -132,18 +144,9 @@ std::string normalize(const Impl& t, std::string_view fragment, bool at_start) {
         }
         break;
       }
-      case Impl::NormalizeOp::Kind::kReplace: {
-        std::string replaced;
-        size_t pos = 0;
-        for (size_t hit; (hit = s.find(op.from, pos)) != std::string::npos;
-             pos = hit + op.from.size()) {
-          replaced.append(s, pos, hit - pos);
-          replaced += op.to;
-        }
-        replaced.append(s, pos);
-        s = std::move(replaced);
+      case Impl::NormalizeOp::Kind::kReplace:
+        replace_all(s, op.from, op.to);
         break;
-      }
     }
   }
   return s;
@@ -162,37 +165,28 @@ void apply_split(const text::SplitStep& step, std::string_view s,
     auto emit = [&](size_t a, size_t b) {
       if (b > a) next.emplace_back(begin + a, begin + b);
     };
-    switch (step.behavior) {
-      case text::SplitBehavior::kIsolated:
-        for (const auto& [a, b] : matches) {
+    for (const auto& [a, b] : matches) {
+      switch (step.behavior) {
+        case text::SplitBehavior::kIsolated:  // gap, then the match, as pieces of their own
           emit(cursor, a);
           emit(a, b);
           cursor = b;
-        }
-        emit(cursor, length);
-        break;
-      case text::SplitBehavior::kRemoved:
-        for (const auto& [a, b] : matches) {
+          break;
+        case text::SplitBehavior::kRemoved:  // the gap only
           emit(cursor, a);
           cursor = b;
-        }
-        emit(cursor, length);
-        break;
-      case text::SplitBehavior::kMergedWithPrevious:
-        for (const auto& [a, b] : matches) {
+          break;
+        case text::SplitBehavior::kMergedWithPrevious:  // the match ends the piece before it
           emit(cursor, b);
           cursor = b;
-        }
-        emit(cursor, length);
-        break;
-      case text::SplitBehavior::kMergedWithNext:
-        for (const auto& [a, b] : matches) {
+          break;
+        case text::SplitBehavior::kMergedWithNext:  // the match starts the piece after it
           emit(cursor, a);
           cursor = a;
-        }
-        emit(cursor, length);
-        break;
+          break;
+      }
     }
+    emit(cursor, length);
   }
   pieces = std::move(next);
 }
@@ -426,16 +420,8 @@ std::string Tokenizer::Impl::decode_token(int32_t id) const {
     return bytes;
   }
   std::string out = text;
-  for (const auto& [from, to] : decode_replacements) {
-    std::string replaced;
-    size_t pos = 0;
-    for (size_t hit; (hit = out.find(from, pos)) != std::string::npos; pos = hit + from.size()) {
-      replaced.append(out, pos, hit - pos);
-      replaced += to;
-    }
-    replaced.append(out, pos);
-    out = std::move(replaced);
-  }
+  for (const auto& [from, to] : decode_replacements)
+    replace_all(out, from, to);
   return out;
 }
 

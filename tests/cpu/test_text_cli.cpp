@@ -45,13 +45,16 @@ TEST_F(TextCli, TokenizePrintsIdsAndDecodes) {
             0)
       << out;
   EXPECT_EQ(out, "1780 314 260 3575 282 4649 47\n");
+  out.clear();  // run_command appends
   ASSERT_EQ(run(bin("conveyor-tokenize") + " --model " + model_ + " --decode 19556,905", &out), 0);
   EXPECT_EQ(out, "Hello world\n");
+  out.clear();
   ASSERT_EQ(run(bin("conveyor-tokenize") + " --model " + model_ +
                     " --parse-special --text '<|im_start|>user'",
                 &out),
             0);
   EXPECT_EQ(out, "1 4093\n");
+  out.clear();
   EXPECT_EQ(run(bin("conveyor-tokenize") + " --model " + model_, &out), 2) << out;
   EXPECT_NE(out.find("--text"), std::string::npos);
 }
