@@ -157,11 +157,12 @@ void apply_split(const text::SplitStep& step, std::string_view s,
                  std::vector<std::pair<size_t, size_t>>& pieces) {
   std::vector<std::pair<size_t, size_t>> next;
   std::vector<std::pair<size_t, size_t>> matches;
-  for (const auto& [begin, end] : pieces) {
+  for (const auto& piece : pieces) {
+    const size_t begin = piece.first;  // a plain variable: lambdas may capture it (clang 14)
+    const size_t length = piece.second - piece.first;
     matches.clear();
-    step.regex.find_all(s.substr(begin, end - begin), matches);
+    step.regex.find_all(s.substr(begin, length), matches);
     size_t cursor = 0;  // relative to begin
-    const size_t length = end - begin;
     auto emit = [&](size_t a, size_t b) {
       if (b > a) next.emplace_back(begin + a, begin + b);
     };

@@ -4,6 +4,7 @@
 // the "▁" space marker.
 #include <fmt/format.h>
 #include <fmt/ranges.h>
+#include <spdlog/spdlog.h>
 
 #include <string>
 #include <utility>
@@ -68,6 +69,11 @@ std::optional<std::vector<std::string_view>> pre_tokenizer_patterns(std::string_
       pre == "jina-v2-code") {
     return std::vector<std::string_view>{kGpt2Pattern};
   }
+  if (pre == "default") {
+    // llama.cpp's fallback for files converted without a known pre-tokenizer.
+    return std::vector<std::string_view>{"[\\p{P}\\$\\+<=>\\^~\\|]+", kGpt2Pattern, "\\p{N}+",
+                                         "[0-9][0-9][0-9]"};
+  }
   if (pre == "deepseek-llm") {
     return std::vector<std::string_view>{"[\\r\\n]", kDeepSeekLetters, kDeepSeekPunctuation,
                                          "\\s+$",    kDeepSeekCjk,     "\\p{N}+"};
@@ -76,7 +82,8 @@ std::optional<std::vector<std::string_view>> pre_tokenizer_patterns(std::string_
 }
 
 constexpr std::string_view kKnownPre =
-    "smollm, starcoder, llama3, llama-bpe, qwen2, gpt-2, deepseek-llm, ... (docs/tokenizers.md)";
+    "default, gpt-2, smollm, starcoder, llama3, llama-bpe, qwen2, deepseek-llm, ... "
+    "(docs/tokenizers.md)";
 
 TokenKind kind_of(int64_t type) {
   switch (type) {
@@ -142,13 +149,15 @@ Tokenizer Tokenizer::from_gguf(const GgufFile& file) {
   if (*model == "gpt2") {
     t->merging = Impl::Merging::kRanks;
     t->byte_level = true;
-    const std::optional<std::string> pre = c.get_string("tokenizer.ggml.pre");
+    std::optional<std::string> pre = c.get_string("tokenizer.ggml.pre");
     if (!pre || *pre == "default") {
-      fail(ErrorCode::kModelFormat,
-           "{}: tokenizer.ggml.pre is {}, so the pre-tokenizer is unknown (llama.cpp guesses and "
-           "warns that quality degrades); re-convert the model with a current llama.cpp, which "
-           "records it",
-           c.origin, pre ? "\"default\"" : "missing");
+      // What llama.cpp does, with its warning: the model's own splits are unknown.
+      spdlog::warn(
+          "{}: tokenizer.ggml.pre is {}: using llama.cpp's default pre-tokenizer, which may split "
+          "text differently from the model's own tokenizer (quality may degrade); re-convert the "
+          "model with a current llama.cpp to record it",
+          c.origin, pre ? "\"default\"" : "missing");
+      pre = "default";
     }
     const auto patterns = pre_tokenizer_patterns(*pre, t->ignore_merges, add_bos);
     if (!patterns) {

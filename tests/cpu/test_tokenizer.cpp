@@ -153,8 +153,8 @@ class TinyVocab : public ::testing::Test {
     std::vector<std::string> tokens;
     for (int b = 0; b < 256; ++b)
       tokens.push_back(text::byte_level_alphabet().encode(static_cast<uint8_t>(b)));
-    const std::vector<std::string> merges = {"h e", "l l",   "he ll",  "hell o", "Ġ w",
-                                             "o r", "Ġw or", "Ġwor l", "Ġworl d"};
+    const std::vector<std::string> merges = {"h e", "l l",   "he ll",  "hell o",  "Ġ w",
+                                             "o r", "Ġw or", "Ġwor l", "Ġworl d", "Ġ 1"};
     for (const std::string& m : merges) {
       const size_t space = m.find(' ');
       tokens.push_back(m.substr(0, space) + m.substr(space + 1));
@@ -230,6 +230,24 @@ TEST_F(TinyVocab, StreamingHoldsSplitCharactersUntilComplete) {
   EXPECT_EQ(stream.push(*t.token_id(text::byte_level_alphabet().encode(0xFF))), "\xEF\xBF\xBD");
 }
 
+TEST_F(TinyVocab, AMissingOrDefaultPreTokenizerFallsBackToLlamaCppsDefault) {
+  for (const bool missing : {true, false}) {
+    const auto path = write([&](GgufWriter& w) {
+      w.erase_kv("tokenizer.ggml.pre");
+      if (!missing) w.add_string("tokenizer.ggml.pre", "default");
+    });
+    const Tokenizer t = Tokenizer::from_gguf(GgufFile::open(path));
+    // The default list splits digit runs away from the space before them, so " 1" cannot
+    // merge into "Ġ1" as it does under the GPT-2 regex alone.
+    const std::vector<int32_t> ids = t.encode("hello 1234", {.add_special = false});
+    EXPECT_EQ(ids, (std::vector<int32_t>{*t.token_id("hello"), *t.token_id("Ġ"), *t.token_id("1"),
+                                         *t.token_id("2"), *t.token_id("3"), *t.token_id("4")}));
+    EXPECT_EQ(t.decode(ids), "hello 1234");
+  }
+  const Tokenizer gpt2 = Tokenizer::from_gguf(GgufFile::open(path_));
+  EXPECT_EQ(gpt2.encode("hello 1234", {.add_special = false})[1], *gpt2.token_id("Ġ1"));
+}
+
 TEST_F(TinyVocab, InvalidInputAndIdsAreErrorsThatNameTheProblem) {
   const Tokenizer t = Tokenizer::from_gguf(GgufFile::open(path_));
   test::expect_invalid([&] { t.encode("ok \xff then"); }, {"not valid UTF-8", "0xff", "offset 3"});
@@ -239,7 +257,7 @@ TEST_F(TinyVocab, InvalidInputAndIdsAreErrorsThatNameTheProblem) {
       [&] {
         t.decode(std::vector<int32_t>{5, t.vocab_size()});
       },
-      {"token id 268", "[0, 268)"});
+      {"token id 269", "[0, 269)"});
   test::expect_invalid([&] { t.decode(std::vector<int32_t>{-1}); }, {"token id -1"});
   EXPECT_TRUE(t.encode("", {.add_special = false}).empty());
 }
@@ -264,7 +282,6 @@ TEST_F(TinyVocab, BadTokenizerMetadataIsRefusedByName) {
         w.add_string("tokenizer.ggml.pre", "my-own");
       },
       {"\"my-own\"", "known"});
-  refused([](GgufWriter& w) { w.erase_kv("tokenizer.ggml.pre"); }, {"missing", "re-convert"});
   refused(
       [](GgufWriter& w) {
         w.erase_kv("tokenizer.ggml.merges");
@@ -276,13 +293,13 @@ TEST_F(TinyVocab, BadTokenizerMetadataIsRefusedByName) {
         w.erase_kv("tokenizer.ggml.token_type");
         w.add_i32s("tokenizer.ggml.token_type", {1, 1, 1});
       },
-      {"token_type has 3 entries", "268"});
+      {"token_type has 3 entries", "269"});
   refused(
       [](GgufWriter& w) {
         w.erase_kv("tokenizer.ggml.bos_token_id");
         w.add_u32("tokenizer.ggml.bos_token_id", 9999);
       },
-      {"bos token id 9999", "[0, 268)"});
+      {"bos token id 9999", "[0, 269)"});
   refused(
       [](GgufWriter& w) {
         w.erase_kv("tokenizer.ggml.model");
