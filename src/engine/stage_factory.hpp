@@ -5,10 +5,10 @@
 #include <memory>
 #include <vector>
 
+#include "backend/link.hpp"
 #include "backend/stage_backend.hpp"
 #include "conveyor/engine.hpp"
 #include "model/weights.hpp"
-#include "runtime/link.hpp"
 
 namespace conveyor {
 
@@ -22,9 +22,9 @@ BackendKind resolve_backend(BackendKind requested);
 // Skipped when the available memory cannot be read.
 void check_host_memory(const ModelConfig& config);
 
-// CUDA device of each stage: options.devices, or 0..S-1 when empty. Checks the count and that
-// each id exists; stages may share a device.
-std::vector<int> stage_devices(const EngineOptions& options);
+// CUDA device of each of `n_stages` stages: options.cuda_devices, or 0..S-1 when empty. Checks
+// the count and that each id exists; stages may share a device.
+std::vector<int> stage_devices(const DeviceOptions& options, int n_stages);
 
 struct StageResources {
   int stage = 0;

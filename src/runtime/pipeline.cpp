@@ -105,11 +105,6 @@ void Pipeline::run_program(Worker& worker, const StepPlan& plan, const StepConte
     const auto start = std::chrono::steady_clock::now();
     const MicroBatch* mb = ins.kind == OpKind::kCommit ? nullptr : by_id.at(ins.micro_batch);
     try {
-      const FaultInjection& fault = options_.fault;
-      if (fault.stage == s && fault.instruction == static_cast<int>(i) &&
-          (fault.step < 0 || fault.step == plan.step)) {
-        fail(ErrorCode::kInternal, "injected fault");
-      }
       switch (ins.kind) {
         case OpKind::kRecv: {
           CONVEYOR_ASSERT(!first);
@@ -161,7 +156,7 @@ void Pipeline::run_program(Worker& worker, const StepPlan& plan, const StepConte
       throw Error(code, fmt::format("stage {} failed at instruction {} ({}) of step {} ({}): {}", s,
                                     i, where, plan.step, to_string(plan.phase), e.what()));
     }
-    if (options_.record_trace) {
+    if (ctx.record_trace) {
       const auto end = std::chrono::steady_clock::now();
       using us = std::chrono::duration<double, std::micro>;
       worker.trace.push_back(TraceEvent{

@@ -12,19 +12,16 @@
 #include <thread>
 #include <vector>
 
+#include "backend/link.hpp"
 #include "backend/stage_backend.hpp"
-#include "conveyor/fault.hpp"
 #include "conveyor/step_plan.hpp"
 #include "conveyor/trace.hpp"
-#include "runtime/link.hpp"
 
 namespace conveyor {
 
 struct PipelineOptions {
   std::chrono::milliseconds link_timeout{120'000};
   int link_capacity = 2;  // messages in flight per link (2 = double-buffered)
-  bool record_trace = true;
-  FaultInjection fault;
   // The link from stage s to s + 1 (e.g. NCCL between GPUs); unset: in-process HostLinks of
   // link_capacity, which carry host rows or device handles.
   std::function<std::unique_ptr<Link>(int from_stage)> make_link;
@@ -45,7 +42,6 @@ class Pipeline {
 
   int n_stages() const { return static_cast<int>(workers_.size()); }
   const PipelineOptions& options() const { return options_; }
-  void set_fault(const FaultInjection& fault) { options_.fault = fault; }
 
   // Validates `plan` (the runtime never executes an unvalidated plan), runs every stage's
   // program, and — only when every stage reached its Commit — commits the step's KV writes on
@@ -62,8 +58,6 @@ class Pipeline {
 
   // Events recorded since the last call.
   Trace take_trace();
-  // Time base of the trace.
-  std::chrono::steady_clock::time_point epoch() const { return epoch_; }
 
  private:
   struct Worker;

@@ -11,7 +11,7 @@
 
 #include "backend/cuda/activation_pool.hpp"
 #include "backend/cuda/nccl_communicator.hpp"
-#include "runtime/link.hpp"
+#include "backend/link.hpp"
 
 namespace conveyor::cuda {
 

@@ -1,5 +1,5 @@
 // HostLink: a bounded FIFO of activation messages between two stage threads.
-#include "runtime/link.hpp"
+#include "backend/link.hpp"
 
 #include "core/check.hpp"
 
