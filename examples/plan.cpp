@@ -109,11 +109,11 @@ int run(const Args& args) {
   auto options_for = [&](int n_stages) {
     PartitionerOptions o;
     o.n_stages = n_stages;
-    o.devices = devices_for(listed, n_stages);
-    o.links = {link};
+    o.topology.devices = devices_for(listed, n_stages);
+    o.topology.links = {link};
     o.objective = parse_objective(args.objective);
     o.prefill_weight = args.prefill_weight;
-    o.prefill = Workload::prefill(args.prompt_tokens);
+    o.prefill = Workload::prefill({.tokens_per_seq = args.prompt_tokens});
     o.decode =
         Workload::decode(std::max<int32_t>(1, args.batch / std::max(1, n_stages)), max_context);
     o.max_context = max_context;
@@ -140,7 +140,7 @@ int run(const Args& args) {
   // The chosen S: even (or explicit) vs balanced.
   {
     const PartitionerOptions o = options_for(args.stages);
-    if (o.devices.empty()) {
+    if (o.topology.devices.empty()) {
       fail(ErrorCode::kInvalidArgument, "--devices lists {} devices but --stages is {}",
            listed.size(), args.stages);
     }
@@ -164,7 +164,7 @@ int run(const Args& args) {
                      {"balanced", best ? best->partition.to_string() : ""},
                      {"balanced_imbalance", best ? best->imbalance : 0.0}};
     if (!args.timeline_out.empty() && best) {
-      SimulatorOptions sim{.devices = o.devices, .links = o.links};
+      SimulatorOptions sim{.topology = o.topology};
       const auto gen = simulate_generation(
           shape_for(args, args.stages, args.stages, std::min<int64_t>(args.new_tokens, 4)),
           best->partition, model, sim);
@@ -186,7 +186,7 @@ int run(const Args& args) {
   const int top = std::min<int64_t>(args.max_stages, config.n_layers);
   for (int S = 1; S <= top; ++S) {
     const PartitionerOptions o = options_for(S);
-    if (o.devices.empty()) continue;
+    if (o.topology.devices.empty()) continue;
     nlohmann::json row{{"stages", S}};
     PartitionPlan plan;
     try {
@@ -207,7 +207,7 @@ int run(const Args& args) {
     row["even_imbalance"] = even.imbalance;
     row["even_fits"] = even.fits();
     row["kv_capacity_tokens"] = plan.kv_capacity_tokens;
-    SimulatorOptions sim{.devices = o.devices, .links = o.links};
+    SimulatorOptions sim{.topology = o.topology};
     nlohmann::json prefill = nlohmann::json::array();
     for (int m : args.microbatches) {
       const auto gen = simulate_generation(shape_for(args, m, S, 1), plan.partition, model, sim);

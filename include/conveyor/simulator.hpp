@@ -13,11 +13,9 @@
 namespace conveyor {
 
 struct SimulatorOptions {
-  // One device per stage, or a single one for all; a device with a profile uses its fits for
-  // units, links and the step overhead.
-  std::vector<DeviceSpec> devices;
-  // Link s carries stage s -> s+1: n_stages - 1 entries, one for all, or none ("host").
-  std::vector<LinkSpec> links;
+  // The device of each stage and the links between them; a device with a profile uses its fits
+  // for units, links and the step overhead.
+  Topology topology;
   int link_capacity = 2;    // messages in flight per link, as the runtime's HostLink
   bool all_logits = false;  // the head projects every row (GenerateOptions::all_logits)
   // Cores shared by every stage (stages as threads on one host): while more stages compute than

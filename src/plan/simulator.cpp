@@ -11,36 +11,8 @@
 
 namespace conveyor {
 
-namespace {
-
-const DeviceSpec& device_of(const SimulatorOptions& options, int stage) {
-  return options.devices.size() == 1 ? options.devices.front()
-                                     : options.devices.at(static_cast<size_t>(stage));
-}
-
-LinkSpec link_of(const SimulatorOptions& options, int stage) {
-  if (options.links.empty()) return link_preset("host");
-  return options.links.size() == 1 ? options.links.front()
-                                   : options.links.at(static_cast<size_t>(stage));
-}
-
-}  // namespace
-
 void SimulatorOptions::validate(int n_stages) const {
-  if (devices.size() != 1 && devices.size() != static_cast<size_t>(n_stages)) {
-    fail(ErrorCode::kInvalidArgument,
-         "simulator has {} devices for {} stages; give one per stage or a single one for all",
-         devices.size(), n_stages);
-  }
-  for (const DeviceSpec& d : devices)
-    d.validate();
-  if (!links.empty() && links.size() != 1 && links.size() != static_cast<size_t>(n_stages - 1)) {
-    fail(ErrorCode::kInvalidArgument,
-         "simulator has {} links for {} stages; give {} (one per boundary), one for all, or none",
-         links.size(), n_stages, n_stages - 1);
-  }
-  for (const LinkSpec& l : links)
-    l.validate();
+  topology.validate(n_stages);
   if (link_capacity < 1) {
     fail(ErrorCode::kInvalidArgument, "link_capacity is {} but must be at least 1", link_capacity);
   }
@@ -57,7 +29,7 @@ SimulatedStep simulate_step(const StepPlan& plan, const Partition& partition,
          S, partition.n_stages(), partition.n_layers(), model.n_layers());
   }
   options.validate(S);
-  for (const DeviceSpec& d : options.devices) {
+  for (const DeviceSpec& d : options.topology.devices) {
     if (d.profile) model.check_profile(*d.profile);
   }
   validate(plan, ValidateOptions{.link_capacity = options.link_capacity});
@@ -67,7 +39,7 @@ SimulatedStep simulate_step(const StepPlan& plan, const Partition& partition,
     by_id[mb.id] = &mb;
   constexpr double kUs = 1e6;
   constexpr double kInf = std::numeric_limits<double>::infinity();
-  const DeviceSpec& first_device = device_of(options, 0);
+  const DeviceSpec& first_device = options.topology.device(0);
   double host_cores = options.host_cores;
   if (host_cores < 0.0) host_cores = first_device.profile ? first_device.profile->host_cores : 0.0;
 
@@ -128,7 +100,7 @@ SimulatedStep simulate_step(const StepPlan& plan, const Partition& partition,
         const std::vector<Instruction>& program = plan.programs[static_cast<size_t>(s)];
         if (x.running || x.pc >= program.size()) continue;
         const Instruction& ins = program[x.pc];
-        const DeviceSpec& device = device_of(options, s);
+        const DeviceSpec& device = options.topology.device(s);
         const MicroBatch* mb = ins.kind == OpKind::kCommit ? nullptr : by_id.at(ins.micro_batch);
         const Workload work = mb ? Workload::of(*mb, plan.phase, options.all_logits) : Workload{};
         switch (ins.kind) {
@@ -145,7 +117,7 @@ SimulatedStep simulate_step(const StepPlan& plan, const Partition& partition,
             LinkState& link = links[static_cast<size_t>(s)];
             const auto cap = static_cast<size_t>(options.link_capacity);
             if (x.sent >= cap && x.sent - cap >= link.taken.size()) break;  // link full
-            const LinkSpec spec = link_of(options, s);
+            const LinkSpec spec = options.topology.link(s);
             const double total = model.send_seconds(work, spec, device) * kUs;
             const double latency = std::min(
                 total, (device.profile ? device.profile->link_latency_s : spec.latency_s) * kUs);
@@ -160,7 +132,7 @@ SimulatedStep simulate_step(const StepPlan& plan, const Partition& partition,
           case OpKind::kSample: {
             const double t =
                 ins.kind == OpKind::kCompute
-                    ? model.stage_seconds(partition.range(s).size(), s == 0, false, work, device)
+                    ? model.stage_seconds({partition.range(s).size(), s == 0, false}, work, device)
                     : model.seconds(UnitKind::kHead, work, device);
             x.running = true;
             x.shared = true;

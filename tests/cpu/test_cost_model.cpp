@@ -19,28 +19,30 @@ ModelConfig llama3_8b() {
 }
 
 TEST(Workload, PrefillAndDecodeCounts) {
-  const Workload p = Workload::prefill(4, 2, 3);
+  const Workload p = Workload::prefill({.tokens_per_seq = 4, .n_seqs = 2, .past = 3});
   EXPECT_EQ(p.phase, Phase::kPrefill);
   EXPECT_EQ(p.n_tokens, 8);
   // Rows attend to 4, 5, 6, 7 positions in each of 2 sequences.
   EXPECT_EQ(p.attention_pairs, 2 * (4 + 5 + 6 + 7));
   EXPECT_EQ(p.kv_tokens_read, 14);
   EXPECT_EQ(p.n_head_rows, 2);
-  EXPECT_EQ(Workload::prefill(4, 2, 3, true).n_head_rows, 8);
+  EXPECT_EQ(Workload::prefill({.tokens_per_seq = 4, .n_seqs = 2, .past = 3, .all_logits = true})
+                .n_head_rows,
+            8);
 
   const Workload d = Workload::decode(3, 100);
   EXPECT_EQ(d.phase, Phase::kDecode);
   EXPECT_EQ(d.n_tokens, 3);
   EXPECT_EQ(d.attention_pairs, 300);
   EXPECT_EQ(d.n_head_rows, 3);
-  EXPECT_THROW(Workload::prefill(0), Error);
+  EXPECT_THROW(Workload::prefill({.tokens_per_seq = 0}), Error);
   EXPECT_THROW(Workload::decode(1, 0), Error);
 }
 
 TEST(Workload, OfMicroBatchMatchesFactories) {
   MicroBatch mb{.id = 0, .step = 0, .chunks = {{0, 3, 7, true}, {1, 3, 7, true}}};
   EXPECT_EQ(Workload::of(mb, Phase::kPrefill).attention_pairs,
-            Workload::prefill(4, 2, 3).attention_pairs);
+            Workload::prefill({.tokens_per_seq = 4, .n_seqs = 2, .past = 3}).attention_pairs);
   EXPECT_EQ(Workload::of(mb, Phase::kPrefill).n_head_rows, 2);
   mb.chunks[1].sample = false;  // a chunk that continues later does not sample
   EXPECT_EQ(Workload::of(mb, Phase::kPrefill).n_head_rows, 1);
@@ -61,7 +63,7 @@ TEST(CostModel, EightBillionShapeCounts) {
   EXPECT_EQ(model.embedding_weight_bytes(), 2LL * 128256 * 4096);
   EXPECT_EQ(model.kv_bytes_per_token_per_layer(), 2LL * 8 * 128 * 2);
 
-  const Workload p = Workload::prefill(512);
+  const Workload p = Workload::prefill({.tokens_per_seq = 512});
   const UnitCost layer = model.cost(UnitKind::kDecoderLayer, p);
   const double matmul = 4096.0 * 6144 + 4096.0 * 4096 + 3.0 * 4096 * 14336;
   EXPECT_DOUBLE_EQ(layer.flops, 2.0 * 512 * matmul + 4.0 * 4096 * (512.0 * 513 / 2));
@@ -85,7 +87,7 @@ TEST(CostModel, HeadCostsTwoToThreeLayersInDecodeOnH100) {
   EXPECT_GT(layer, bytes_time);
   EXPECT_LT(layer, 1.2 * bytes_time);
   // A 4096-token prefill is compute bound.
-  const Workload p = Workload::prefill(4096);
+  const Workload p = Workload::prefill({.tokens_per_seq = 4096});
   const UnitCost c = model.cost(UnitKind::kDecoderLayer, p);
   EXPECT_NEAR(model.seconds(UnitKind::kDecoderLayer, p, h100),
               c.flops / (h100.peak_flops * h100.flops_efficiency) + h100.unit_overhead_s, 1e-9);
@@ -125,7 +127,7 @@ Profile synthetic_profile(const ModelConfig& config) {
   // t = 100 us + 2 us/token + 0.01 us/pair for a layer's prefill, exactly.
   for (int64_t t : {16, 64, 128, 256, 512}) {
     for (int64_t past : {0, 256}) {
-      const Workload w = Workload::prefill(t, 1, past);
+      const Workload w = Workload::prefill({.tokens_per_seq = t, .past = past});
       p.samples.push_back({UnitKind::kDecoderLayer, Phase::kPrefill, w.n_tokens, w.attention_pairs,
                            100e-6 + 2e-6 * w.n_tokens + 0.01e-6 * w.attention_pairs});
       p.samples.push_back(
@@ -164,12 +166,12 @@ TEST(Profile, FitRecoversLinearTimes) {
   const CostModel model(config, {.weight_dtype = DType::kF32});
   DeviceSpec cpu = device_preset("cpu");
   cpu.profile = p;
-  const Workload w = Workload::prefill(300, 1, 100);
+  const Workload w = Workload::prefill({.tokens_per_seq = 300, .past = 100});
   EXPECT_NEAR(model.seconds(UnitKind::kDecoderLayer, w, cpu),
               100e-6 + 2e-6 * 300 + 0.01e-6 * w.attention_pairs, 1e-9);
   EXPECT_NEAR(model.seconds(UnitKind::kHead, Workload::decode(3, 10), cpu), 2.5e-3, 1e-9);
   EXPECT_NEAR(model.send_seconds(w, link_preset("nvlink"), cpu), 30e-6, 1e-12);
-  EXPECT_NEAR(model.stage_seconds(2, true, false, w, cpu),
+  EXPECT_NEAR(model.stage_seconds({.n_layers = 2, .embedding = true}, w, cpu),
               2 * model.seconds(UnitKind::kDecoderLayer, w, cpu) +
                   model.seconds(UnitKind::kEmbedding, w, cpu),
               1e-12);

@@ -125,10 +125,10 @@ TEST(MinMaxPartition, RejectsTooManyStages) {
 PartitionerOptions h100_options(int n_stages, Objective objective = Objective::kDecodeLatency) {
   PartitionerOptions o;
   o.n_stages = n_stages;
-  o.devices = {device_preset("h100")};
-  o.links = {link_preset("nvlink")};
+  o.topology.devices = {device_preset("h100")};
+  o.topology.links = {link_preset("nvlink")};
   o.objective = objective;
-  o.prefill = Workload::prefill(2048);
+  o.prefill = Workload::prefill({.tokens_per_seq = 2048});
   // Latency: one sequence at a 1k context. Both 8B thresholds below hinge on the head costing
   // h >= 16/7 = 2.29 layers ((8 + h) / mean >= 1.2 and 9 / mean <= 1.05 with mean = (32 + h) / 4);
   // the H100 preset gives h = 2.34 here and h = 2.28 at a 4k context (KV reads dilute it).
@@ -164,9 +164,9 @@ TEST(BalancedPartition, MatchesBruteForceOnTheCostModel) {
   for (Objective objective : {Objective::kPrefillThroughput, Objective::kDecodeLatency}) {
     for (int S = 1; S <= 4; ++S) {
       PartitionerOptions o = h100_options(S, objective);
-      o.devices = {device_preset("a100"), device_preset("h100"), device_preset("h200"),
-                   device_preset("a100-40gb")};
-      o.devices.resize(static_cast<size_t>(S));
+      o.topology.devices = {device_preset("a100"), device_preset("h100"), device_preset("h200"),
+                            device_preset("a100-40gb")};
+      o.topology.devices.resize(static_cast<size_t>(S));
       const PartitionPlan best = balanced_partition(model, o);
       // Brute force over every partition's reported max cost.
       double brute = kInf;
@@ -194,7 +194,7 @@ TEST(BalancedPartition, MatchesBruteForceOnTheCostModel) {
 TEST(BalancedPartition, HeterogeneousDevicesGetLayersByTheirSpeed) {
   const CostModel model(load_config("llama-3-8b.json"));
   PartitionerOptions o = h100_options(2);
-  o.devices = {device_preset("a100"), device_preset("h200")};  // 2.0 vs 4.8 TB/s
+  o.topology.devices = {device_preset("a100"), device_preset("h200")};  // 2.0 vs 4.8 TB/s
   const PartitionPlan plan = balanced_partition(model, o);
   const auto counts = plan.partition.counts();
   EXPECT_GT(counts[1], counts[0]) << plan.describe();
@@ -207,7 +207,7 @@ TEST(BalancedPartition, HonoursMemoryLimits) {
   const CostModel model(load_config("llama-3-70b.json"));
   // 70B in bf16 is ~141 GB of weights: two 40 GB A100s cannot hold it with any split.
   PartitionerOptions o = h100_options(2);
-  o.devices = {device_preset("a100-40gb")};
+  o.topology.devices = {device_preset("a100-40gb")};
   o.max_batch = 1;
   o.max_context = 4096;
   expect_error([&] { balanced_partition(model, o); }, ErrorCode::kOutOfMemory,
@@ -223,8 +223,8 @@ TEST(BalancedPartition, HonoursMemoryLimits) {
   // A small second device forces layers onto the big ones, even though time prefers balance.
   PartitionerOptions mixed = h100_options(3);
   const CostModel m8(load_config("llama-3-8b.json"));
-  mixed.devices = {device_preset("h100"), device_preset("h100"), device_preset("h100")};
-  mixed.devices[1].memory_bytes = 6LL << 30;
+  mixed.topology.devices = {device_preset("h100"), device_preset("h100"), device_preset("h100")};
+  mixed.topology.devices[1].memory_bytes = 6LL << 30;
   const PartitionPlan constrained = balanced_partition(m8, mixed);
   EXPECT_TRUE(constrained.fits()) << constrained.describe();
   EXPECT_LE(constrained.stages[1].memory_bytes, 6LL << 30);
@@ -233,7 +233,7 @@ TEST(BalancedPartition, HonoursMemoryLimits) {
 
   // An explicit partition that does not fit: check_memory names the stage and the shortfall.
   PartitionerOptions two = h100_options(2);
-  two.devices = {device_preset("h100")};
+  two.topology.devices = {device_preset("h100")};
   two.max_context = 4096;
   two.max_batch = 1;
   const PartitionPlan bad = evaluate_partition(model, Partition::from_counts(80, {79, 1}), two);
@@ -263,8 +263,8 @@ TEST(BalancedPartition, ObjectivesAndKvCapacity) {
 
   // KV mode: the weakest stage holds at least as many tokens as under any other objective.
   PartitionerOptions kv = h100_options(4, Objective::kKvCapacity);
-  kv.devices = {device_preset("a100-40gb"), device_preset("h100"), device_preset("h100"),
-                device_preset("a100-40gb")};
+  kv.topology.devices = {device_preset("a100-40gb"), device_preset("h100"), device_preset("h100"),
+                         device_preset("a100-40gb")};
   const PartitionPlan kv_plan = balanced_partition(model, kv);
   PartitionerOptions time = kv;
   time.objective = Objective::kDecodeLatency;
@@ -281,14 +281,14 @@ TEST(BalancedPartition, ObjectivesAndKvCapacity) {
 TEST(BalancedPartition, OptionErrors) {
   const CostModel model(preset_config("small"));
   PartitionerOptions o = h100_options(4);
-  o.devices = {device_preset("h100"), device_preset("h100")};
+  o.topology.devices = {device_preset("h100"), device_preset("h100")};
   expect_error([&] { balanced_partition(model, o); }, ErrorCode::kInvalidArgument,
                {"2 devices for 4 stages"});
   o = h100_options(13);
   expect_error([&] { balanced_partition(model, o); }, ErrorCode::kInvalidArgument,
                {"13 stages", "12 decoder layers"});
   o = h100_options(4);
-  o.links = {link_preset("nvlink"), link_preset("nvlink")};
+  o.topology.links = {link_preset("nvlink"), link_preset("nvlink")};
   expect_error([&] { balanced_partition(model, o); }, ErrorCode::kInvalidArgument,
                {"2 links for 4 stages"});
 }

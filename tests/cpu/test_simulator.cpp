@@ -41,7 +41,7 @@ std::vector<PrefillSeq> seqs_of(int n, int64_t tokens) {
 TEST(Simulator, GPipeTimingWithEqualStages) {
   const CostModel model(preset_config("tiny"));  // 4 layers
   const Partition partition = Partition::even(4, 4);
-  SimulatorOptions options{.devices = {unit_device()}};
+  SimulatorOptions options{.topology = {.devices = {unit_device()}}};
   for (int M : {1, 2, 4, 8}) {
     const StepPlan plan = build_prefill_plan(
         0, seqs_of(M, 100), PrefillPlanOptions{.n_stages = 4, .n_micro_batches = M});
@@ -69,7 +69,7 @@ TEST(Simulator, SlowestStageSetsThePaceAndHeadCounts) {
   const CostModel model(preset_config("tiny"));
   // Stage 1 has 3 layers: 300 us per micro-batch; the head adds 50 us per sampled micro-batch.
   const Partition partition = Partition::from_counts(4, {1, 3});
-  SimulatorOptions options{.devices = {unit_device(50e-6)}};
+  SimulatorOptions options{.topology = {.devices = {unit_device(50e-6)}}};
   const int M = 4;
   const StepPlan plan = build_prefill_plan(0, seqs_of(M, 100),
                                            PrefillPlanOptions{.n_stages = 2, .n_micro_batches = M});
@@ -86,7 +86,7 @@ TEST(Simulator, BoundedLinksBlockTheSender) {
   const StepPlan plan = build_prefill_plan(0, seqs_of(M, 100),
                                            PrefillPlanOptions{.n_stages = 2, .n_micro_batches = M});
   auto last_send_end = [&](int capacity) {
-    SimulatorOptions options{.devices = {unit_device()}, .link_capacity = capacity};
+    SimulatorOptions options{.topology = {.devices = {unit_device()}}, .link_capacity = capacity};
     const SimulatedStep sim = simulate_step(plan, partition, model, options);
     double end = 0.0;
     for (const TraceEvent& e : sim.trace) {
@@ -113,38 +113,40 @@ TEST(Simulator, SharedHostCoresSlowConcurrentStages) {
   const StepPlan plan = build_prefill_plan(0, seqs_of(M, 50),
                                            PrefillPlanOptions{.n_stages = 2, .n_micro_batches = M});
   // 2 layers x 50 tokens = 100 us per micro-batch and stage.
-  SimulatorOptions own{.devices = {unit_device()}, .host_cores = 0.0};
+  SimulatorOptions own{.topology = {.devices = {unit_device()}}, .host_cores = 0.0};
   EXPECT_NEAR(simulate_step(plan, partition, model, own).seconds, (M + 1) * 100e-6, 1e-12);
   // One shared core: the 2 x M x 100 us of work run back to back.
-  SimulatorOptions one{.devices = {unit_device()}, .host_cores = 1.0};
+  SimulatorOptions one{.topology = {.devices = {unit_device()}}, .host_cores = 1.0};
   const SimulatedStep shared = simulate_step(plan, partition, model, one);
   EXPECT_NEAR(shared.seconds, 2 * M * 100e-6, 1e-9);
   validate_trace(shared.trace, 2);
   // Two cores for two stages: as if each had its own.
-  SimulatorOptions two{.devices = {unit_device()}, .host_cores = 2.0};
+  SimulatorOptions two{.topology = {.devices = {unit_device()}}, .host_cores = 2.0};
   EXPECT_NEAR(simulate_step(plan, partition, model, two).seconds, (M + 1) * 100e-6, 1e-12);
   // The default takes the profile's measured value.
   DeviceSpec measured = unit_device();
   measured.profile->host_cores = 1.0;
-  SimulatorOptions from_profile{.devices = {measured}};
+  SimulatorOptions from_profile{.topology = {.devices = {measured}}};
   EXPECT_NEAR(simulate_step(plan, partition, model, from_profile).seconds, 2 * M * 100e-6, 1e-9);
 }
 
 TEST(Simulator, LinkLatencyDelaysTheReceiver) {
   const CostModel model(preset_config("tiny"));
   const Partition partition = Partition::even(4, 2);
-  SimulatorOptions options{.devices = {unit_device(0.0, 40e-6)}};
+  SimulatorOptions options{.topology = {.devices = {unit_device(0.0, 40e-6)}}};
   const StepPlan plan = build_prefill_plan(0, seqs_of(1, 100), PrefillPlanOptions{.n_stages = 2});
   const SimulatedStep sim = simulate_step(plan, partition, model, options);
   EXPECT_NEAR(sim.seconds, 200e-6 + 200e-6 + 40e-6, 1e-12);
 
   // Without a profile the link spec's latency and bandwidth apply.
   DeviceSpec rates = device_preset("h100");
-  SimulatorOptions with_link{.devices = {rates}, .links = {LinkSpec{"slow", 1e9, 1e-3}}};
+  SimulatorOptions with_link{
+      .topology = {.devices = {rates}, .links = {LinkSpec{"slow", 1e9, 1e-3}}}};
   const SimulatedStep slow = simulate_step(plan, partition, model, with_link);
-  SimulatorOptions fast_link{.devices = {rates}, .links = {link_preset("nvlink")}};
+  SimulatorOptions fast_link{.topology = {.devices = {rates}, .links = {link_preset("nvlink")}}};
   const SimulatedStep fast = simulate_step(plan, partition, model, fast_link);
-  const double bytes = static_cast<double>(model.activation_bytes(Workload::prefill(100)));
+  const double bytes =
+      static_cast<double>(model.activation_bytes(Workload::prefill({.tokens_per_seq = 100})));
   EXPECT_NEAR(slow.seconds - fast.seconds,
               (1e-3 + bytes / 1e9) - link_preset("nvlink").seconds(static_cast<int64_t>(bytes)),
               1e-9);
@@ -152,7 +154,7 @@ TEST(Simulator, LinkLatencyDelaysTheReceiver) {
 
 TEST(Simulator, ValidatesThePlanFirst) {
   const CostModel model(preset_config("tiny"));
-  SimulatorOptions options{.devices = {unit_device()}};
+  SimulatorOptions options{.topology = {.devices = {unit_device()}}};
   StepPlan plan = build_prefill_plan(0, seqs_of(2, 10), PrefillPlanOptions{.n_stages = 2});
   plan.programs[1].pop_back();  // drop the last stage's Commit
   try {
@@ -163,14 +165,15 @@ TEST(Simulator, ValidatesThePlanFirst) {
   }
   const StepPlan ok = build_prefill_plan(0, seqs_of(2, 10), PrefillPlanOptions{.n_stages = 2});
   EXPECT_THROW(simulate_step(ok, Partition::even(4, 4), model, options), Error);
-  SimulatorOptions two_devices{.devices = {unit_device(), unit_device(), unit_device()}};
+  SimulatorOptions two_devices{
+      .topology = {.devices = {unit_device(), unit_device(), unit_device()}}};
   EXPECT_THROW(simulate_step(ok, Partition::even(4, 2), model, two_devices), Error);
 }
 
 TEST(Simulator, ChunkedPrefillAndGeneration) {
   const CostModel model(preset_config("tiny"));
   const Partition partition = Partition::even(4, 2);
-  SimulatorOptions options{.devices = {unit_device()}};
+  SimulatorOptions options{.topology = {.devices = {unit_device()}}};
   // One 512-token prompt in 4 chunks pipelines across 2 stages: 5 slots of 2 x 128 us.
   GenerationShape shape{.n_seqs = 1, .prompt_tokens = 512, .new_tokens = 5, .chunk_tokens = 128};
   const SimulatedGeneration gen = simulate_generation(shape, partition, model, options);
@@ -195,7 +198,8 @@ TEST(Simulator, RooflineDecodeStepOnH100) {
   ModelConfig config = preset_config("small");
   const CostModel model(config);
   const Partition partition = Partition::even(12, 4);
-  SimulatorOptions options{.devices = {device_preset("h100")}, .links = {link_preset("nvlink")}};
+  SimulatorOptions options{
+      .topology = {.devices = {device_preset("h100")}, .links = {link_preset("nvlink")}}};
   std::vector<SeqState> seqs;
   for (int32_t i = 0; i < 8; ++i)
     seqs.push_back({i, 100});

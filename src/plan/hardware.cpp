@@ -1,0 +1,167 @@
+// DeviceSpec, LinkSpec and their presets (vendors' data sheets), and Topology: which device and
+// link each stage uses.
+#include "conveyor/hardware.hpp"
+
+#include <fmt/format.h>
+
+#include "core/check.hpp"
+
+namespace conveyor {
+namespace {
+
+std::string join(const std::vector<std::string>& names) {
+  std::string out;
+  for (const std::string& name : names) {
+    if (!out.empty()) out += ", ";
+    out += name;
+  }
+  return out;
+}
+
+}  // namespace
+
+void DeviceSpec::validate() const {
+  if (profile) return;  // times come from the profile; rates are only informative
+  if (!(peak_flops > 0.0) || !(memory_bandwidth > 0.0)) {
+    fail(ErrorCode::kInvalidArgument,
+         "device \"{}\" has peak_flops {} and memory_bandwidth {}; both must be > 0 (or give it "
+         "a measured profile)",
+         name, peak_flops, memory_bandwidth);
+  }
+  if (!(flops_efficiency > 0.0 && flops_efficiency <= 1.0) ||
+      !(bandwidth_efficiency > 0.0 && bandwidth_efficiency <= 1.0)) {
+    fail(ErrorCode::kInvalidArgument,
+         "device \"{}\": efficiencies must lie in (0, 1]; got flops {} and bandwidth {}", name,
+         flops_efficiency, bandwidth_efficiency);
+  }
+  if (memory_bytes < 0 || unit_overhead_s < 0.0) {
+    fail(ErrorCode::kInvalidArgument,
+         "device \"{}\": memory_bytes ({}) and unit_overhead_s ({}) must be >= 0", name,
+         memory_bytes, unit_overhead_s);
+  }
+}
+
+double LinkSpec::seconds(int64_t bytes) const {
+  return latency_s + (bandwidth > 0.0 ? static_cast<double>(bytes) / bandwidth : 0.0);
+}
+
+void LinkSpec::validate() const {
+  if (!(bandwidth >= 0.0) || !(latency_s >= 0.0)) {
+    fail(ErrorCode::kInvalidArgument,
+         "link \"{}\" has bandwidth {} and latency {} s; both must be >= 0", name, bandwidth,
+         latency_s);
+  }
+}
+
+namespace {
+
+// Peak dense rates from the vendors' data sheets (bf16 tensor cores on GPUs); efficiencies are
+// typical achieved fractions for large GEMMs and streaming reads.
+struct DevicePreset {
+  const char* name;
+  double peak_flops;
+  double memory_bandwidth;
+  int64_t memory_bytes;
+  double flops_efficiency;
+  double bandwidth_efficiency;
+  double unit_overhead_s;
+};
+constexpr int64_t kGiB = int64_t{1} << 30;
+constexpr DevicePreset kDevicePresets[] = {
+    // One core of this machine (AVX2 FMA fp32, ~2.5 GHz) per stage; use a profile for accuracy.
+    {"cpu", 80e9, 20e9, 16 * kGiB, 0.5, 0.7, 20e-6},
+    {"h100", 989e12, 3.35e12, 80 * kGiB, 0.6, 0.85, 5e-6},
+    {"h100-pcie", 756e12, 2.0e12, 80 * kGiB, 0.6, 0.85, 5e-6},
+    {"h200", 989e12, 4.8e12, 141'000'000'000, 0.6, 0.85, 5e-6},
+    {"a100", 312e12, 2.039e12, 80 * kGiB, 0.65, 0.85, 6e-6},
+    {"a100-40gb", 312e12, 1.555e12, 40 * kGiB, 0.65, 0.85, 6e-6},
+};
+
+struct LinkPreset {
+  const char* name;
+  double bandwidth;
+  double latency_s;
+};
+constexpr LinkPreset kLinkPresets[] = {
+    {"host", 0.0, 20e-6},     // the host link moves the buffer; cost is waking the peer
+    {"nvlink", 400e9, 5e-6},  // NVLink 4: 450 GB/s per direction, ~90 % achieved
+    {"pcie4", 25e9, 10e-6},  {"pcie5", 50e9, 10e-6}, {"infiniband", 45e9, 15e-6},  // NDR 400 Gb/s
+};
+
+}  // namespace
+
+std::vector<std::string> device_preset_names() {
+  std::vector<std::string> names;
+  for (const DevicePreset& p : kDevicePresets)
+    names.emplace_back(p.name);
+  return names;
+}
+
+DeviceSpec device_preset(std::string_view name) {
+  for (const DevicePreset& p : kDevicePresets) {
+    if (name != p.name) continue;
+    DeviceSpec d;
+    d.name = p.name;
+    d.peak_flops = p.peak_flops;
+    d.memory_bandwidth = p.memory_bandwidth;
+    d.memory_bytes = p.memory_bytes;
+    d.flops_efficiency = p.flops_efficiency;
+    d.bandwidth_efficiency = p.bandwidth_efficiency;
+    d.unit_overhead_s = p.unit_overhead_s;
+    return d;
+  }
+  fail(ErrorCode::kInvalidArgument, "unknown device preset \"{}\"; presets are {}", name,
+       join(device_preset_names()));
+}
+
+std::vector<std::string> link_preset_names() {
+  std::vector<std::string> names;
+  for (const LinkPreset& p : kLinkPresets)
+    names.emplace_back(p.name);
+  return names;
+}
+
+LinkSpec link_preset(std::string_view name) {
+  for (const LinkPreset& p : kLinkPresets) {
+    if (name != p.name) continue;
+    LinkSpec l;
+    l.name = p.name;
+    l.bandwidth = p.bandwidth;
+    l.latency_s = p.latency_s;
+    return l;
+  }
+  fail(ErrorCode::kInvalidArgument, "unknown link preset \"{}\"; presets are {}", name,
+       join(link_preset_names()));
+}
+
+// ---- topology ------------------------------------------------------------------------------
+
+void Topology::validate(int n_stages) const {
+  if (devices.size() != 1 && devices.size() != static_cast<size_t>(n_stages)) {
+    fail(ErrorCode::kInvalidArgument,
+         "{} devices for {} stages; give one device per stage or a single one for all",
+         devices.size(), n_stages);
+  }
+  for (const DeviceSpec& d : devices)
+    d.validate();
+  if (!links.empty() && links.size() != 1 && links.size() != static_cast<size_t>(n_stages - 1)) {
+    fail(ErrorCode::kInvalidArgument,
+         "{} links for {} stages; give n_stages - 1 = {} links (one per boundary), a single one "
+         "for all, or none (host links)",
+         links.size(), n_stages, n_stages - 1);
+  }
+  for (const LinkSpec& l : links)
+    l.validate();
+}
+
+const DeviceSpec& Topology::device(int stage) const {
+  CONVEYOR_ASSERT(!devices.empty());
+  return devices.size() == 1 ? devices.front() : devices.at(static_cast<size_t>(stage));
+}
+
+LinkSpec Topology::link(int stage) const {
+  if (links.empty()) return link_preset("host");
+  return links.size() == 1 ? links.front() : links.at(static_cast<size_t>(stage));
+}
+
+}  // namespace conveyor
