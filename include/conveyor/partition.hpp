@@ -24,9 +24,10 @@ struct LayerRange {
 // range(s), the ranges are contiguous, in order, non-empty and cover [0, n_layers).
 // Invariant checked by every factory: 1 <= n_stages <= n_layers.
 //
-// Factories: even() and from_counts()/parse() (explicit counts). A cost-balanced partitioner
-// (contiguous min-max over per-layer costs incl. the lm_head, under per-device memory limits)
-// will join them as another factory producing the same value type; consumers only read ranges.
+// Factories: even(), from_counts()/parse() (explicit counts), parse_layout() and
+// parse_partition_spec() below, and balanced_partition() (conveyor/partitioner.hpp: the
+// contiguous min-max split over per-layer costs under memory limits). Consumers only read
+// ranges.
 class Partition {
  public:
   // Splits n_layers as evenly as possible. When n_layers % n_stages != 0 the extra layers go to
@@ -67,5 +68,17 @@ class Partition {
   int64_t n_layers_ = 0;
   std::vector<LayerRange> ranges_;
 };
+
+// Layout strings: stages separated by '|', each a comma list of decoder layer ranges "a-b"
+// (inclusive) or single layers "a", plus the markers "emb" and "head":
+//   "emb,0-7|8-15|16-23|24-31,head"
+// The markers are optional, but where given they must be where the runtime runs those units
+// (embedding first on stage 0, head last on the last stage); layers must be contiguous, in
+// order, cover [0, n_layers), and every stage needs at least one. Throws kInvalidArgument
+// naming the stage and the fix.
+Partition parse_layout(std::string_view text, int64_t n_layers);
+std::string to_layout(const Partition& partition);
+// "even" (needs n_stages), counts "5,6,6,7", or a layout string; n_stages 0 means "any".
+Partition parse_partition_spec(std::string_view text, int64_t n_layers, int n_stages);
 
 }  // namespace conveyor

@@ -30,14 +30,12 @@ Objective parse_objective(std::string_view text);
 
 struct PartitionerOptions {
   int n_stages = 1;
-  // One device per stage (heterogeneous pipelines), or a single one used by every stage.
-  std::vector<DeviceSpec> devices;
-  // Link s carries stage s -> s+1: n_stages - 1 entries, or one for all (empty: "host").
-  std::vector<LinkSpec> links;
+  // The device of each stage (heterogeneous pipelines) and the links between them.
+  Topology topology;
   Objective objective = Objective::kDecodeLatency;
-  double prefill_weight = 0.5;                  // kMixed only, in [0, 1]
-  Workload prefill = Workload::prefill(512);    // one prefill micro-batch
-  Workload decode = Workload::decode(1, 4096);  // one decode micro-batch
+  double prefill_weight = 0.5;                                    // kMixed only, in [0, 1]
+  Workload prefill = Workload::prefill({.tokens_per_seq = 512});  // one prefill micro-batch
+  Workload decode = Workload::decode(1, 4096);                    // one decode micro-batch
   // Memory each stage must hold: its weights, K/V of max_batch sequences of max_context
   // positions for its layers, and a workspace (-1: estimated from the prefill micro-batch).
   // A device with memory_bytes = 0 is unlimited.
@@ -47,8 +45,6 @@ struct PartitionerOptions {
 
   // Throws conveyor::Error(kInvalidArgument) naming the field, value, limit and fix.
   void validate() const;
-  const DeviceSpec& device(int stage) const;
-  LinkSpec link(int stage) const;  // the link leaving `stage` (stage < n_stages - 1)
 };
 
 // One stage of a partition, before anything runs.
@@ -110,17 +106,5 @@ void check_memory(const PartitionPlan& plan);
 // counts, or an empty vector when no finite solution exists. O(n_stages * n_layers^2) calls.
 using StageCostFn = std::function<double(int stage, int64_t first, int64_t last)>;
 std::vector<int64_t> min_max_partition(int64_t n_layers, int n_stages, const StageCostFn& cost);
-
-// Layout strings: stages separated by '|', each a comma list of decoder layer ranges "a-b"
-// (inclusive) or single layers "a", plus the markers "emb" and "head":
-//   "emb,0-7|8-15|16-23|24-31,head"
-// The markers are optional, but where given they must be where the runtime runs those units
-// (embedding first on stage 0, head last on the last stage); layers must be contiguous, in
-// order, cover [0, n_layers), and every stage needs at least one. Throws kInvalidArgument
-// naming the stage and the fix.
-Partition parse_layout(std::string_view text, int64_t n_layers);
-std::string to_layout(const Partition& partition);
-// "even" (needs n_stages), counts "5,6,6,7", or a layout string; n_stages 0 means "any".
-Partition parse_partition_spec(std::string_view text, int64_t n_layers, int n_stages);
 
 }  // namespace conveyor

@@ -30,15 +30,6 @@ void check_shape(int64_t n_layers, int64_t n_stages) {
   }
 }
 
-std::string_view trim(std::string_view s) {
-  const auto is_space = [](char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; };
-  while (!s.empty() && is_space(s.front()))
-    s.remove_prefix(1);
-  while (!s.empty() && is_space(s.back()))
-    s.remove_suffix(1);
-  return s;
-}
-
 }  // namespace
 
 Partition Partition::even(int64_t n_layers, int n_stages) {
@@ -72,30 +63,6 @@ Partition Partition::from_counts(int64_t n_layers, const std::vector<int64_t>& c
          fmt::join(counts, ","), first, n_layers, n_layers);
   }
   return Partition(n_layers, std::move(ranges));
-}
-
-Partition Partition::parse(std::string_view text, int64_t n_layers) {
-  std::vector<int64_t> counts;
-  size_t index = 0;
-  std::string_view rest = text;
-  for (;;) {
-    const size_t comma = rest.find(',');
-    const std::string_view token = trim(rest.substr(0, comma));
-    int64_t value = 0;
-    const char* end = token.data() + token.size();
-    const auto [ptr, ec] = std::from_chars(token.data(), end, value);
-    if (token.empty() || ec != std::errc() || ptr != end) {
-      fail(ErrorCode::kInvalidArgument,
-           "partition '{}': token {} ('{}') is not a layer count; write one integer per stage "
-           "separated by commas, e.g. \"5,6,6,7\"",
-           text, index, token);
-    }
-    counts.push_back(value);
-    ++index;
-    if (comma == std::string_view::npos) break;
-    rest.remove_prefix(comma + 1);
-  }
-  return from_counts(n_layers, counts);
 }
 
 const LayerRange& Partition::range(int stage) const {

@@ -34,15 +34,15 @@ class StageModel {
       : model_(model), options_(options) {
     if (options.objective == Objective::kMixed) {
       // Normalise by the whole model on stage 0's device so both phases weigh alike.
-      const DeviceSpec& d = options.device(0);
-      prefill_total_ = model.stage_seconds(model.n_layers(), true, true, options.prefill, d);
-      decode_total_ = model.stage_seconds(model.n_layers(), true, true, options.decode, d);
+      const DeviceSpec& d = options.topology.device(0);
+      prefill_total_ = model.stage_seconds({model.n_layers(), true, true}, options.prefill, d);
+      decode_total_ = model.stage_seconds({model.n_layers(), true, true}, options.decode, d);
     }
   }
 
   StageReport report(int stage, LayerRange layers) const {
     const int n_stages = options_.n_stages;
-    const DeviceSpec& device = options_.device(stage);
+    const DeviceSpec& device = options_.topology.device(stage);
     StageReport r;
     r.stage = stage;
     r.device = device.name;
@@ -64,14 +64,14 @@ class StageModel {
     }
     const bool last = stage == n_stages - 1;
     if (!last) {
-      const LinkSpec link = options_.link(stage);
+      const LinkSpec link = options_.topology.link(stage);
       r.send_prefill_s = model_.send_seconds(options_.prefill, link, device);
       r.send_decode_s = model_.send_seconds(options_.decode, link, device);
     }
     r.prefill_s =
-        model_.stage_seconds(n, r.embedding, r.head, options_.prefill, device) + r.send_prefill_s;
+        model_.stage_seconds({n, r.embedding, r.head}, options_.prefill, device) + r.send_prefill_s;
     r.decode_s =
-        model_.stage_seconds(n, r.embedding, r.head, options_.decode, device) + r.send_decode_s;
+        model_.stage_seconds({n, r.embedding, r.head}, options_.decode, device) + r.send_decode_s;
     switch (options_.objective) {
       case Objective::kPrefillThroughput:
         r.cost = r.prefill_s;
@@ -142,39 +142,6 @@ std::string shortfall_message(const StageReport& r, const PartitionerOptions& op
       gib(r.shortfall_bytes()));
 }
 
-int64_t parse_int(std::string_view text, std::string_view what, std::string_view whole) {
-  int64_t value = 0;
-  const auto* begin = text.data();
-  const auto* end = text.data() + text.size();
-  const auto [ptr, ec] = std::from_chars(begin, end, value);
-  if (ec != std::errc() || ptr != end || text.empty()) {
-    fail(ErrorCode::kInvalidArgument,
-         "layout \"{}\": \"{}\" is not a {}; write stages like \"emb,0-7|8-15|16-23|24-31,head\"",
-         whole, text, what);
-  }
-  return value;
-}
-
-std::string_view trim(std::string_view s) {
-  while (!s.empty() && (s.front() == ' ' || s.front() == '\t'))
-    s.remove_prefix(1);
-  while (!s.empty() && (s.back() == ' ' || s.back() == '\t'))
-    s.remove_suffix(1);
-  return s;
-}
-
-std::vector<std::string_view> split(std::string_view s, char sep) {
-  std::vector<std::string_view> parts;
-  size_t begin = 0;
-  for (;;) {
-    const size_t end = s.find(sep, begin);
-    parts.push_back(s.substr(begin, end == std::string_view::npos ? end : end - begin));
-    if (end == std::string_view::npos) break;
-    begin = end + 1;
-  }
-  return parts;
-}
-
 }  // namespace
 
 std::string_view to_string(Objective objective) {
@@ -204,21 +171,7 @@ void PartitionerOptions::validate() const {
   if (n_stages < 1) {
     fail(ErrorCode::kInvalidArgument, "n_stages is {} but must be at least 1", n_stages);
   }
-  if (devices.size() != 1 && devices.size() != static_cast<size_t>(n_stages)) {
-    fail(ErrorCode::kInvalidArgument,
-         "{} devices for {} stages; give one device per stage or a single one for all",
-         devices.size(), n_stages);
-  }
-  for (const DeviceSpec& d : devices)
-    d.validate();
-  if (!links.empty() && links.size() != 1 && links.size() != static_cast<size_t>(n_stages - 1)) {
-    fail(ErrorCode::kInvalidArgument,
-         "{} links for {} stages; give n_stages - 1 = {} links, a single one for all, or none "
-         "(host links)",
-         links.size(), n_stages, n_stages - 1);
-  }
-  for (const LinkSpec& l : links)
-    l.validate();
+  topology.validate(n_stages);
   if (!(prefill_weight >= 0.0 && prefill_weight <= 1.0)) {
     fail(ErrorCode::kInvalidArgument, "prefill_weight is {} but must lie in [0, 1]",
          prefill_weight);
@@ -235,16 +188,6 @@ void PartitionerOptions::validate() const {
     fail(ErrorCode::kInvalidArgument, "max_context ({}) and max_batch ({}) must be at least 1",
          max_context, max_batch);
   }
-}
-
-const DeviceSpec& PartitionerOptions::device(int stage) const {
-  CONVEYOR_ASSERT(!devices.empty());
-  return devices.size() == 1 ? devices.front() : devices.at(static_cast<size_t>(stage));
-}
-
-LinkSpec PartitionerOptions::link(int stage) const {
-  if (links.empty()) return link_preset("host");
-  return links.size() == 1 ? links.front() : links.at(static_cast<size_t>(stage));
 }
 
 bool PartitionPlan::fits() const {
@@ -284,7 +227,7 @@ PartitionPlan evaluate_partition(const CostModel& model, const Partition& partit
          "{} stages",
          partition.n_layers(), partition.n_stages(), model.n_layers(), options.n_stages);
   }
-  for (const DeviceSpec& d : options.devices) {
+  for (const DeviceSpec& d : options.topology.devices) {
     if (d.profile) model.check_profile(*d.profile);
   }
   return make_plan(StageModel(model, options), partition, options.objective);
@@ -358,7 +301,7 @@ std::vector<int64_t> min_max_partition(int64_t n_layers, int n_stages, const Sta
 
 PartitionPlan balanced_partition(const CostModel& model, const PartitionerOptions& options) {
   options.validate();
-  for (const DeviceSpec& d : options.devices) {
+  for (const DeviceSpec& d : options.topology.devices) {
     if (d.profile) model.check_profile(*d.profile);
   }
   const int64_t n_layers = model.n_layers();
@@ -429,120 +372,6 @@ PartitionPlan balanced_partition(const CostModel& model, const PartitionerOption
          n_layers, n_stages, plan.partition.to_string(), shortfall_message(*worst, options));
   }
   return make_plan(stages, Partition::from_counts(n_layers, counts), options.objective);
-}
-
-// ---- layout strings --------------------------------------------------------------------------
-
-Partition parse_layout(std::string_view text, int64_t n_layers) {
-  const std::vector<std::string_view> stage_texts = split(text, '|');
-  const int n_stages = static_cast<int>(stage_texts.size());
-  std::vector<int64_t> counts;
-  int64_t next = 0;
-  for (int s = 0; s < n_stages; ++s) {
-    int64_t count = 0;
-    const std::vector<std::string_view> items = split(stage_texts[static_cast<size_t>(s)], ',');
-    for (size_t k = 0; k < items.size(); ++k) {
-      const std::string_view item = trim(items[k]);
-      if (item == "emb" || item == "embedding") {
-        if (s != 0 || k != 0) {
-          fail(ErrorCode::kInvalidArgument,
-               "layout \"{}\" puts the embedding on stage {} (item {}), but the runtime embeds "
-               "the tokens on stage 0 before its first layer; write \"emb\" first in the first "
-               "stage or leave it out",
-               text, s, k);
-        }
-        continue;
-      }
-      if (item == "head" || item == "lm_head") {
-        if (s != n_stages - 1 || k != items.size() - 1) {
-          fail(ErrorCode::kInvalidArgument,
-               "layout \"{}\" puts the lm_head on stage {} of {}, but the runtime runs the final "
-               "norm + lm_head after the last layer on the last stage; write \"head\" last in "
-               "the last stage or leave it out",
-               text, s, n_stages);
-        }
-        continue;
-      }
-      if (item.empty()) {
-        fail(ErrorCode::kInvalidArgument,
-             "layout \"{}\": stage {} has an empty item; write stages like "
-             "\"emb,0-7|8-15|16-23|24-31,head\"",
-             text, s);
-      }
-      const size_t dash = item.find('-');
-      const int64_t first = parse_int(trim(item.substr(0, dash)), "layer number", text);
-      const int64_t last = dash == std::string_view::npos
-                               ? first
-                               : parse_int(trim(item.substr(dash + 1)), "layer number", text);
-      if (last < first) {
-        fail(ErrorCode::kInvalidArgument,
-             "layout \"{}\": range {}-{} on stage {} runs backwards; write the lower layer first",
-             text, first, last, s);
-      }
-      if (first != next) {
-        fail(ErrorCode::kInvalidArgument,
-             "layout \"{}\": stage {} continues at layer {} but the next layer is {}; stages must "
-             "hold contiguous layers in order with none skipped or repeated",
-             text, s, first, next);
-      }
-      if (last >= n_layers) {
-        fail(ErrorCode::kInvalidArgument,
-             "layout \"{}\": layer {} on stage {} does not exist; the model has layers 0-{}", text,
-             last, s, n_layers - 1);
-      }
-      count += last - first + 1;
-      next = last + 1;
-    }
-    if (count == 0) {
-      fail(ErrorCode::kInvalidArgument,
-           "layout \"{}\": stage {} has no decoder layer; every stage needs at least one (the "
-           "embedding and lm_head ride along with the first and last stage's layers)",
-           text, s);
-    }
-    counts.push_back(count);
-  }
-  if (next != n_layers) {
-    fail(ErrorCode::kInvalidArgument,
-         "layout \"{}\" covers layers 0-{} but the model has {} layers; assign layers {}-{} too",
-         text, next - 1, n_layers, next, n_layers - 1);
-  }
-  return Partition::from_counts(n_layers, counts);
-}
-
-std::string to_layout(const Partition& partition) {
-  std::string out;
-  for (int s = 0; s < partition.n_stages(); ++s) {
-    const LayerRange& r = partition.range(s);
-    if (s > 0) out += "|";
-    if (s == 0) out += "emb,";
-    out += r.size() == 1 ? fmt::format("{}", r.first) : fmt::format("{}-{}", r.first, r.last - 1);
-    if (s == partition.n_stages() - 1) out += ",head";
-  }
-  return out;
-}
-
-Partition parse_partition_spec(std::string_view text, int64_t n_layers, int n_stages) {
-  text = trim(text);
-  Partition p = Partition::even(1, 1);
-  if (text == "even") {
-    if (n_stages < 1) {
-      fail(ErrorCode::kInvalidArgument, "\"even\" needs the number of stages; pass --stages");
-    }
-    p = Partition::even(n_layers, n_stages);
-  } else if (text.find('|') != std::string_view::npos ||
-             text.find("emb") != std::string_view::npos ||
-             text.find("head") != std::string_view::npos ||
-             text.find('-') != std::string_view::npos) {
-    p = parse_layout(text, n_layers);
-  } else {
-    p = Partition::parse(text, n_layers);
-  }
-  if (n_stages > 0 && p.n_stages() != n_stages) {
-    fail(ErrorCode::kInvalidArgument,
-         "partition \"{}\" has {} stages but {} were asked for; give one entry per stage", text,
-         p.n_stages(), n_stages);
-  }
-  return p;
 }
 
 }  // namespace conveyor

@@ -5,7 +5,7 @@
 
 #include "common/test_util.hpp"
 #include "conveyor/error.hpp"
-#include "conveyor/token_ids.hpp"
+#include "core/int_list.hpp"
 #include "observe/npy.hpp"
 
 namespace conveyor {
@@ -36,7 +36,7 @@ TEST(Npy, RejectsOtherArrays) {
 
 TEST(TokenIds, ParsesCommasAndSpaces) {
   EXPECT_EQ(parse_token_ids("1,2,3", "x"), (std::vector<int32_t>{1, 2, 3}));
-  EXPECT_EQ(parse_token_ids(" 4  5,6 ,", "x"), (std::vector<int32_t>{4, 5, 6}));
+  EXPECT_EQ(parse_token_ids(" 4  5,6 ", "x"), (std::vector<int32_t>{4, 5, 6}));
   EXPECT_EQ(parse_token_ids("-1", "x"), (std::vector<int32_t>{-1}));  // range is the engine's job
   EXPECT_TRUE(parse_token_ids("", "x").empty());
 }
@@ -52,6 +52,18 @@ TEST(TokenIds, NonNumericNamesTheItem) {
   }
   EXPECT_THROW(parse_token_ids("3.5", "x"), Error);
   EXPECT_THROW(parse_token_ids("99999999999", "x"), Error);
+}
+
+TEST(IntLists, EmptyItemsAndOutOfRangeValuesAreErrors) {
+  test::expect_invalid([] { parse_token_ids("1,,2", "--prompt-ids"); },
+                       {"--prompt-ids", "item 1 is empty"});
+  test::expect_invalid([] { parse_token_ids("1,2,", "--prompt-ids"); }, {"item 2 is empty"});
+  test::expect_invalid([] { parse_int_list("0,x", "--devices", "CUDA device id", 0, 7); },
+                       {"--devices", "'x' (item 1) is not a CUDA device id", "[0, 7]"});
+  test::expect_invalid([] { parse_int_list("0,-1", "--devices", "CUDA device id", 0, 7); },
+                       {"'-1' (item 1)"});
+  EXPECT_EQ(parse_int_list(" 5, 6 7 ", "x", "layer count"), (std::vector<int64_t>{5, 6, 7}));
+  EXPECT_TRUE(parse_int_list("  ", "x", "layer count").empty());
 }
 
 TEST(TokenIds, FileOfPrompts) {
