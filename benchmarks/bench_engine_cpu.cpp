@@ -37,7 +37,8 @@ int main(int argc, char** argv) {
     const double copy = bench::copy_bandwidth(threads);
     const double read = bench::read_bandwidth(threads);
     const double sgemm = bench::sgemm_flops(threads);
-    Engine engine = Engine::open(dir, {.threads_per_stage = threads, .max_batch = 1});
+    Engine engine =
+        Engine::open(dir, {.device = {.threads_per_stage = threads}, .capacity = {.max_batch = 1}});
     Request request;
     for (int64_t i = 0; i < prompt_len; ++i)
       request.prompt.push_back(static_cast<int32_t>((i * 37 + 11) % 32000));

@@ -117,17 +117,17 @@ struct EngineRun {
 
 Engine open_engine(const Setup& setup, const EngineRun& run, json& engines) {
   EngineOptions options;
-  options.backend = BackendKind::kCuda;
-  options.devices.assign(static_cast<size_t>(run.n_stages), setup.flags.device);
-  options.device_dtype = DType::kBF16;
+  options.device.backend = BackendKind::kCuda;
+  options.device.cuda_devices.assign(static_cast<size_t>(run.n_stages), setup.flags.device);
+  options.device.dtype = DType::kBF16;
   options.n_stages = run.n_stages;
-  options.max_batch = 1;
-  options.max_context = setup.max_context;
+  options.capacity.max_batch = 1;
+  options.capacity.max_context = setup.max_context;
   // A CUDA stage holds micro-batches of at most 4096 tokens: longer prompts go in chunks (prompts
   // up to 4096 tokens stay whole, so the default figures are single-chunk prefills).
-  options.chunk_tokens = 4096;
+  options.schedule.chunk_tokens = 4096;
   options.random_weights_seed = setup.flags.seed;
-  options.cuda_graphs = run.cuda_graphs;
+  options.device.cuda_graphs = run.cuda_graphs;
   const double start = bench::now_seconds();
   Engine engine = Engine::open(setup.model, options);
   const double open_seconds = bench::now_seconds() - start;

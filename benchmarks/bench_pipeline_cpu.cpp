@@ -34,11 +34,11 @@ struct PrefillRun {
 
 PrefillRun run_prefill(const std::filesystem::path& dir, int stages, int micro, int reps) {
   Engine engine =
-      Engine::open(dir, {.n_stages = stages, .prefill_micro_batches = micro, .record_trace = true});
+      Engine::open(dir, {.n_stages = stages, .schedule = {.prefill_micro_batches = micro}});
   const auto requests = prompts(8, 512, 1);
   PrefillRun best;
   for (int rep = 0; rep < reps; ++rep) {
-    GenerateResult r = engine.generate(requests);
+    GenerateResult r = engine.generate(requests, {.record_trace = true});
     if (r.prefill_seconds < best.seconds) {
       best.seconds = r.prefill_seconds;
       best.trace = r.trace;
@@ -96,7 +96,7 @@ int main(int argc, char** argv) {
       "{:>14}\n",
       "S", "step ms", "vs S=1", "per hop ms");
   for (int stages = 1; stages <= 4; ++stages) {
-    Engine engine = Engine::open(dir, {.n_stages = stages, .max_batch = 1});
+    Engine engine = Engine::open(dir, {.n_stages = stages, .capacity = {.max_batch = 1}});
     auto requests = prompts(1, 128, 33);
     engine.generate(requests);  // warm-up
     double best = 1e30;

@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "backend/cpu/cpu_stage.hpp"
+#include "backend/link.hpp"
 #include "conveyor/cost_model.hpp"
 #include "conveyor/engine.hpp"
 #include "conveyor/error.hpp"
@@ -27,7 +28,6 @@
 #include "core/check.hpp"
 #include "model/make_model.hpp"
 #include "model/weights.hpp"
-#include "runtime/link.hpp"
 
 namespace {
 
@@ -426,7 +426,7 @@ int run(const Args& args) {
       args.host_cores >= 0.0
           ? args.host_cores
           : static_cast<double>(std::max(1u, std::thread::hardware_concurrency())) / args.threads;
-  const SimulatorOptions sim{.devices = {device}, .host_cores = host_cores};
+  const SimulatorOptions sim{.topology = {.devices = {device}}, .host_cores = host_cores};
 
   std::vector<Request> requests;
   for (int32_t r = 0; r < args.batch; ++r) {
@@ -455,11 +455,11 @@ int run(const Args& args) {
           if (strategy == "balanced") {
             PartitionerOptions o;
             o.n_stages = S;
-            o.devices = {device};
+            o.topology.devices = {device};
             o.objective = Objective::kPrefillThroughput;
             const int64_t mb_tokens =
                 chunk > 0 ? chunk : std::max<int64_t>(1, args.prompt_tokens * args.batch / M);
-            o.prefill = Workload::prefill(mb_tokens);
+            o.prefill = Workload::prefill({.tokens_per_seq = mb_tokens});
             o.max_context = args.prompt_tokens + args.new_tokens;
             o.max_batch = args.batch;
             partition = balanced_partition(model, o).partition;
@@ -470,21 +470,20 @@ int run(const Args& args) {
                  strategy);
           }
           EngineOptions eo;
-          eo.n_stages = S;
-          eo.layers_per_stage = partition.counts();
-          eo.threads_per_stage = args.threads;
-          eo.prefill_micro_batches = M;
-          eo.chunk_tokens = chunk;
-          eo.max_batch = std::max<int32_t>(args.batch, 1);
-          eo.max_context = args.prompt_tokens + args.new_tokens;
-          eo.record_trace = true;
+          eo.partition = partition.to_string();
+          eo.device.threads_per_stage = args.threads;
+          eo.schedule.prefill_micro_batches = M;
+          eo.schedule.chunk_tokens = chunk;
+          eo.capacity.max_batch = std::max<int32_t>(args.batch, 1);
+          eo.capacity.max_context = args.prompt_tokens + args.new_tokens;
           Engine engine = Engine::open(model_dir->path(), eo);
-          engine.generate(requests);  // warm-up: page-in weights, grow buffers
+          const GenerateOptions traced{.record_trace = true};
+          engine.generate(requests, traced);  // warm-up: page-in weights, grow buffers
           std::vector<std::pair<double, Trace>> prefills;
           std::vector<double> decode_steps;
           int planned_m = M;
           for (int r = 0; r < args.repeats; ++r) {
-            GenerateResult res = engine.generate(requests);
+            GenerateResult res = engine.generate(requests, traced);
             Trace prefill_trace;
             for (const TraceEvent& e : res.trace) {
               if (e.phase == Phase::kPrefill) prefill_trace.push_back(e);

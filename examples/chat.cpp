@@ -57,7 +57,7 @@ std::vector<int32_t> fit_prompt(std::vector<conveyor::ChatMessage>& messages,
 
 int run(Args& args) {
   conveyor::EngineOptions options = conveyor::cli::engine_options(args.engine_args);
-  options.max_batch = 1;
+  options.capacity.max_batch = 1;
   const conveyor::Tokenizer tokenizer = conveyor::cli::open_tokenizer(args.engine_args);
   const conveyor::ChatTemplate chat =
       conveyor::ChatTemplate::for_tokenizer(tokenizer, args.chat_template);

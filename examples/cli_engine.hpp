@@ -13,8 +13,8 @@
 
 #include "conveyor/engine.hpp"
 #include "conveyor/error.hpp"
-#include "conveyor/token_ids.hpp"
 #include "conveyor/tokenizer.hpp"
+#include "core/int_list.hpp"
 #include "text/unicode.hpp"
 
 namespace conveyor::cli {
@@ -38,14 +38,15 @@ inline void add_engine_options(CLI::App& app, EngineArgs& args) {
                  "tokenizer.json to use when the model directory has none");
   app.add_option("--random-weights", args.engine.random_weights_seed,
                  "draw the weights from this seed instead of reading them (benchmarks)");
-  app.add_option("--backend", args.engine.backend, "cpu, cuda or auto (cuda when a GPU is present)")
+  app.add_option("--backend", args.engine.device.backend,
+                 "cpu, cuda or auto (cuda when a GPU is present)")
       ->transform(
           CLI::CheckedTransformer(std::map<std::string, BackendKind>{{"cpu", BackendKind::kCpu},
                                                                      {"cuda", BackendKind::kCuda},
                                                                      {"auto", BackendKind::kAuto}},
                                   CLI::ignore_case));
   app.add_option("--devices", args.devices, "CUDA device per stage, e.g. 0,1,2,3 or 0,0,0,0");
-  app.add_option("--transport", args.engine.transport,
+  app.add_option("--transport", args.engine.device.transport,
                  "between stages: local (in process) or nccl (NCCL send/recv, one GPU per stage)")
       ->transform(
           CLI::CheckedTransformer(std::map<std::string, Transport>{{"local", Transport::kLocal},
@@ -53,28 +54,30 @@ inline void add_engine_options(CLI::App& app, EngineArgs& args) {
                                   CLI::ignore_case));
   app.add_option("--dtype", args.dtype, "weights/activations on a GPU: bf16 or f16")
       ->capture_default_str();
-  app.add_flag("!--no-cuda-graphs", args.engine.cuda_graphs,
+  app.add_flag("!--no-cuda-graphs", args.engine.device.cuda_graphs,
                "launch decode kernels one by one instead of replaying CUDA graphs");
-  app.add_option("--threads", args.engine.threads_per_stage, "threads per stage (cpu)")
+  app.add_option("--threads", args.engine.device.threads_per_stage, "threads per stage (cpu)")
       ->capture_default_str();
-  app.add_option("--stages", args.engine.n_stages, "pipeline stages")->capture_default_str();
+  app.add_option("--stages", args.engine.n_stages,
+                 "pipeline stages (default: as --partition implies; 1 for even and balanced)");
   app.add_option("--partition", args.engine.partition,
                  "even, balanced (cost model), counts 5,6,6,7 or a layout emb,0-4|5-9,head")
       ->capture_default_str();
-  app.add_option("--layers-per-stage", args.layers_per_stage, "explicit split, e.g. 5,6,6,7");
-  app.add_option("--microbatches", args.engine.prefill_micro_batches,
+  app.add_option("--layers-per-stage", args.layers_per_stage,
+                 "explicit layer counts, e.g. 5,6,6,7 (the same as --partition 5,6,6,7)");
+  app.add_option("--microbatches", args.engine.schedule.prefill_micro_batches,
                  "prefill micro-batches (0 = one per stage)")
       ->capture_default_str();
-  app.add_option("--decode-microbatches", args.engine.decode_micro_batches,
+  app.add_option("--decode-microbatches", args.engine.schedule.decode_micro_batches,
                  "decode micro-batches (0 = min(stages, sequences))")
       ->capture_default_str();
-  app.add_option("--chunk-tokens", args.engine.chunk_tokens,
+  app.add_option("--chunk-tokens", args.engine.schedule.chunk_tokens,
                  "prefill chunk size; 0 = automatic (chunk only when there are fewer prompts "
                  "than micro-batches), -1 = never chunk")
       ->capture_default_str();
-  app.add_option("--max-batch", args.engine.max_batch, "most prompts per run")
+  app.add_option("--max-batch", args.engine.capacity.max_batch, "most prompts per run")
       ->capture_default_str();
-  app.add_option("--max-context", args.engine.max_context,
+  app.add_option("--max-context", args.engine.capacity.max_context,
                  "prompt + generated tokens (0 = min(max_position_embeddings, 4096))")
       ->capture_default_str();
 }
@@ -106,12 +109,22 @@ inline std::function<void(const LoadProgress&)> load_progress_printer() {
 inline EngineOptions engine_options(EngineArgs& args) {
   EngineOptions options = args.engine;
   if (!args.layers_per_stage.empty()) {
-    for (int32_t count : parse_token_ids(args.layers_per_stage, "--layers-per-stage"))
-      options.layers_per_stage.push_back(count);
+    if (options.partition != "even") {
+      throw Error(ErrorCode::kInvalidArgument,
+                  fmt::format("--layers-per-stage {} and --partition {} both give the split; "
+                              "pass one of them",
+                              args.layers_per_stage, options.partition));
+    }
+    std::string counts;
+    for (int64_t count :
+         parse_int_list(args.layers_per_stage, "--layers-per-stage", "layer count", 1, INT32_MAX)) {
+      counts += fmt::format("{}{}", counts.empty() ? "" : ",", count);
+    }
+    options.partition = counts;
   }
-  for (int32_t device : parse_token_ids(args.devices, "--devices"))
-    options.devices.push_back(device);
-  if (!parse_dtype(args.dtype, options.device_dtype) || options.device_dtype == DType::kF32) {
+  for (int64_t device : parse_int_list(args.devices, "--devices", "CUDA device id", 0, INT32_MAX))
+    options.device.cuda_devices.push_back(static_cast<int>(device));
+  if (!parse_dtype(args.dtype, options.device.dtype) || options.device.dtype == DType::kF32) {
     throw Error(ErrorCode::kInvalidArgument,
                 fmt::format("--dtype {} is not a GPU dtype; use bf16 or f16", args.dtype));
   }

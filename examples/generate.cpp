@@ -18,8 +18,8 @@
 #include "conveyor/engine.hpp"
 #include "conveyor/error.hpp"
 #include "conveyor/observe.hpp"
-#include "conveyor/token_ids.hpp"
 #include "conveyor/tokenizer.hpp"
+#include "core/int_list.hpp"
 #include "observe/npy.hpp"
 #include "text/unicode.hpp"
 
@@ -143,13 +143,12 @@ int run(Args& args) {
   } else {
     prompts = collect_prompts(args);
   }
-  if (static_cast<int64_t>(prompts.size()) > options.max_batch) {
+  if (static_cast<int64_t>(prompts.size()) > options.capacity.max_batch) {
     throw conveyor::Error(
         conveyor::ErrorCode::kInvalidArgument,
         fmt::format("{} prompts but --max-batch is {}; raise --max-batch or pass fewer prompts",
-                    prompts.size(), options.max_batch));
+                    prompts.size(), options.capacity.max_batch));
   }
-  options.record_trace = true;  // the balance report needs the events
 
   conveyor::Engine engine = conveyor::Engine::open(args.engine_args.model, options);
   const conveyor::ModelConfig& config = engine.config();
@@ -183,6 +182,7 @@ int run(Args& args) {
     requests.push_back(std::move(req));
   }
   conveyor::GenerateOptions gen;
+  gen.record_trace = true;  // the balance report needs the events
   gen.return_logits = !args.logits_out.empty();
   gen.all_logits = args.all_logits;
   if (args.all_logits && args.logits_out.empty()) {

@@ -11,8 +11,8 @@
 
 #include "cli_errors.hpp"
 #include "conveyor/error.hpp"
-#include "conveyor/token_ids.hpp"
 #include "conveyor/tokenizer.hpp"
+#include "core/int_list.hpp"
 
 namespace {
 

@@ -11,7 +11,6 @@
 #include <vector>
 
 #include "conveyor/dtype.hpp"
-#include "conveyor/fault.hpp"
 #include "conveyor/model_config.hpp"
 #include "conveyor/partition.hpp"
 #include "conveyor/sampling.hpp"
@@ -19,6 +18,10 @@
 #include "conveyor/trace.hpp"
 
 namespace conveyor {
+
+namespace detail {
+struct EngineHooks;  // tests only (src/engine/engine_hooks.hpp)
+}
 
 enum class BackendKind {
   kCpu,   // fp32 reference backend, one thread pool per stage
@@ -50,21 +53,29 @@ struct LoadStats {
   double seconds = 0.0;       // the whole of Engine::open
 };
 
-struct EngineOptions {
+// Where the stages run.
+struct DeviceOptions {
   BackendKind backend = BackendKind::kCpu;
   // CUDA device of each stage (empty: 0, 1, ..., n_stages-1). A device may repeat
   // (e.g. {0, 0, 0, 0}: four stages on one GPU, each with its own streams).
-  std::vector<int> devices;
-  DType device_dtype = DType::kBF16;  // weights and activations on a GPU: kBF16 or kF16
+  std::vector<int> cuda_devices;
+  DType dtype = DType::kBF16;  // weights and activations on a GPU: kBF16 or kF16
   Transport transport = Transport::kLocal;
-  int n_stages = 1;
-  // How layers are split over the stages: "even" (extra layers to the first stages), "balanced"
-  // (the cost model's exact min-max split: the lm_head's cost counted on the last stage),
-  // counts "5,6,6,7", or a layout "emb,0-4|5-10|11-16|17-23,head".
-  std::string partition = "even";
-  // Explicit layer counts per stage; when set they win over `partition`. Sum must be n_layers.
-  std::vector<int64_t> layers_per_stage;
-  int threads_per_stage = 1;      // each stage has its own pool: S stages use S * T cores
+  // CUDA: capture each stage's decode micro-batches (every chunk one token) in CUDA graphs, one
+  // per batch size and context bucket, and replay them instead of launching kernel by kernel.
+  // Off: every kernel is launched each step (the same kernels and sums: the same results).
+  bool cuda_graphs = true;
+  int threads_per_stage = 1;  // cpu: each stage has its own pool, S stages use S * T cores
+};
+
+// How much the engine holds: sequences at once and positions per sequence.
+struct CapacityOptions {
+  int32_t max_batch = 8;    // sequences per generate() call
+  int64_t max_context = 0;  // prompt + generated tokens; 0: min(max_position_embeddings, 4096)
+};
+
+// How a step is cut into micro-batches.
+struct ScheduleOptions {
   int prefill_micro_batches = 0;  // 0: one per stage (enough to fill the pipeline)
   int decode_micro_batches = 0;   // 0: min(stages, sequences in the step)
   // Prefill chunking. > 0: split prompts into chunks of at most this many tokens. 0 (automatic):
@@ -72,25 +83,28 @@ struct EngineOptions {
   // prompt fills the pipeline (chunks of at least kMinAutoChunkTokens). -1: never chunk.
   int64_t chunk_tokens = 0;
   static constexpr int64_t kMinAutoChunkTokens = 16;
-  int32_t max_batch = 8;    // sequences per generate() call
-  int64_t max_context = 0;  // prompt + generated tokens; 0: min(max_position_embeddings, 4096)
+};
+
+struct EngineOptions {
+  // The pipeline's shape, one spelling: `partition` is "even" (extra layers to the first
+  // stages) or "balanced" (the cost model's exact min-max split, the lm_head counted on the
+  // last stage) over `n_stages` stages (0: one), or layer counts "5,6,6,7" or a layout
+  // "emb,0-4|5-10|11-16|17-23,head", which imply the stage count (n_stages 0, or the same).
+  int n_stages = 0;
+  std::string partition = "even";
+  DeviceOptions device;
+  CapacityOptions capacity;
+  ScheduleOptions schedule;
   int64_t link_timeout_ms = 120'000;
-  bool record_trace = false;  // keep per-instruction events (GenerateResult::trace)
   // Benchmarks and tests: draw every weight from a deterministic generator keyed by (seed,
-  // tensor name) instead of reading *.safetensors. Only the config is read: Engine::open's path
+  // tensor name) instead of reading a checkpoint. Only the config is read: Engine::open's path
   // may then name a config.json file as well as a directory. CUDA stages draw the values on
   // their device, so an 8B-shaped model needs neither 16 GB of files nor a host copy. The same
   // seed gives the same weights on every backend (16-bit devices round them as they would a
   // checkpoint's).
   std::optional<uint64_t> random_weights_seed;
-  // CUDA: capture each stage's decode micro-batches (every chunk one token) in CUDA graphs, one
-  // per batch size and context bucket, and replay them instead of launching kernel by kernel.
-  // Off: every kernel is launched each step (the same kernels and sums: the same results).
-  bool cuda_graphs = true;
   // Called on the opening thread after each tensor is loaded (progress bars for large models).
   std::function<void(const LoadProgress&)> on_load_progress;
-
-  FaultInjection fault;  // testing only
 
   // Throws conveyor::Error(kInvalidArgument) naming the field, value, limit and fix.
   void validate() const;
@@ -119,6 +133,8 @@ struct GenerateOptions {
   // (one per generated token); with all_logits, first one row per prompt position.
   bool return_logits = false;
   bool all_logits = false;
+  // Keep a per-instruction trace of the call's steps (GenerateResult::trace).
+  bool record_trace = false;
   // Keep KV caches between calls: request i reuses the KV entries of the longest prefix its
   // prompt shares with what request i of the previous call computed (a chat's history), and
   // computes only the rest. Results are those of computing everything (within rounding). Not
@@ -151,7 +167,7 @@ struct GenerateResult {
   double prefill_seconds = 0.0;
   int64_t decode_tokens = 0;
   double decode_seconds = 0.0;
-  Trace trace;  // when EngineOptions::record_trace
+  Trace trace;  // when GenerateOptions::record_trace
 };
 
 // Not thread-safe: one generate() at a time. After a failed generate() (the error names the
@@ -183,6 +199,9 @@ class Engine {
                           const GenerateOptions& options = {});
 
  private:
+  friend struct detail::EngineHooks;
+  static Engine open(const std::filesystem::path& model, const EngineOptions& options,
+                     const detail::EngineHooks* hooks);
   struct Impl;
   explicit Engine(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;

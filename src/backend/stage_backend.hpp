@@ -22,6 +22,7 @@ struct StepContext {
   std::span<const SamplingParams> sampling;  // by sequence slot
   bool capture_logits = false;               // return the logits rows of the sampled positions
   bool all_logits = false;                   // ... and of every other position of the step too
+  bool record_trace = false;                 // runtime: keep one event per instruction
 };
 
 // The token sampled after `position` of sequence `seq`.
@@ -69,7 +70,6 @@ class StageBackend {
  public:
   virtual ~StageBackend() = default;
 
-  virtual int64_t hidden_size() const = 0;
   // For the report at start: where the stage runs, its weight bytes, KV capacity in tokens and
   // workspace, e.g. "cpu (2 threads): weights 120.3 MiB, KV 16384 tokens (24 KiB/token)".
   virtual std::string describe() const = 0;

@@ -16,6 +16,7 @@
 #include "conveyor/error.hpp"
 #include "conveyor/partitioner.hpp"
 #include "core/check.hpp"
+#include "engine/engine_hooks.hpp"
 #include "engine/stage_factory.hpp"
 #include "model/weights.hpp"
 #include "plan/plan_builders.hpp"
@@ -33,7 +34,7 @@ double seconds_since(Clock::time_point start) {
 
 // The chunk size a prefill step uses (0: none). Automatic chunking gives each of the n prompts
 // about M/n chunks when there are fewer prompts than micro-batches.
-int64_t prefill_chunk_tokens(const EngineOptions& options, int n_stages,
+int64_t prefill_chunk_tokens(const ScheduleOptions& options, int n_stages,
                              const std::vector<Request>& requests) {
   if (options.chunk_tokens != 0) return std::max<int64_t>(options.chunk_tokens, 0);
   const int64_t micro =
@@ -45,7 +46,7 @@ int64_t prefill_chunk_tokens(const EngineOptions& options, int n_stages,
     longest = std::max<int64_t>(longest, r.prompt.size());
   const int64_t rounds = (micro + n - 1) / n;
   const int64_t chunk =
-      std::max(EngineOptions::kMinAutoChunkTokens, (longest + rounds - 1) / rounds);
+      std::max(ScheduleOptions::kMinAutoChunkTokens, (longest + rounds - 1) / rounds);
   return chunk >= longest ? 0 : chunk;
 }
 
@@ -79,61 +80,65 @@ class ProgressTensors final : public TensorSource {
   Clock::time_point start_;
 };
 
+// The partition of `options` (see EngineOptions::partition): n_stages 0 means one stage for
+// "even" and "balanced", and whatever counts or a layout imply.
 Partition make_partition(const ModelConfig& config, const EngineOptions& options,
                          BackendKind backend, int64_t max_context) {
-  if (!options.layers_per_stage.empty()) {
-    if (static_cast<int>(options.layers_per_stage.size()) != options.n_stages) {
-      fail(ErrorCode::kInvalidArgument,
-           "layers_per_stage lists {} stages but n_stages is {}; give one layer count per stage",
-           options.layers_per_stage.size(), options.n_stages);
-    }
-    return Partition::from_counts(config.n_layers, options.layers_per_stage);
+  const int n_stages = std::max(options.n_stages, 1);
+  if (n_stages > config.n_layers &&
+      (options.partition == "even" || options.partition == "balanced")) {
+    fail(ErrorCode::kInvalidArgument,
+         "{} stages but the model has only {} layers; use at most {} stages", n_stages,
+         config.n_layers, config.n_layers);
   }
   if (options.partition != "balanced") {
-    return parse_partition_spec(options.partition, config.n_layers, options.n_stages);
+    return parse_partition_spec(options.partition, config.n_layers,
+                                options.partition == "even" ? n_stages : options.n_stages);
   }
   // Balanced: per-unit costs in the precision the backend runs; the ratios between the layers
   // and the head are what matter, so the device preset only needs the right kind of machine.
   const bool gpu = backend == BackendKind::kCuda;
-  const DType dtype = gpu ? options.device_dtype : DType::kF32;
+  const DType dtype = gpu ? options.device.dtype : DType::kF32;
   const CostModel model(config,
                         {.weight_dtype = dtype, .kv_dtype = dtype, .activation_dtype = dtype});
   PartitionerOptions partitioner;
-  partitioner.n_stages = options.n_stages;
-  partitioner.devices = {device_preset(gpu ? "h100" : "cpu")};
-  partitioner.devices.front().memory_bytes = 0;  // memory is checked by the stages themselves
+  partitioner.n_stages = n_stages;
+  partitioner.topology.devices = {device_preset(gpu ? "h100" : "cpu")};
+  partitioner.topology.devices.front().memory_bytes = 0;  // memory is checked by the stages
   partitioner.objective = Objective::kMixed;
   partitioner.max_context = max_context;
-  partitioner.max_batch = options.max_batch;
+  partitioner.max_batch = options.capacity.max_batch;
   return balanced_partition(model, partitioner).partition;
 }
 }  // namespace
 
 void EngineOptions::validate() const {
-  if (n_stages < 1) {
-    fail(ErrorCode::kInvalidArgument, "n_stages is {} but must be at least 1", n_stages);
+  if (n_stages < 0) {
+    fail(ErrorCode::kInvalidArgument,
+         "n_stages is {} but must be >= 1 (or 0: as the partition implies, one for \"even\")",
+         n_stages);
   }
-  if (threads_per_stage < 1) {
-    fail(ErrorCode::kInvalidArgument, "threads_per_stage is {} but must be at least 1",
-         threads_per_stage);
+  if (device.threads_per_stage < 1) {
+    fail(ErrorCode::kInvalidArgument, "device.threads_per_stage is {} but must be at least 1",
+         device.threads_per_stage);
   }
-  if (prefill_micro_batches < 0 || decode_micro_batches < 0) {
+  if (schedule.prefill_micro_batches < 0 || schedule.decode_micro_batches < 0) {
     fail(ErrorCode::kInvalidArgument,
          "micro-batch counts must be >= 0 (0 picks the default); got prefill {} and decode {}",
-         prefill_micro_batches, decode_micro_batches);
+         schedule.prefill_micro_batches, schedule.decode_micro_batches);
   }
-  if (chunk_tokens < -1) {
+  if (schedule.chunk_tokens < -1) {
     fail(ErrorCode::kInvalidArgument,
          "chunk_tokens is {} but must be > 0 (a chunk size), 0 (automatic) or -1 (never chunk)",
-         chunk_tokens);
+         schedule.chunk_tokens);
   }
-  if (max_batch < 1) {
-    fail(ErrorCode::kInvalidArgument, "max_batch is {} but must be at least 1", max_batch);
+  if (capacity.max_batch < 1) {
+    fail(ErrorCode::kInvalidArgument, "max_batch is {} but must be at least 1", capacity.max_batch);
   }
-  if (max_context < 0) {
+  if (capacity.max_context < 0) {
     fail(ErrorCode::kInvalidArgument,
          "max_context is {} but must be >= 0 (0 picks min(max_position_embeddings, 4096))",
-         max_context);
+         capacity.max_context);
   }
   if (link_timeout_ms < 1) {
     fail(ErrorCode::kInvalidArgument, "link_timeout_ms is {} but must be at least 1",
@@ -194,6 +199,11 @@ std::vector<std::string> Engine::stage_reports() const {
 }
 
 Engine Engine::open(const std::filesystem::path& model, const EngineOptions& options) {
+  return open(model, options, nullptr);
+}
+
+Engine Engine::open(const std::filesystem::path& model, const EngineOptions& options,
+                    const detail::EngineHooks* hooks) {
   const auto start = Clock::now();
   options.validate();
   const bool random_weights = options.random_weights_seed.has_value();
@@ -209,36 +219,41 @@ Engine Engine::open(const std::filesystem::path& model, const EngineOptions& opt
   if (!random_weights) checkpoint = Checkpoint::open(model);
   ModelConfig config = checkpoint ? checkpoint->config : ModelConfig::load(model);
   const int64_t default_context = std::min<int64_t>(config.max_position_embeddings, 4096);
-  const int64_t max_context = options.max_context > 0 ? options.max_context : default_context;
+  const int64_t max_context =
+      options.capacity.max_context > 0 ? options.capacity.max_context : default_context;
   if (max_context > config.max_position_embeddings) {
     fail(ErrorCode::kInvalidArgument,
          "max_context {} exceeds the model's max_position_embeddings {}; lower "
-         "EngineOptions::max_context",
+         "EngineOptions::capacity.max_context (--max-context)",
          max_context, config.max_position_embeddings);
   }
   if (config.sliding_window && max_context > *config.sliding_window) {
     fail(ErrorCode::kInvalidArgument,
          "max_context {} exceeds the model's sliding_window {}, and conveyor does not implement "
-         "windowed attention; lower EngineOptions::max_context to at most {}",
+         "windowed attention; lower EngineOptions::capacity.max_context to at most {}",
          max_context, *config.sliding_window, *config.sliding_window);
   }
-  if (options.n_stages > config.n_layers) {
-    fail(ErrorCode::kInvalidArgument,
-         "{} stages but the model has only {} layers; use at most {} stages", options.n_stages,
-         config.n_layers, config.n_layers);
-  }
-  const BackendKind backend = resolve_backend(options.backend);
+  const BackendKind backend = resolve_backend(options.device.backend);
   if (backend == BackendKind::kCpu) check_host_memory(config);
   Partition partition = make_partition(config, options, backend, max_context);
   auto impl = std::make_unique<Impl>(config, options, std::move(partition));
   impl->max_context = max_context;
 
   impl->backend = backend;
-  std::vector<int> devices(static_cast<size_t>(options.n_stages), 0);
-  if (impl->backend == BackendKind::kCuda) devices = stage_devices(options);
+  const int n_stages = impl->partition.n_stages();
+  std::vector<int> devices(static_cast<size_t>(n_stages), 0);
+  if (impl->backend == BackendKind::kCuda) devices = stage_devices(options.device, n_stages);
 
   // Before any weights load: a transport that cannot work fails fast.
   auto make_link = make_links(impl->backend, config, options, devices, impl->max_context);
+  if (hooks != nullptr && hooks->wrap_link) {
+    auto inner = make_link ? std::move(make_link) : [](int) -> std::unique_ptr<Link> {
+      return std::make_unique<HostLink>();
+    };
+    make_link = [inner = std::move(inner), wrap = hooks->wrap_link](int from) {
+      return wrap(from, inner(from));
+    };
+  }
   std::optional<ProgressTensors> tensors;
   if (checkpoint) {
     tensors.emplace(*checkpoint->tensors, checkpoint->file_bytes, options.on_load_progress);
@@ -264,6 +279,9 @@ Engine Engine::open(const std::filesystem::path& model, const EngineOptions& opt
                                         StageResources{.stage = s,
                                                        .device = devices[static_cast<size_t>(s)],
                                                        .max_context = impl->max_context}));
+    if (hooks != nullptr && hooks->wrap_stage) {
+      stages.back() = hooks->wrap_stage(s, std::move(stages.back()));
+    }
     impl->stage_reports.push_back(fmt::format("stage {}: layers [{}, {}){}{}: {}", s, range.first,
                                               range.last, spec.embedding ? " + embedding" : "",
                                               spec.head ? " + head" : "",
@@ -272,10 +290,8 @@ Engine Engine::open(const std::filesystem::path& model, const EngineOptions& opt
   impl->pipeline = std::make_unique<Pipeline>(
       std::move(stages),
       PipelineOptions{.link_timeout = std::chrono::milliseconds(options.link_timeout_ms),
-                      .record_trace = options.record_trace,
-                      .fault = options.fault,
                       .make_link = std::move(make_link)});
-  impl->cached.resize(static_cast<size_t>(options.max_batch));
+  impl->cached.resize(static_cast<size_t>(options.capacity.max_batch));
   impl->load_seconds = seconds_since(start);
   impl->load_stats.seconds = impl->load_seconds;
   if (tensors) impl->load_stats.bytes_read = tensors->bytes_read();
@@ -290,11 +306,11 @@ void Engine::Impl::check_requests(const std::vector<Request>& requests,
   if (requests.empty()) {
     fail(ErrorCode::kInvalidArgument, "generate() got no requests; pass at least one prompt");
   }
-  if (static_cast<int64_t>(requests.size()) > options.max_batch) {
+  if (static_cast<int64_t>(requests.size()) > options.capacity.max_batch) {
     fail(ErrorCode::kInvalidArgument,
-         "batch of {} requests exceeds max_batch {}; raise EngineOptions::max_batch (--max-batch) "
-         "or split the batch",
-         requests.size(), options.max_batch);
+         "batch of {} requests exceeds max_batch {}; raise EngineOptions::capacity.max_batch "
+         "(--max-batch) or split the batch",
+         requests.size(), options.capacity.max_batch);
   }
   if (gen.all_logits && !gen.return_logits) {
     fail(ErrorCode::kInvalidArgument, "all_logits needs return_logits");
@@ -321,7 +337,7 @@ void Engine::Impl::check_requests(const std::vector<Request>& requests,
     if (total > max_context) {
       fail(ErrorCode::kInvalidArgument,
            "request {}: prompt of {} tokens + max_new_tokens {} = {} exceeds max_context {}; raise "
-           "EngineOptions::max_context (--max-context) or shorten the request",
+           "EngineOptions::capacity.max_context (--max-context) or shorten the request",
            r, req.prompt.size(), req.max_new_tokens, total, max_context);
     }
     for (int32_t id : req.stop_token_ids) {
@@ -344,7 +360,7 @@ GenerateResult Engine::generate(const std::vector<Request>& requests, const Gene
   // Sequence slot i serves request i for the whole call. With reuse_cache, slot i keeps the
   // KV entries of the longest prefix request i shares with what the slot computed last time
   // (always leaving at least the last prompt token to compute); every other slot starts empty.
-  const auto slots = static_cast<size_t>(d.options.max_batch);
+  const auto slots = static_cast<size_t>(d.options.capacity.max_batch);
   std::vector<std::vector<int32_t>> tokens(slots);
   std::vector<SamplingParams> sampling(slots);
   std::vector<int64_t> reused(n, 0);
@@ -371,7 +387,8 @@ GenerateResult Engine::generate(const std::vector<Request>& requests, const Gene
   StepContext ctx{.tokens = tokens,
                   .sampling = sampling,
                   .capture_logits = gen.return_logits,
-                  .all_logits = gen.all_logits};
+                  .all_logits = gen.all_logits,
+                  .record_trace = gen.record_trace};
 
   GenerateResult result;
   result.requests.resize(n);
@@ -428,12 +445,12 @@ GenerateResult Engine::generate(const std::vector<Request>& requests, const Gene
     }
     const StepPlan plan = build_prefill_plan(
         d.next_step++, seqs,
-        PrefillPlanOptions{
-            .n_stages = d.partition.n_stages(),
-            .n_micro_batches = d.options.prefill_micro_batches,
-            .chunk_tokens = prefill_chunk_tokens(d.options, d.partition.n_stages(), requests),
-            .sample_rule =
-                gen.all_logits ? SampleRule::kEveryMicroBatch : SampleRule::kWhereChunksSample});
+        PrefillPlanOptions{.n_stages = d.partition.n_stages(),
+                           .n_micro_batches = d.options.schedule.prefill_micro_batches,
+                           .chunk_tokens = prefill_chunk_tokens(d.options.schedule,
+                                                                d.partition.n_stages(), requests),
+                           .sample_rule = gen.all_logits ? SampleRule::kEveryMicroBatch
+                                                         : SampleRule::kWhereChunksSample});
     auto [sampled, seconds] = run(plan);
     result.prefill_tokens = plan.n_tokens();
     result.prefill_seconds = seconds;
@@ -452,10 +469,10 @@ GenerateResult Engine::generate(const std::vector<Request>& requests, const Gene
       }
     }
     if (seqs.empty()) break;
-    const StepPlan plan =
-        build_decode_plan(d.next_step++, seqs,
-                          DecodePlanOptions{.n_stages = d.partition.n_stages(),
-                                            .n_micro_batches = d.options.decode_micro_batches});
+    const StepPlan plan = build_decode_plan(
+        d.next_step++, seqs,
+        DecodePlanOptions{.n_stages = d.partition.n_stages(),
+                          .n_micro_batches = d.options.schedule.decode_micro_batches});
     auto [sampled, seconds] = run(plan);
     result.decode_tokens += static_cast<int64_t>(sampled.size());
     result.decode_seconds += seconds;
@@ -487,7 +504,7 @@ GenerateResult Engine::generate(const std::vector<Request>& requests, const Gene
     d.cached[i].assign(tokens[i].begin(),
                        tokens[i].begin() + static_cast<std::ptrdiff_t>(committed));
   }
-  if (d.options.record_trace) result.trace = d.pipeline->take_trace();
+  if (gen.record_trace) result.trace = d.pipeline->take_trace();
   return result;
 }
 

@@ -95,17 +95,17 @@ void check_host_memory(const ModelConfig& config) {
   }
 }
 
-std::vector<int> stage_devices(const EngineOptions& options) {
-  std::vector<int> devices = options.devices;
+std::vector<int> stage_devices(const DeviceOptions& options, int n_stages) {
+  std::vector<int> devices = options.cuda_devices;
   if (devices.empty()) {
-    for (int s = 0; s < options.n_stages; ++s)
+    for (int s = 0; s < n_stages; ++s)
       devices.push_back(s);
   }
-  if (static_cast<int>(devices.size()) != options.n_stages) {
+  if (static_cast<int>(devices.size()) != n_stages) {
     fail(ErrorCode::kInvalidArgument,
          "{} devices listed for {} stages; give one device id per stage (repeat an id to share a "
          "device, e.g. --devices 0,0,0,0)",
-         devices.size(), options.n_stages);
+         devices.size(), n_stages);
   }
   const int available = device_count();
   for (size_t s = 0; s < devices.size(); ++s) {
@@ -123,19 +123,19 @@ std::function<std::unique_ptr<Link>(int)> make_links(BackendKind backend, const 
                                                      const EngineOptions& options,
                                                      const std::vector<int>& devices,
                                                      int64_t max_context) {
-  if (options.transport == Transport::kLocal) return {};
+  if (options.device.transport == Transport::kLocal) return {};
   if (backend != BackendKind::kCuda) {
     fail(ErrorCode::kInvalidArgument,
          "the nccl transport moves device buffers between GPUs and needs the cuda backend, but "
          "the stages run on the cpu; use --backend cuda, or --transport local");
   }
 #if CONVEYOR_WITH_CUDA && CONVEYOR_HAVE_NCCL
-  if (options.n_stages < 2) return {};  // no links
+  if (devices.size() < 2) return {};  // no links
   auto world = std::make_shared<cuda::NcclWorld>(
       devices, std::chrono::milliseconds(options.link_timeout_ms));
   // Rows of the largest micro-batch the receiving CUDA stage takes.
   const int64_t max_tokens =
-      cuda::CudaStageOptions{.max_seqs = options.max_batch, .max_context = max_context}
+      cuda::CudaStageOptions{.max_seqs = options.capacity.max_batch, .max_context = max_context}
           .effective_max_tokens();
   const int64_t hidden = config.hidden_size;
   return [world, max_tokens, hidden](int from) -> std::unique_ptr<Link> {
@@ -155,10 +155,10 @@ std::unique_ptr<StageBackend> make_stage_backend(BackendKind backend, const Mode
   if (backend == BackendKind::kCuda) {
 #if CONVEYOR_WITH_CUDA
     const cuda::CudaStageOptions cuda_options{.device = resources.device,
-                                              .dtype = options.device_dtype,
-                                              .max_seqs = options.max_batch,
+                                              .dtype = options.device.dtype,
+                                              .max_seqs = options.capacity.max_batch,
                                               .max_context = resources.max_context,
-                                              .cuda_graphs = options.cuda_graphs};
+                                              .cuda_graphs = options.device.cuda_graphs};
     return std::visit(
         [&](auto& source) {
           return cuda::make_cuda_stage(config, std::move(source), cuda_options);
@@ -173,8 +173,8 @@ std::unique_ptr<StageBackend> make_stage_backend(BackendKind backend, const Mode
                           : std::move(std::get<StageWeights>(weights));
   return std::make_unique<cpu::CpuStage>(
       config, std::move(host),
-      cpu::CpuStageOptions{.n_threads = options.threads_per_stage,
-                           .max_seqs = options.max_batch,
+      cpu::CpuStageOptions{.n_threads = options.device.threads_per_stage,
+                           .max_seqs = options.capacity.max_batch,
                            .max_context = resources.max_context});
 }
 

@@ -4,10 +4,12 @@
 #include <gtest/gtest.h>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <functional>
 #include <set>
 
+#include "common/faults.hpp"
 #include "common/test_util.hpp"
 #include "conveyor/engine.hpp"
 #include "conveyor/error.hpp"
@@ -94,9 +96,9 @@ TEST_F(EngineTest, StagesTimesMicroBatchesTimesChunking) {
       for (int64_t chunk : {int64_t{0}, int64_t{4}}) {
         EngineOptions options;
         options.n_stages = stages;
-        options.prefill_micro_batches = micro;
-        options.decode_micro_batches = std::min(micro, 3);
-        options.chunk_tokens = chunk;
+        options.schedule = {.prefill_micro_batches = micro,
+                            .decode_micro_batches = std::min(micro, 3),
+                            .chunk_tokens = chunk};
         Engine engine = Engine::open(dir_->path(), options);
         expect_matches_reference(engine.generate(requests(), logits_options()),
                                  fmt_what(stages, micro, chunk));
@@ -109,12 +111,11 @@ TEST_F(EngineTest, UnevenPartitionsAndThreads) {
   for (const std::vector<int64_t>& counts :
        {std::vector<int64_t>{1, 5}, {5, 1}, {4, 1, 1}, {1, 2, 3}, {2, 1, 1, 2}}) {
     EngineOptions options;
-    options.n_stages = static_cast<int>(counts.size());
-    options.layers_per_stage = counts;
-    options.threads_per_stage = 2;
-    options.prefill_micro_batches = 3;
-    options.chunk_tokens = 3;
+    options.partition = fmt::format("{}", fmt::join(counts, ","));  // implies the stage count
+    options.device.threads_per_stage = 2;
+    options.schedule = {.prefill_micro_batches = 3, .chunk_tokens = 3};
     Engine engine = Engine::open(dir_->path(), options);
+    EXPECT_EQ(engine.partition().counts(), counts);
     expect_matches_reference(engine.generate(requests(), logits_options()), "uneven partition");
   }
 }
@@ -134,6 +135,13 @@ TEST_F(EngineTest, PartitionSpecs) {
               Engine::open(dir_->path(), {.n_stages = 2, .partition = "3,x"});
             }).find("'x'"),
             std::string::npos);
+  // Counts and layouts imply the stage count; a different n_stages is a contradiction.
+  EXPECT_EQ(Engine::open(dir_->path(), {.partition = "1,2,3"}).partition().n_stages(), 3);
+  EXPECT_NE(error_of([&] {
+              Engine::open(dir_->path(), {.n_stages = 2, .partition = "1,2,3"});
+            }).find("has 3 stages but 2 were asked for"),
+            std::string::npos);
+  EXPECT_EQ(Engine::open(dir_->path(), {}).partition().n_stages(), 1);
 }
 
 TEST_F(EngineTest, OneLongPromptIsChunkedToFillThePipeline) {
@@ -148,11 +156,13 @@ TEST_F(EngineTest, OneLongPromptIsChunkedToFillThePipeline) {
   EXPECT_EQ(got.requests[0].tokens, expected.requests[0].tokens);
   EXPECT_LE(test::relative_error(got.requests[0].logits, expected.requests[0].logits), 1e-5);
   // -1 turns it off; a batch at least as large as M is never chunked automatically.
-  Engine never = Engine::open(dir_->path(), {.n_stages = 3, .chunk_tokens = -1});
+  Engine never = Engine::open(dir_->path(), {.n_stages = 3, .schedule = {.chunk_tokens = -1}});
   EXPECT_EQ(never.generate(one).steps.front().n_micro_batches, 1);
   Engine batch = Engine::open(dir_->path(), {.n_stages = 3});
   EXPECT_EQ(batch.generate(requests()).steps.front().n_micro_batches, 3);
-  EXPECT_NE(error_of([&] { Engine::open(dir_->path(), {.chunk_tokens = -2}); }).find("-1 (never"),
+  EXPECT_NE(error_of([&] {
+              Engine::open(dir_->path(), {.schedule = {.chunk_tokens = -2}});
+            }).find("-1 (never"),
             std::string::npos);
 }
 
@@ -206,7 +216,8 @@ TEST_F(EngineTest, LogitsOfGeneratedTokensOnly) {
 }
 
 TEST_F(EngineTest, BadInputIsRefusedClearly) {
-  Engine engine = Engine::open(dir_->path(), {.n_stages = 2, .max_batch = 2, .max_context = 64});
+  Engine engine =
+      Engine::open(dir_->path(), {.n_stages = 2, .capacity = {.max_batch = 2, .max_context = 64}});
   auto with = [&](auto change) {
     std::vector<Request> reqs(1);
     reqs[0].prompt = {1, 2, 3};
@@ -235,17 +246,16 @@ TEST_F(EngineTest, BadInputIsRefusedClearly) {
             std::string::npos);
   EXPECT_NE(error_of([&] { Engine::open(dir_->path(), {.n_stages = 7}); }).find("only 6 layers"),
             std::string::npos);
-  EXPECT_NE(error_of([&] {
-              Engine::open(dir_->path(), {.n_stages = 2, .layers_per_stage = {3, 2}});
-            }).find("sum"),
+  EXPECT_NE(error_of([&] { Engine::open(dir_->path(), {.partition = "3,2"}); }).find("sum"),
             std::string::npos);
   EXPECT_NE(error_of([&] {
-              Engine::open(dir_->path(), {.max_context = 100000});
+              Engine::open(dir_->path(), {.capacity = {.max_context = 100000}});
             }).find("max_position_embeddings"),
             std::string::npos);
   // NCCL moves device buffers: on the cpu backend it is refused before any weights load.
-  const std::string nccl_on_cpu =
-      error_of([&] { Engine::open(dir_->path(), {.transport = Transport::kNccl, .n_stages = 2}); });
+  const std::string nccl_on_cpu = error_of([&] {
+    Engine::open(dir_->path(), {.n_stages = 2, .device = {.transport = Transport::kNccl}});
+  });
   EXPECT_NE(nccl_on_cpu.find("nccl transport"), std::string::npos) << nccl_on_cpu;
   EXPECT_NE(nccl_on_cpu.find("--backend cuda"), std::string::npos) << nccl_on_cpu;
 }
@@ -255,15 +265,18 @@ TEST_F(EngineTest, BadInputIsRefusedClearly) {
 TEST_F(EngineTest, FaultInjectionAtEveryInstruction) {
   const int stages = 3;
   // Step 0 is the prefill of the first call; step 2 is its second decode step. Programs of
-  // stage s have 2M+1 (s = 0) or 3M+1 instructions; M = 2 in prefill, 2 in decode here.
+  // stage s have 2M+1 (s = 0) or 3M+1 instructions, M = 2 here; the last, Commit, only marks
+  // the stage done. The doubles of tests/common/faults.hpp throw at the others.
   for (int64_t step : {int64_t{0}, int64_t{2}}) {
     for (int stage = 0; stage < stages; ++stage) {
       const int n_instructions = stage == 0 ? 5 : 7;
-      for (int instruction = 0; instruction < n_instructions; ++instruction) {
-        EngineOptions options{
-            .n_stages = stages, .prefill_micro_batches = 2, .decode_micro_batches = 2};
-        options.fault = {.stage = stage, .step = step, .instruction = instruction};
-        Engine engine = Engine::open(dir_->path(), options);
+      for (int instruction = 0; instruction + 1 < n_instructions; ++instruction) {
+        const EngineOptions options{
+            .n_stages = stages,
+            .schedule = {.prefill_micro_batches = 2, .decode_micro_batches = 2}};
+        auto faults =
+            test::FaultInjector::create({.stage = stage, .step = step, .instruction = instruction});
+        Engine engine = faults->hooks().open(dir_->path(), options);
         const std::string message =
             error_of([&] { engine.generate(requests(), logits_options()); });
         EXPECT_NE(message.find(fmt_where(stage, instruction)), std::string::npos) << message;

@@ -359,7 +359,8 @@ TEST_F(SmolLm2, LogitsMatchTheNumpyReferenceOnEveryPipelineShape) {
                   .stop_at_eos = false};
   for (int stages : {1, 2, 3, 5}) {
     SCOPED_TRACE(fmt::format("{} stages", stages));
-    Engine engine = Engine::open(*path_, EngineOptions{.n_stages = stages, .max_context = 512});
+    Engine engine =
+        Engine::open(*path_, EngineOptions{.n_stages = stages, .capacity = {.max_context = 512}});
     const GenerateResult result = engine.generate({request}, {.return_logits = true});
     const RequestResult& out = result.requests[0];
     ASSERT_EQ(out.logits_rows, reference.rows);
@@ -380,7 +381,7 @@ TEST_F(SmolLm2, TheEquivalentSafetensorsDirectoryGivesIdenticalLogits) {
   Request request{.prompt = fixture["prompt_ids"].get<std::vector<int32_t>>(),
                   .max_new_tokens = 3,
                   .stop_at_eos = false};
-  const EngineOptions options{.n_stages = 2, .max_context = 256};
+  const EngineOptions options{.n_stages = 2, .capacity = {.max_context = 256}};
   GenerateResult a = Engine::open(*path_, options).generate({request}, {.return_logits = true});
   GenerateResult b = Engine::open(dir.path(), options).generate({request}, {.return_logits = true});
   EXPECT_EQ(a.requests[0].tokens, b.requests[0].tokens);

@@ -3,8 +3,8 @@
 
 #include <thread>
 
+#include "backend/link.hpp"
 #include "conveyor/error.hpp"
-#include "runtime/link.hpp"
 
 namespace conveyor {
 namespace {

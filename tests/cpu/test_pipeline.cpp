@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include "backend/cpu/cpu_stage.hpp"
+#include "common/faults.hpp"
 #include "common/test_util.hpp"
 #include "conveyor/error.hpp"
 #include "conveyor/partition.hpp"
@@ -24,7 +25,9 @@ class PipelineTest : public ::testing::Test {
     sampling_.resize(2);
   }
 
-  std::unique_ptr<Pipeline> make_pipeline(const PipelineOptions& options = {}) {
+  // With `faults`, every stage and link is wrapped by its fault-injection doubles.
+  std::unique_ptr<Pipeline> make_pipeline(PipelineOptions options = {},
+                                          std::shared_ptr<test::FaultInjector> faults = nullptr) {
     SafeTensors tensors = SafeTensors::open(dir_.path());
     Partition partition = Partition::even(config_.n_layers, kStages);
     std::vector<std::unique_ptr<StageBackend>> stages;
@@ -36,6 +39,12 @@ class PipelineTest : public ::testing::Test {
       stages.push_back(std::make_unique<cpu::CpuStage>(
           config_, load_stage_weights(tensors, config_, spec),
           cpu::CpuStageOptions{.n_threads = 1, .max_seqs = 2, .max_context = 64}));
+      if (faults) stages.back() = faults->wrap_stage(s, std::move(stages.back()));
+    }
+    if (faults) {
+      options.make_link = [faults](int from) {
+        return faults->wrap_link(from, std::make_unique<HostLink>());
+      };
     }
     return std::make_unique<Pipeline>(std::move(stages), options);
   }
@@ -90,14 +99,16 @@ TEST_F(PipelineTest, FailedDecodeStepCommitsNothingAnywhere) {
   const auto expected = tokens_;
 
   for (int stage = 0; stage < kStages; ++stage) {
+    // Every instruction but the final Commit, which only marks the stage done.
     const int n_instructions =
         static_cast<int>(decode(1).programs[static_cast<size_t>(stage)].size());
-    for (int instruction = 0; instruction < n_instructions; ++instruction) {
+    for (int instruction = 0; instruction + 1 < n_instructions; ++instruction) {
       tokens_ = saved;
-      auto p = make_pipeline();
+      auto faults = test::FaultInjector::create();
+      auto p = make_pipeline({}, faults);
       append(p->run_step(prefill(0), context()));
       append(p->run_step(decode(1), context()));
-      p->set_fault({.stage = stage, .step = 2, .instruction = instruction});
+      faults->set({.stage = stage, .step = 2, .instruction = instruction});
       try {
         p->run_step(decode(2), context());
         FAIL() << "no error for fault at stage " << stage << " instruction " << instruction;
@@ -108,7 +119,7 @@ TEST_F(PipelineTest, FailedDecodeStepCommitsNothingAnywhere) {
       }
       // Every stage is back at the commit of step 1; the retried step 2 gives the clean result.
       expect_committed(*p, 7, 4);
-      p->set_fault({});
+      faults->set({});
       append(p->run_step(decode(2), context()));
       EXPECT_EQ(tokens_, expected) << "stage " << stage << " instruction " << instruction;
     }
@@ -116,11 +127,11 @@ TEST_F(PipelineTest, FailedDecodeStepCommitsNothingAnywhere) {
 }
 
 TEST_F(PipelineTest, FailedPrefillLeavesEmptyCaches) {
-  auto p = make_pipeline();
-  p->set_fault({.stage = 2, .step = -1, .instruction = 4});
+  auto faults = test::FaultInjector::create({.stage = 2, .step = -1, .instruction = 4});
+  auto p = make_pipeline({}, faults);
   EXPECT_THROW(p->run_step(prefill(0), context()), Error);
   expect_committed(*p, 0, 0);
-  p->set_fault({});
+  faults->set({});
   p->run_step(prefill(1), context());
   expect_committed(*p, 6, 3);
 }
@@ -183,7 +194,6 @@ TEST_F(PipelineTest, RefusesUnvalidatedPlans) {
 class ThrowingStage final : public StageBackend {
  public:
   explicit ThrowingStage(bool fail) : fail_(fail) {}
-  int64_t hidden_size() const override { return 4; }
   std::string describe() const override { return "throwing test stage"; }
   void compute(const MicroBatch& mb, const StepContext&, Activations& a) override {
     if (fail_) throw std::bad_alloc();
@@ -222,7 +232,9 @@ TEST(PipelineErrors, StdExceptionsAreNamedAndRolledBack) {
 TEST_F(PipelineTest, TraceRecordsEveryInstruction) {
   auto p = make_pipeline();
   const StepPlan plan = prefill(0);
-  p->run_step(plan, context());
+  StepContext traced = context();
+  traced.record_trace = true;
+  append(p->run_step(plan, traced));
   Trace trace = p->take_trace();
   size_t n = 0;
   for (const auto& program : plan.programs)
@@ -230,6 +242,9 @@ TEST_F(PipelineTest, TraceRecordsEveryInstruction) {
   EXPECT_EQ(trace.size(), n);
   for (const TraceEvent& e : trace)
     EXPECT_LE(e.start_us, e.end_us);
+  EXPECT_TRUE(p->take_trace().empty());
+  // Without record_trace a step leaves no events.
+  p->run_step(decode(1), context());
   EXPECT_TRUE(p->take_trace().empty());
 }
 

@@ -146,7 +146,7 @@ TEST_F(RandomWeightsEngine, OpensAConfigFileAndIsPartitionIndependent) {
   const GenerateResult one = run(config_path_, {}, 42);
   // The directory works too; no safetensors file is needed or read.
   const GenerateResult split =
-      run(dir_.path(), {.n_stages = 3, .partition = "1,2,1", .prefill_micro_batches = 2}, 42);
+      run(dir_.path(), {.partition = "1,2,1", .schedule = {.prefill_micro_batches = 2}}, 42);
   ASSERT_EQ(one.requests.size(), split.requests.size());
   for (size_t r = 0; r < one.requests.size(); ++r) {
     EXPECT_EQ(one.requests[r].tokens, split.requests[r].tokens) << "request " << r;

@@ -46,11 +46,12 @@ TEST(CudaGguf, SmolLm2AnswersLikeTheFp32Reference) {
   for (DType dtype : {DType::kBF16, DType::kF16}) {
     for (int stages : {1, 2}) {
       SCOPED_TRACE(fmt::format("{} stages, {}", stages, dtype_name(dtype)));
-      EngineOptions options{.backend = BackendKind::kCuda,
-                            .devices = std::vector<int>(static_cast<size_t>(stages), 0),
-                            .device_dtype = dtype,
-                            .n_stages = stages,
-                            .max_context = 256};
+      EngineOptions options{
+          .n_stages = stages,
+          .device = {.backend = BackendKind::kCuda,
+                     .cuda_devices = std::vector<int>(static_cast<size_t>(stages), 0),
+                     .dtype = dtype},
+          .capacity = {.max_context = 256}};
       Engine engine = Engine::open(*path, options);
       Request request{.prompt = prompt,
                       .max_new_tokens = 24,

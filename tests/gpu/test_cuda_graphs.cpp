@@ -105,7 +105,6 @@ TEST(DecodeGraphKey, MaxRowsFollowsTheSlotsAndTheMicroBatch) {
 TEST(DecodeGraphStats, RefusesAStageOfAnotherBackend) {
   class NotCuda final : public StageBackend {
    public:
-    int64_t hidden_size() const override { return 1; }
     std::string describe() const override { return "not a CUDA stage"; }
     void compute(const MicroBatch&, const StepContext&, Activations&) override {}
     void sample(const MicroBatch&, const StepContext&, const Activations&,
@@ -433,12 +432,12 @@ TEST_F(CudaGraphStageTest, EngineWithGraphsMatchesEngineWithout) {
   generate.all_logits = true;
   for (int n_stages : {1, 2, 4}) {
     EngineOptions options;
-    options.backend = BackendKind::kCuda;
+    options.device.backend = BackendKind::kCuda;
     options.n_stages = n_stages;
-    options.devices = std::vector<int>(static_cast<size_t>(n_stages), 0);
-    options.cuda_graphs = false;
+    options.device.cuda_devices = std::vector<int>(static_cast<size_t>(n_stages), 0);
+    options.device.cuda_graphs = false;
     Engine eager_engine = Engine::open(dir_->path(), options);
-    options.cuda_graphs = true;
+    options.device.cuda_graphs = true;
     Engine graph_engine = Engine::open(dir_->path(), options);
     const GenerateResult eager = eager_engine.generate(requests, generate);
     const GenerateResult graphs = graph_engine.generate(requests, generate);

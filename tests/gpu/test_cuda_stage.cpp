@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "backend/cuda/cuda_stage.hpp"
+#include "common/faults.hpp"
 #include "common/test_util.hpp"
 #include "conveyor/engine.hpp"
 #include "conveyor/error.hpp"
@@ -100,7 +101,7 @@ TEST(CudaStage, EngineWithoutDeviceRefusesTheCudaBackend) {
   test::TempDir dir("conveyor-cuda-nodev");
   test::make_tiny_model(dir.path(), 2);
   EngineOptions options;
-  options.backend = BackendKind::kCuda;
+  options.device.backend = BackendKind::kCuda;
   test::expect_error([&] { Engine::open(dir.path(), options); }, ErrorCode::kDevice,
                      {"no CUDA device"});
 }
@@ -211,10 +212,10 @@ class CudaEngineTest : public ::testing::Test {
 
   static EngineOptions cuda_options(int stages, DType dtype) {
     EngineOptions options;
-    options.backend = BackendKind::kCuda;
+    options.device.backend = BackendKind::kCuda;
     options.n_stages = stages;
-    options.devices = std::vector<int>(static_cast<size_t>(stages), 0);
-    options.device_dtype = dtype;
+    options.device.cuda_devices = std::vector<int>(static_cast<size_t>(stages), 0);
+    options.device.dtype = dtype;
     return options;
   }
 };
@@ -230,8 +231,8 @@ TEST_F(CudaEngineTest, MatchesTheCpuEngine) {
       for (int stages = 1; stages <= 4; ++stages) {
         for (int64_t chunk : {int64_t{0}, int64_t{4}}) {
           EngineOptions options = cuda_options(stages, dtype);
-          options.chunk_tokens = chunk;
-          options.prefill_micro_batches = stages + 1;
+          options.schedule.chunk_tokens = chunk;
+          options.schedule.prefill_micro_batches = stages + 1;
           Engine engine = Engine::open(dir.path(), options);
           const std::string what = fmt::format("{} {} S={} chunk={}", variant.name,
                                                gpu_testing::name(dtype), stages, chunk);
@@ -270,18 +271,19 @@ TEST_F(CudaEngineTest, FaultInjectionAtEveryInstructionLeavesTheEngineUsable) {
   make(variants().front(), dir);
   const std::vector<Request> requests = greedy_requests();
   EngineOptions clean_options = cuda_options(3, DType::kBF16);
-  clean_options.prefill_micro_batches = 2;
-  clean_options.decode_micro_batches = 2;
+  clean_options.schedule.prefill_micro_batches = 2;
+  clean_options.schedule.decode_micro_batches = 2;
   Engine clean_engine = Engine::open(dir.path(), clean_options);
   const GenerateResult clean = clean_engine.generate(requests, all_logits());
   // Programs of stage s have 2M+1 (s = 0) or 3M+1 instructions; M = 2 in prefill and decode.
+  // The last, Commit, only marks the stage done; the fault doubles throw at the others.
   for (int64_t step : {int64_t{0}, int64_t{2}}) {
     for (int stage = 0; stage < 3; ++stage) {
       const int n_instructions = stage == 0 ? 5 : 7;
-      for (int instruction = 0; instruction < n_instructions; ++instruction) {
-        EngineOptions options = clean_options;
-        options.fault = {.stage = stage, .step = step, .instruction = instruction};
-        Engine engine = Engine::open(dir.path(), options);
+      for (int instruction = 0; instruction + 1 < n_instructions; ++instruction) {
+        auto faults =
+            test::FaultInjector::create({.stage = stage, .step = step, .instruction = instruction});
+        Engine engine = faults->hooks().open(dir.path(), clean_options);
         std::string message = "<no error>";
         try {
           engine.generate(requests, all_logits());
@@ -313,7 +315,7 @@ TEST_F(CudaEngineTest, TwoDevicesMatchOne) {
   const std::vector<Request> requests = greedy_requests();
   Engine one = Engine::open(dir.path(), cuda_options(2, DType::kBF16));
   EngineOptions two_options = cuda_options(2, DType::kBF16);
-  two_options.devices = {0, 1};
+  two_options.device.cuda_devices = {0, 1};
   Engine two = Engine::open(dir.path(), two_options);
   const GenerateResult a = one.generate(requests, all_logits());
   const GenerateResult b = two.generate(requests, all_logits());
@@ -354,7 +356,7 @@ TEST_F(CudaStageRefusalTest, UnknownDevice) {
       [&] { cuda::make_cuda_stage(variants().front().config, weights(), options); },
       {fmt::format("CUDA device {} does not exist", count)});
   EngineOptions engine_options = cuda_options(2, DType::kBF16);
-  engine_options.devices = {0, count};
+  engine_options.device.cuda_devices = {0, count};
   test::expect_invalid([&] { Engine::open(dir_->path(), engine_options); },
                        {std::to_string(count)});
 }

@@ -12,6 +12,7 @@
 #include <thread>
 #include <vector>
 
+#include "common/faults.hpp"
 #include "common/test_util.hpp"
 #include "conveyor/error.hpp"
 #include "gpu/gpu_test_util.hpp"
@@ -229,13 +230,13 @@ TEST(NcclEngine, MatchesTheLocalTransportAndRecoversFromAFault) {
   config.head_dim = 64;
   std::ofstream(dir.path() / "config.json") << config.to_json();
   EngineOptions local;
-  local.backend = BackendKind::kCuda;
+  local.device.backend = BackendKind::kCuda;
   local.n_stages = 2;
-  local.devices = {0, 1};
+  local.device.cuda_devices = {0, 1};
   local.random_weights_seed = 9;
-  local.prefill_micro_batches = 3;
+  local.schedule.prefill_micro_batches = 3;
   EngineOptions nccl = local;
-  nccl.transport = Transport::kNccl;
+  nccl.device.transport = Transport::kNccl;
   const std::vector<Request> requests = test::mixed_requests();
   GenerateOptions logits;
   logits.return_logits = true;
@@ -250,8 +251,9 @@ TEST(NcclEngine, MatchesTheLocalTransportAndRecoversFromAFault) {
     }
   };
   expect_same(engine.generate(requests, logits), "nccl");
-  nccl.fault = {.stage = 1, .step = 1, .instruction = 0};  // stage 1's first Recv of a decode
-  Engine faulty = Engine::open(dir.path(), nccl);
+  // Stage 1's first Recv of a decode step.
+  auto faults = test::FaultInjector::create({.stage = 1, .step = 1, .instruction = 0});
+  Engine faulty = faults->hooks().open(dir.path(), nccl);
   test::expect_error([&] { faulty.generate(requests, logits); }, ErrorCode::kInternal,
                      {"stage 1 failed", "injected fault"});
   expect_same(faulty.generate(requests, logits), "nccl after a failed step");

@@ -23,7 +23,6 @@ class CpuStage final : public StageBackend {
  public:
   CpuStage(const ModelConfig& config, StageWeights weights, const CpuStageOptions& options);
 
-  int64_t hidden_size() const override { return config_.hidden_size; }
   std::string describe() const override;
   void compute(const MicroBatch& mb, const StepContext& ctx, Activations& activations) override;
   void sample(const MicroBatch& mb, const StepContext& ctx, const Activations& activations,
@@ -32,8 +31,6 @@ class CpuStage final : public StageBackend {
   void rollback() override { kv_.rollback(); }
   void truncate(int32_t seq, int64_t length) override { kv_.truncate(seq, length); }
   int64_t committed(int32_t seq) const override { return kv_.committed(seq); }
-
-  const KvCache& kv_cache() const { return kv_; }
 
  private:
   void run_layer(const LayerWeights& w, int64_t local_layer, const MicroBatch& mb, float* hidden);

@@ -30,7 +30,6 @@ class CudaStage final : public StageBackend {
   CudaStage(const ModelConfig& config, DeviceWeights weights, const StageWeightsSpec& spec,
             const CudaStageOptions& options, const CudaStageSetup& setup);
 
-  int64_t hidden_size() const override { return config_.hidden_size; }
   std::string describe() const override;
   void compute(const MicroBatch& mb, const StepContext& ctx, Activations& activations) override;
   void sample(const MicroBatch& mb, const StepContext& ctx, const Activations& activations,
