@@ -1,11 +1,11 @@
-// KvCache: one stage's keys and values, per local layer and sequence slot, with a committed
-// length per sequence. The running step writes after the committed length; commit(step) makes
-// the writes visible to later steps, rollback() discards them. See docs/architecture.md, "KV
-// commit barrier".
+// KvCache: one stage's keys and values on the host, per local layer and sequence slot, with its
+// KvLedger of committed/pending lengths (the KV commit barrier, docs/architecture.md).
 #pragma once
 
 #include <cstdint>
 #include <vector>
+
+#include "backend/kv_ledger.hpp"
 
 namespace conveyor {
 
@@ -21,23 +21,21 @@ struct KvCacheShape {
   int64_t bytes_per_token() const { return 2 * n_layers * kv_dim() * 4; }
 };
 
-// Not thread-safe: owned and used by one stage worker. Storage grows per slot on demand (up to
-// max_context), so short requests do not pay for the whole context.
+// Host storage of a stage's keys and values plus its KvLedger. Not thread-safe: owned and used
+// by one stage worker. Storage grows per slot on demand (up to max_context), so short requests
+// do not pay for the whole context.
 class KvCache {
  public:
   explicit KvCache(const KvCacheShape& shape);
 
   const KvCacheShape& shape() const { return shape_; }
+  const KvLedger& ledger() const { return ledger_; }
 
-  // Length visible to the next step (written and committed).
-  int64_t committed(int32_t seq) const;
-  // End of this step's reserved positions (== committed when the step has not written yet).
-  int64_t pending(int32_t seq) const;
-  int64_t last_committed_step() const { return last_committed_step_; }
+  int64_t committed(int32_t seq) const { return ledger_.committed(seq); }
+  int64_t pending(int32_t seq) const { return ledger_.pending(seq); }
+  int64_t last_committed_step() const { return ledger_.last_committed_step(); }
 
-  // Reserves positions [begin, end) of `seq` for writes by the running step. KV order demands
-  // begin == pending(seq) (chunks of one sequence arrive in position order) and
-  // end <= max_context. Throws conveyor::Error otherwise.
+  // KvLedger::reserve, then grows the slot's storage to hold [0, end).
   void reserve(int32_t seq, int64_t begin, int64_t end);
 
   // Rows of one (local layer, sequence): [capacity, n_kv_heads, head_dim]; rows
@@ -47,33 +45,27 @@ class KvCache {
   const float* keys(int64_t layer, int32_t seq) const;
   const float* values(int64_t layer, int32_t seq) const;
 
-  // Makes every pending write visible. `step` must be greater than the last committed step.
-  void commit(int64_t step);
-  // Discards every write since the last commit.
-  void rollback();
-  // Forgets a sequence (its slot is reused by a new request). Only between steps.
-  void release(int32_t seq);
-  // Keeps the first `length` committed positions of `seq` and forgets the rest (a conversation
-  // that continues from a shared prefix). Only between steps; length <= committed(seq).
-  void truncate(int32_t seq, int64_t length);
+  void commit(int64_t step) { ledger_.commit(step); }
+  void rollback() { ledger_.rollback(); }
+  void truncate(int32_t seq, int64_t length) { ledger_.truncate(seq, length); }
+  // truncate(seq, 0): the slot is reused by a new request. Only between steps.
+  void release(int32_t seq) { truncate(seq, 0); }
 
   // Bytes currently allocated.
   int64_t allocated_bytes() const;
 
  private:
-  struct Slot {
-    int64_t committed = 0;
-    int64_t pending = 0;
+  struct Storage {
     int64_t capacity = 0;               // rows allocated per layer
     std::vector<std::vector<float>> k;  // per layer: [capacity, kv_dim]
     std::vector<std::vector<float>> v;
   };
-  Slot& slot(int32_t seq);
-  const Slot& slot(int32_t seq) const;
+  Storage& storage(int32_t seq);
+  const Storage& storage(int32_t seq) const;
 
   KvCacheShape shape_;
-  std::vector<Slot> slots_;
-  int64_t last_committed_step_ = -1;
+  KvLedger ledger_;
+  std::vector<Storage> slots_;
 };
 
 }  // namespace conveyor

@@ -12,16 +12,6 @@ namespace conveyor::cuda {
 ActivationSlot::ActivationSlot(int device_id, size_t bytes)
     : buffer(device_id, bytes, "stage activations"), ready(device_id), device(device_id) {}
 
-ActivationSlot::~ActivationSlot() {
-  if (consumed == nullptr) return;
-  cudaSetDevice(consumed_device);
-  const cudaError_t result = cudaEventDestroy(consumed);
-  if (result != cudaSuccess) {
-    spdlog::warn("cudaEventDestroy on CUDA device {} failed: {}", consumed_device,
-                 cudaGetErrorString(result));
-  }
-}
-
 CudaActivations::CudaActivations(std::shared_ptr<ActivationSlot> slot, int64_t n_tokens,
                                  int64_t hidden)
     : slot_(std::move(slot)), n_tokens_(n_tokens), hidden_(hidden) {}
@@ -41,19 +31,14 @@ void CudaActivations::wait_ready(cudaStream_t stream) const {
 
 void CudaActivations::record_consumed(int device, cudaStream_t stream) const {
   ActivationSlot& slot = *slot_;
-  if (slot.consumed != nullptr && slot.consumed_device != device) {
-    // Another consumer device than last time (the same slot always goes to the next stage, so
-    // this is rare): an event is recorded on a stream of its own device only.
-    cudaSetDevice(slot.consumed_device);
-    cudaEventDestroy(slot.consumed);
-    slot.consumed = nullptr;
+  if (slot.consumed.get() == nullptr || slot.consumed.device() != device) {
+    // First use, or another consumer device than last time (the same slot always goes to the
+    // next stage, so this is rare): an event is recorded on a stream of its own device only.
+    slot.consumed = Event();  // frees the old one on its device
     CONVEYOR_CUDA_CHECK(cudaSetDevice(device));
+    slot.consumed = Event(device);
   }
-  if (slot.consumed == nullptr) {
-    CONVEYOR_CUDA_CHECK(cudaEventCreateWithFlags(&slot.consumed, cudaEventDisableTiming));
-    slot.consumed_device = device;
-  }
-  CONVEYOR_CUDA_CHECK(cudaEventRecord(slot.consumed, stream));
+  CONVEYOR_CUDA_CHECK(cudaEventRecord(slot.consumed.get(), stream));
 }
 
 ActivationPool::ActivationPool(int device, int64_t max_tokens, int64_t hidden, int n_slots)
@@ -95,8 +80,8 @@ std::shared_ptr<CudaActivations> ActivationPool::acquire(int64_t n_tokens, cudaS
   }
   // The handle exists before any call that may throw, so an error releases the slot.
   auto handle = std::make_shared<CudaActivations>(chosen, n_tokens, hidden_);
-  if (chosen->consumed != nullptr) {
-    CONVEYOR_CUDA_CHECK(cudaStreamWaitEvent(stream, chosen->consumed, 0));
+  if (chosen->consumed.get() != nullptr) {
+    CONVEYOR_CUDA_CHECK(cudaStreamWaitEvent(stream, chosen->consumed.get(), 0));
   }
   return handle;
 }

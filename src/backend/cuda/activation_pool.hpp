@@ -34,13 +34,11 @@ struct ActivationSlot {
   Event ready;          // on the producer's device; recorded after the producer's last write
   // Recorded by the consumer after its last read, on the consumer's device (created there on
   // first use). Written only by the thread holding the handle.
-  cudaEvent_t consumed = nullptr;
-  int consumed_device = -1;
+  Event consumed;
   std::atomic<bool> in_use{false};
   int device = -1;
 
   ActivationSlot(int device, size_t bytes);
-  ~ActivationSlot();  // never throws
   ActivationSlot(const ActivationSlot&) = delete;
   ActivationSlot& operator=(const ActivationSlot&) = delete;
 };

@@ -69,35 +69,32 @@ const void* advance(const void* base, int64_t elements, DType dtype) {
 
 }  // namespace
 
-CudaStage::CudaStage(const ModelConfig& config, DeviceWeights weights, const StageWeightsSpec& spec,
-                     const CudaStageOptions& options, const CudaStageSetup& setup)
+CudaStage::CudaStage(const ModelConfig& config, const UploadWeights& upload,
+                     const StageWeightsSpec& spec, const CudaStageOptions& options,
+                     const CudaStageSetup& setup)
     : config_(config),
       options_(options),
       spec_(spec),
       n_local_layers_(spec.last_layer - spec.first_layer),
-      max_tokens_(setup.max_tokens),
+      memory_(setup.memory),
+      max_tokens_(setup.memory.max_tokens),
       device_(select_device(options.device)),
       device_name_(setup.device_name),
-      ctx_(device_, setup.plan),
-      weights_(std::move(weights)),
-      ledger_(KvCacheShape{.n_layers = 0,
-                           .n_kv_heads = config.n_kv_heads,
-                           .head_dim = config.head_dim,
-                           .max_seqs = options.max_seqs,
-                           .max_context = options.max_context}),
-      pool_(device_, setup.max_tokens, config.hidden_size, kActivationSlots),
+      ctx_(device_, setup.memory.workspace),
+      weights_(upload(ctx_.stream())),
+      ledger_(options.max_seqs, options.max_context),
+      pool_(device_, setup.memory.max_tokens, config.hidden_size, kActivationSlots),
       graphs_(device_) {
   const std::vector<float> inv_freq = rope_inv_freq(config);
   inv_freq_ = DeviceBuffer(device_, inv_freq.size() * sizeof(float), "RoPE frequencies");
-  CONVEYOR_CUDA_CHECK(cudaMemcpy(inv_freq_.get(), inv_freq.data(), inv_freq.size() * sizeof(float),
-                                 cudaMemcpyHostToDevice));
-  // Landed before the stage's non-blocking stream reads it (a pageable copy may return early).
-  CONVEYOR_CUDA_CHECK(cudaStreamSynchronize(nullptr));
-  const auto cache_bytes = static_cast<size_t>(options.max_seqs) *
-                           static_cast<size_t>(kv_seq_stride()) * dtype_size(options.dtype);
+  CONVEYOR_CUDA_CHECK(cudaMemcpyAsync(inv_freq_.get(), inv_freq.data(),
+                                      inv_freq.size() * sizeof(float), cudaMemcpyHostToDevice,
+                                      ctx_.stream()));
+  // The host vector goes out of scope: let the copy finish first.
+  ctx_.synchronize();
   for (int64_t l = 0; l < n_local_layers_; ++l) {
-    k_cache_.emplace_back(device_, cache_bytes, "the KV cache (keys)");
-    v_cache_.emplace_back(device_, cache_bytes, "the KV cache (values)");
+    k_cache_.emplace_back(device_, memory_.kv_layer_bytes, "the KV cache (keys)");
+    v_cache_.emplace_back(device_, memory_.kv_layer_bytes, "the KV cache (values)");
   }
   for (int i = 0; i < kStagingSets; ++i) {
     staging_.push_back(Staging{
@@ -115,13 +112,14 @@ CudaStage::CudaStage(const ModelConfig& config, DeviceWeights weights, const Sta
 
 std::string CudaStage::describe() const {
   const double workspace = static_cast<double>(ctx_.bytes() + pool_.bytes());
+  const int64_t kv_bytes_per_token = memory_.kv_bytes_per_token;
   return fmt::format(
       "cuda:{} {} ({}): weights {:.1f} MiB, KV capacity {} tokens ({} slots x {}) at {:.1f} "
       "KiB/token, workspace {:.1f} MiB, decode graphs {}",
       device_, device_name_, dtype_label(options_.dtype),
       mib(static_cast<double>(weights_.bytes())),
       static_cast<int64_t>(options_.max_seqs) * options_.max_context, options_.max_seqs,
-      options_.max_context, static_cast<double>(kv_bytes_per_token()) / 1024, mib(workspace),
+      options_.max_context, static_cast<double>(kv_bytes_per_token) / 1024, mib(workspace),
       ctx_.plan().graph_rows > 0 ? "on" : "off");
 }
 
@@ -502,6 +500,26 @@ void CudaStageOptions::validate() const {
   }
 }
 
+StageMemoryPlan plan_stage_memory(const ModelConfig& config, const CudaStageOptions& options,
+                                  const StageWeightsSpec& spec, size_t weight_bytes) {
+  StageMemoryPlan m;
+  m.max_tokens = options.effective_max_tokens();
+  const int64_t graph_rows =
+      options.cuda_graphs ? decode_graph_max_rows(m.max_tokens, options.max_seqs) : 0;
+  m.workspace = plan_workspace(config, options.dtype, m.max_tokens, options.max_seqs,
+                               options.max_context, spec.head, graph_rows);
+  m.weight_bytes = weight_bytes;
+  m.n_layers = spec.last_layer - spec.first_layer;
+  const auto element = static_cast<size_t>(dtype_size(options.dtype));
+  m.kv_layer_bytes = static_cast<size_t>(options.max_seqs) *
+                     static_cast<size_t>(options.max_context) *
+                     static_cast<size_t>(config.kv_dim()) * element;
+  m.kv_bytes_per_token = 2 * m.n_layers * config.kv_dim() * static_cast<int64_t>(element);
+  m.pool_bytes = ActivationPool::bytes_for(m.max_tokens, config.hidden_size, kActivationSlots);
+  m.gemm_bytes = Gemm::kDefaultWorkspaceBytes;
+  return m;
+}
+
 int64_t CudaStageOptions::effective_max_tokens() const {
   return std::min<int64_t>(max_tokens_per_micro_batch,
                            static_cast<int64_t>(max_seqs) * max_context);
@@ -555,22 +573,10 @@ std::unique_ptr<StageBackend> make_stage(const ModelConfig& config, const Source
   }
 
   // Memory: everything the stage allocates, checked before the first allocation.
-  const int64_t max_tokens = options.effective_max_tokens();
-  const int64_t graph_rows =
-      options.cuda_graphs ? decode_graph_max_rows(max_tokens, options.max_seqs) : 0;
-  const WorkspacePlan plan = plan_workspace(config, options.dtype, max_tokens, options.max_seqs,
-                                            options.max_context, weights.spec.head, graph_rows);
-  const int64_t n_layers = weights.spec.last_layer - weights.spec.first_layer;
-  const double weight_bytes =
-      static_cast<double>(DeviceWeights::device_bytes(weights, options.dtype));
-  const double kv_bytes =
-      2.0 * static_cast<double>(n_layers) * static_cast<double>(options.max_seqs) *
-      static_cast<double>(options.max_context) * static_cast<double>(config.kv_dim()) *
-      static_cast<double>(dtype_size(options.dtype));
-  const double workspace_bytes = static_cast<double>(
-      plan.total() + ActivationPool::bytes_for(max_tokens, config.hidden_size, kActivationSlots) +
-      Gemm::kDefaultWorkspaceBytes);
-  const double needed = weight_bytes + kv_bytes + workspace_bytes;
+  const StageMemoryPlan memory =
+      plan_stage_memory(config, options, weights.spec,
+                        static_cast<size_t>(DeviceWeights::device_bytes(weights, options.dtype)));
+  const auto needed = static_cast<double>(memory.total());
   size_t free_bytes = 0, total_bytes = 0;
   CONVEYOR_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
   if (needed + kHeadroomBytes > static_cast<double>(free_bytes)) {
@@ -578,17 +584,20 @@ std::unique_ptr<StageBackend> make_stage(const ModelConfig& config, const Source
          "the stage with layers [{}, {}) needs {:.2f} GiB on CUDA device {} ({}): weights {:.2f} "
          "GiB + KV cache {:.2f} GiB ({} slots x {} positions) + workspace {:.2f} GiB, plus {:.2f} "
          "GiB headroom, but only {:.2f} GiB of {:.2f} GiB is free; put fewer layers on this stage "
-         "(more stages or --layers-per-stage), lower --max-context or --max-batch, or use "
+         "(more stages or --partition counts), lower --max-context or --max-batch, or use "
          "another device",
          weights.spec.first_layer, weights.spec.last_layer, gib(needed), device, properties.name,
-         gib(weight_bytes), gib(kv_bytes), options.max_seqs, options.max_context,
-         gib(workspace_bytes), gib(kHeadroomBytes), gib(static_cast<double>(free_bytes)),
+         gib(static_cast<double>(memory.weight_bytes)), gib(static_cast<double>(memory.kv_bytes())),
+         options.max_seqs, options.max_context, gib(static_cast<double>(memory.scratch_bytes())),
+         gib(kHeadroomBytes), gib(static_cast<double>(free_bytes)),
          gib(static_cast<double>(total_bytes)));
   }
-  DeviceWeights device_weights(device, weights, options.dtype);
+  const UploadWeights upload = [&](cudaStream_t stream) {
+    return DeviceWeights(device, weights, options.dtype, stream);
+  };
   return std::make_unique<CudaStage>(
-      config, std::move(device_weights), weights.spec, options,
-      CudaStageSetup{.max_tokens = max_tokens, .plan = plan, .device_name = properties.name});
+      config, upload, weights.spec, options,
+      CudaStageSetup{.memory = memory, .device_name = properties.name});
 }
 
 }  // namespace

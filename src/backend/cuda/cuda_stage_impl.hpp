@@ -4,6 +4,7 @@
 // builds stages with make_cuda_stage().
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -13,21 +14,45 @@
 #include "backend/cuda/decode_graphs.hpp"
 #include "backend/cuda/device_context.hpp"
 #include "backend/cuda/device_weights.hpp"
-#include "backend/kv_cache.hpp"
+#include "backend/kv_ledger.hpp"
 
 namespace conveyor::cuda {
 
+// Everything a CUDA stage allocates on its device, planned on the host before the first
+// allocation: make_cuda_stage checks it against the free memory, and the stage allocates exactly
+// it (the one place the KV cache and workspace sizes are computed).
+struct StageMemoryPlan {
+  int64_t max_tokens = 0;          // rows of one micro-batch
+  WorkspacePlan workspace;         // carved out of one allocation by DeviceContext
+  size_t weight_bytes = 0;         // DeviceWeights::device_bytes
+  int64_t n_layers = 0;            // decoder layers of the stage
+  size_t kv_layer_bytes = 0;       // K (or V) of one layer: [max_seqs, max_context, kv_dim] dtype
+  int64_t kv_bytes_per_token = 0;  // K + V of one position over the stage's layers
+  size_t pool_bytes = 0;           // the activation pool's initial slots
+  size_t gemm_bytes = 0;           // the cuBLASLt workspace
+
+  size_t kv_bytes() const { return 2 * static_cast<size_t>(n_layers) * kv_layer_bytes; }
+  size_t scratch_bytes() const { return workspace.total() + pool_bytes + gemm_bytes; }
+  size_t total() const { return weight_bytes + kv_bytes() + scratch_bytes(); }
+};
+
+StageMemoryPlan plan_stage_memory(const ModelConfig& config, const CudaStageOptions& options,
+                                  const StageWeightsSpec& spec, size_t weight_bytes);
+
 // What make_cuda_stage decided before construction (after its checks passed).
 struct CudaStageSetup {
-  int64_t max_tokens = 0;
-  WorkspacePlan plan;
+  StageMemoryPlan memory;
   std::string device_name;
 };
 
+// Builds a stage's DeviceWeights on the stage's own stream.
+using UploadWeights = std::function<DeviceWeights(cudaStream_t stream)>;
+
 class CudaStage final : public StageBackend {
  public:
-  // The device must pass make_cuda_stage's checks; `weights` (for `spec`) are on it.
-  CudaStage(const ModelConfig& config, DeviceWeights weights, const StageWeightsSpec& spec,
+  // The device must pass make_cuda_stage's checks. `upload` builds the weights (for `spec`) on
+  // the stage's stream once it exists.
+  CudaStage(const ModelConfig& config, const UploadWeights& upload, const StageWeightsSpec& spec,
             const CudaStageOptions& options, const CudaStageSetup& setup);
 
   std::string describe() const override;
@@ -53,10 +78,6 @@ class CudaStage final : public StageBackend {
   };
   // A row of the micro-batch that needs logits.
   int64_t kv_seq_stride() const { return options_.max_context * config_.kv_dim(); }
-  int64_t kv_bytes_per_token() const {
-    return 2 * n_local_layers_ * config_.kv_dim() *
-           static_cast<int64_t>(dtype_size(options_.dtype));
-  }
   const int32_t* device_ids() const { return ctx_.workspace().indices; }
   const int32_t* device_positions() const { return ctx_.workspace().indices + rows_; }
   const int32_t* device_slots() const { return ctx_.workspace().indices + 2 * rows_; }
@@ -83,6 +104,7 @@ class CudaStage final : public StageBackend {
   CudaStageOptions options_;
   StageWeightsSpec spec_;
   int64_t n_local_layers_;
+  StageMemoryPlan memory_;
   int64_t max_tokens_;
   int device_;
   std::string device_name_;
@@ -92,10 +114,9 @@ class CudaStage final : public StageBackend {
   std::vector<DeviceBuffer> k_cache_;  // per local layer: [max_seqs, max_context, n_kv_heads,
                                        // head_dim] dtype (the kernels' cache layout)
   std::vector<DeviceBuffer> v_cache_;  // same layout
-  // Committed/pending lengths per slot with KvCache's rules (reserve order, commit steps,
-  // rollback, release); zero layers, so it allocates no host storage. Rows past a slot's
+  // Committed/pending lengths per slot (the KV commit barrier's rules). Rows past a slot's
   // pending length are never read, so rollback() only resets lengths.
-  KvCache ledger_;
+  KvLedger ledger_;
   ActivationPool pool_;
   std::vector<Staging> staging_;  // [kStagingSets]
   int next_staging_ = 0;

@@ -1,96 +1,18 @@
 // DeviceContext: what one CUDA pipeline stage owns on its device — a stream, a cuBLASLt Gemm and
-// a workspace planned on the host and allocated once — plus the RAII wrappers (device memory,
-// pinned host memory, events) it is built from. No CUDA header: streams and events are opaque.
+// a workspace planned on the host and allocated once. No CUDA header: streams are opaque.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
 #include <memory>
 
+#include "backend/cuda/cuda_raii.hpp"
 #include "backend/cuda/gemm.hpp"
 #include "conveyor/dtype.hpp"
 #include "conveyor/model_config.hpp"
 #include "kernels/kernels.hpp"
 
-typedef struct CUevent_st* cudaEvent_t;
-
 namespace conveyor::cuda {
-
-// cudaSetDevice(device) for the calling thread; throws conveyor::Error(kDevice). Stage entry
-// points call it first: a worker thread may run stages of several devices over its life, and
-// commit/rollback run on the engine's thread.
-void set_device(int device);
-
-// Device memory from cudaMalloc (never managed memory), freed on destruction. Move-only.
-class DeviceBuffer {
- public:
-  DeviceBuffer() = default;
-  // Allocates `bytes` (>= 1) on `device`, which must be current. Throws kOutOfMemory naming
-  // `what`, the size and the device.
-  DeviceBuffer(int device, size_t bytes, const char* what);
-  ~DeviceBuffer();  // never throws; logs a failure to free
-  DeviceBuffer(DeviceBuffer&& other) noexcept;
-  DeviceBuffer& operator=(DeviceBuffer&& other) noexcept;
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-
-  void* get() const { return data_; }
-  template <typename T>
-  T* as() const {
-    return static_cast<T*>(data_);
-  }
-  size_t bytes() const { return bytes_; }
-
- private:
-  void reset() noexcept;
-  void* data_ = nullptr;
-  size_t bytes_ = 0;
-  int device_ = -1;
-};
-
-// Page-locked host memory (cudaHostAlloc, portable), so copies on a stream are truly
-// asynchronous. The caller must not overwrite it while a copy from it is in flight.
-class PinnedBuffer {
- public:
-  PinnedBuffer() = default;
-  PinnedBuffer(size_t bytes, const char* what);
-  ~PinnedBuffer();
-  PinnedBuffer(PinnedBuffer&& other) noexcept;
-  PinnedBuffer& operator=(PinnedBuffer&& other) noexcept;
-  PinnedBuffer(const PinnedBuffer&) = delete;
-  PinnedBuffer& operator=(const PinnedBuffer&) = delete;
-
-  template <typename T>
-  T* as() const {
-    return static_cast<T*>(data_);
-  }
-  size_t bytes() const { return bytes_; }
-
- private:
-  void reset() noexcept;
-  void* data_ = nullptr;
-  size_t bytes_ = 0;
-};
-
-// A timing-free event created on `device` (which must be current). Move-only.
-class Event {
- public:
-  Event() = default;
-  explicit Event(int device);
-  ~Event();
-  Event(Event&& other) noexcept;
-  Event& operator=(Event&& other) noexcept;
-  Event(const Event&) = delete;
-  Event& operator=(const Event&) = delete;
-
-  cudaEvent_t get() const { return event_; }
-  int device() const { return device_; }
-
- private:
-  void reset() noexcept;
-  cudaEvent_t event_ = nullptr;
-  int device_ = -1;
-};
 
 // Byte sizes of a stage's scratch buffers, computed on the host for the largest micro-batch
 // (plan/run split): the workspace is allocated once and every launch writes into it.
@@ -118,8 +40,11 @@ struct WorkspacePlan {
   // (a graph bakes in its pointers; the activation pool hands out a different slot each time).
   size_t graph_x = 0;
 
-  // Sum of the buffers, each rounded up to 256 bytes.
+  // Sum of the buffers, each rounded up to 256 bytes (the layout of carve()).
   size_t total() const;
+  // The buffers' addresses in an allocation of total() bytes at `base`: the one place the
+  // layout is written. Absent buffers (0 bytes) get null pointers.
+  struct Workspace carve(void* base) const;
 };
 
 // The rows a head pass takes at once: enough for one sampled row per sequence slot, at least 64
@@ -129,7 +54,7 @@ WorkspacePlan plan_workspace(const ModelConfig& config, DType dtype, int64_t max
                              int32_t max_seqs, int64_t max_context, bool with_head,
                              int64_t graph_rows);
 
-// Device pointers into the one workspace allocation, laid out by a WorkspacePlan.
+// Device pointers into the one workspace allocation, laid out by WorkspacePlan::carve.
 struct Workspace {
   void* normed = nullptr;
   void* q = nullptr;
@@ -160,7 +85,7 @@ class DeviceContext {
   DeviceContext& operator=(const DeviceContext&) = delete;
 
   int device() const { return device_; }
-  cudaStream_t stream() const { return stream_; }
+  cudaStream_t stream() const { return stream_.get(); }
   Gemm& gemm() { return *gemm_; }
   const WorkspacePlan& plan() const { return plan_; }
   const Workspace& workspace() const { return workspace_; }
@@ -175,7 +100,7 @@ class DeviceContext {
  private:
   int device_;
   WorkspacePlan plan_;
-  cudaStream_t stream_ = nullptr;
+  Stream stream_;
   std::unique_ptr<Gemm> gemm_;
   DeviceBuffer memory_;
   Workspace workspace_;

@@ -80,33 +80,33 @@ int64_t DeviceWeights::device_bytes(const StageDraws& draws, DType dtype) {
   return total_bytes(draws, dtype);
 }
 
-DeviceWeights::DeviceWeights(int device, const StageWeights& weights, DType dtype)
+DeviceWeights::DeviceWeights(int device, const StageWeights& weights, DType dtype,
+                             cudaStream_t stream)
     : memory_(device, static_cast<size_t>(device_bytes(weights, dtype)), "the stage weights") {
   CONVEYOR_ASSERT(dtype == DType::kBF16 || dtype == DType::kF16);
   Carver carver(memory_, dtype);
   std::vector<uint16_t> staging;
   for_each_tensor(weights, tensors_, [&](const std::vector<float>& tensor, const void*& slot) {
     if (tensor.empty()) return;
+    // The previous tensor's copy reads `staging` until it lands: wait before rewriting it.
+    CONVEYOR_CUDA_CHECK(cudaStreamSynchronize(stream));
     staging.resize(tensor.size());
     for (size_t i = 0; i < tensor.size(); ++i) {
       staging[i] = dtype == DType::kBF16 ? f32_to_bf16(tensor[i]) : f32_to_f16(tensor[i]);
     }
     void* destination = carver.take(numel(tensor));
-    CONVEYOR_CUDA_CHECK(cudaMemcpy(destination, staging.data(), staging.size() * sizeof(uint16_t),
-                                   cudaMemcpyHostToDevice));
+    CONVEYOR_CUDA_CHECK(cudaMemcpyAsync(destination, staging.data(),
+                                        staging.size() * sizeof(uint16_t), cudaMemcpyHostToDevice,
+                                        stream));
     slot = destination;
   });
-  // A copy from pageable memory may return before its DMA lands; the stage's kernels run on a
-  // non-blocking stream that is not ordered after these copies.
-  CONVEYOR_CUDA_CHECK(cudaStreamSynchronize(nullptr));
+  CONVEYOR_CUDA_CHECK(cudaStreamSynchronize(stream));
 }
 
-DeviceWeights::DeviceWeights(int device, const StageDraws& draws, DType dtype)
+DeviceWeights::DeviceWeights(int device, const StageDraws& draws, DType dtype, cudaStream_t stream)
     : memory_(device, static_cast<size_t>(device_bytes(draws, dtype)), "the stage weights") {
   CONVEYOR_ASSERT(dtype == DType::kBF16 || dtype == DType::kF16);
   Carver carver(memory_, dtype);
-  // The default stream, waited for before the weights are handed out.
-  const cudaStream_t stream = nullptr;
   for_each_tensor(draws, tensors_, [&](const TensorDraw& draw, const void*& slot) {
     if (draw.numel == 0) return;
     void* destination = carver.take(draw.numel);

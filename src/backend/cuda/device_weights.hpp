@@ -24,10 +24,12 @@ class DeviceWeights {
   static int64_t device_bytes(const StageWeights& weights, DType dtype);
   static int64_t device_bytes(const StageDraws& draws, DType dtype);
 
-  // `device` must be current. Converts and copies synchronously; throws kOutOfMemory/kDevice.
-  DeviceWeights(int device, const StageWeights& weights, DType dtype);
-  // `device` must be current. Draws every tensor on the device; returns once they are drawn.
-  DeviceWeights(int device, const StageDraws& draws, DType dtype);
+  // `device` must be current. Converts and copies on `stream` (the stage's), returning once the
+  // copies landed; throws kOutOfMemory/kDevice.
+  DeviceWeights(int device, const StageWeights& weights, DType dtype, cudaStream_t stream);
+  // `device` must be current. Draws every tensor on the device on `stream`; returns once they
+  // are drawn.
+  DeviceWeights(int device, const StageDraws& draws, DType dtype, cudaStream_t stream);
 
   const void* embedding() const { return tensors_.embedding; }    // [vocab, hidden] or nullptr
   const void* final_norm() const { return tensors_.final_norm; }  // [hidden] or nullptr

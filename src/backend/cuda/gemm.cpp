@@ -85,24 +85,17 @@ struct Gemm::Plan {
 };
 
 Gemm::Gemm(size_t workspace_bytes) : workspace_bytes_(workspace_bytes) {
-  CONVEYOR_CUDA_CHECK(cublasLtCreate(&handle_));
   if (workspace_bytes_ > 0) {
-    const cudaError_t result = cudaMalloc(&workspace_, workspace_bytes_);
-    if (result != cudaSuccess) {
-      cublasLtDestroy(handle_);
-      CONVEYOR_CUDA_CHECK(result);
-    }
+    int device = 0;
+    CONVEYOR_CUDA_CHECK(cudaGetDevice(&device));
+    workspace_ = DeviceBuffer(device, workspace_bytes_, "the cuBLASLt workspace");
   }
+  CONVEYOR_CUDA_CHECK(cublasLtCreate(&handle_));
 }
 
 Gemm::~Gemm() {
   plans_.clear();
-  if (workspace_ != nullptr) {
-    // cudaFree synchronizes the device, so in-flight GEMMs finish with the workspace first.
-    const cudaError_t result = cudaFree(workspace_);
-    if (result != cudaSuccess)
-      spdlog::warn("Gemm: cudaFree failed: {}", cudaGetErrorString(result));
-  }
+  // The workspace member frees itself (cudaFree waits for in-flight GEMMs first).
   if (handle_ != nullptr) {
     const cublasStatus_t result = cublasLtDestroy(handle_);
     if (result != CUBLAS_STATUS_SUCCESS) {
@@ -189,8 +182,8 @@ void Gemm::run(const GemmArgs& args, cudaStream_t stream) {
   const float alpha = 1.0f, beta = args.accumulate ? 1.0f : 0.0f;
   // beta == 0: cuBLASLt does not read C, so a NaN-poisoned y is fine.
   CONVEYOR_CUDA_CHECK(cublasLtMatmul(handle_, plan.desc, &alpha, args.w, plan.a, args.x, plan.b,
-                                     &beta, args.y, plan.c, args.y, plan.c, &plan.algo, workspace_,
-                                     workspace_bytes_, stream));
+                                     &beta, args.y, plan.c, args.y, plan.c, &plan.algo,
+                                     workspace_.get(), workspace_bytes_, stream));
 }
 
 }  // namespace conveyor::cuda

@@ -8,9 +8,9 @@
 #include <memory>
 #include <tuple>
 
+#include "backend/cuda/cuda_raii.hpp"
 #include "conveyor/dtype.hpp"
 
-typedef struct CUstream_st* cudaStream_t;
 struct cublasLtContext;
 
 namespace conveyor::cuda {
@@ -56,9 +56,9 @@ class Gemm {
   using PlanKey = std::tuple<int64_t, int64_t, int64_t, int, int, bool, int>;
   const Plan& plan_for(const GemmArgs& args, int alignment);
 
-  cublasLtContext* handle_ = nullptr;
-  void* workspace_ = nullptr;
+  DeviceBuffer workspace_;  // before the handle: freed after it
   size_t workspace_bytes_ = 0;
+  cublasLtContext* handle_ = nullptr;
   std::map<PlanKey, std::unique_ptr<Plan>> plans_;
 };
 

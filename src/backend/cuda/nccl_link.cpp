@@ -23,6 +23,12 @@ class Announcement final : public DeviceActivations {
   int64_t hidden;
 };
 
+// A stream on `device`, made current first.
+Stream stream_on(int device) {
+  set_device(device);
+  return Stream(device);
+}
+
 // Every pair of neighbouring ranks exchanges a few bytes once, all in one group driven by this
 // thread: NCCL connects a pair on its first transfer, which needs both sides at once, and after
 // split() each side is driven by its own thread, which would wait in its first transfer for
@@ -31,12 +37,12 @@ void connect_neighbours(NcclCommunicator& world, const std::vector<int>& devices
                         std::chrono::milliseconds timeout) {
   const size_t n = devices.size();
   if (n < 2) return;
-  std::vector<OwnedStream> streams;
+  std::vector<Stream> streams;
   std::vector<DeviceBuffer> buffers;
   streams.reserve(n);
   buffers.reserve(n);
   for (size_t s = 0; s < n; ++s) {
-    streams.emplace_back(devices[s]);
+    streams.push_back(stream_on(devices[s]));
     buffers.emplace_back(devices[s], 2 * sizeof(int32_t), "NCCL connection probe");
   }
   std::vector<NcclTransfer> transfers;
@@ -66,24 +72,6 @@ std::vector<NcclCommunicator> connected_ranks(const std::vector<int>& devices,
 }
 
 }  // namespace
-
-OwnedStream::OwnedStream(int device) : device_(device) {
-  set_device(device);
-  CONVEYOR_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
-}
-
-OwnedStream::~OwnedStream() {
-  if (stream_ == nullptr) return;
-  cudaSetDevice(device_);
-  const cudaError_t result = cudaStreamDestroy(stream_);
-  if (result != cudaSuccess) {
-    spdlog::warn("cudaStreamDestroy on CUDA device {} failed: {}", device_,
-                 cudaGetErrorString(result));
-  }
-}
-
-OwnedStream::OwnedStream(OwnedStream&& other) noexcept
-    : device_(other.device_), stream_(std::exchange(other.stream_, nullptr)) {}
 
 NcclWorld::NcclWorld(std::vector<int> devices, std::chrono::milliseconds timeout)
     : devices_(std::move(devices)), timeout_(timeout) {
@@ -132,8 +120,8 @@ NcclLink::NcclLink(std::shared_ptr<NcclWorld> world, int from, int64_t max_token
       hidden_(hidden),
       capacity_(capacity),
       announcements_(capacity),
-      send_stream_(world_->device(from_)),
-      recv_stream_(world_->device(to_)),
+      send_stream_(stream_on(world_->device(from_))),
+      recv_stream_(stream_on(world_->device(to_))),
       // The receiver holds at most `capacity` announced buffers plus the one its stage reads.
       pool_(world_->device(to_), max_tokens, hidden, capacity + 1) {}
 

@@ -15,22 +15,6 @@
 
 namespace conveyor::cuda {
 
-// A non-blocking CUDA stream on `device`, destroyed with the object. Move-only.
-class OwnedStream {
- public:
-  explicit OwnedStream(int device);
-  ~OwnedStream();
-  OwnedStream(OwnedStream&& other) noexcept;
-  OwnedStream& operator=(OwnedStream&&) = delete;
-  OwnedStream(const OwnedStream&) = delete;
-  OwnedStream& operator=(const OwnedStream&) = delete;
-  cudaStream_t get() const { return stream_; }
-
- private:
-  int device_;
-  cudaStream_t stream_ = nullptr;
-};
-
 // The ranks of a pipeline's NCCL communicator. Rank s is used by stage s's worker only (for its
 // incoming and outgoing link), except in rebuild(), which runs between steps.
 class NcclWorld {
@@ -89,8 +73,8 @@ class NcclLink final : public Link {
   int64_t hidden_;
   int capacity_;
   HostLink announcements_;
-  OwnedStream send_stream_;    // on the sender's device
-  OwnedStream recv_stream_;    // on the receiver's device
+  Stream send_stream_;         // on the sender's device
+  Stream recv_stream_;         // on the receiver's device
   ActivationPool pool_;        // on the receiver's device
   int unconfirmed_sends_ = 0;  // sender's thread only
   std::atomic<bool> cancelled_{false};
