@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 
 #include "backend/kv_cache.hpp"
+#include "backend/kv_ledger.hpp"
 #include "conveyor/error.hpp"
 
 namespace conveyor {
@@ -77,6 +78,35 @@ TEST(KvCache, GrowthKeepsWrittenRows) {
   EXPECT_EQ(kv.allocated_bytes(), 2 * 2 * 100 * 8 * 4);
   kv.release(0);
   EXPECT_EQ(kv.committed(0), 0);
+}
+
+}  // namespace
+}  // namespace conveyor
+
+namespace conveyor {
+namespace {
+
+// The ledger alone (what the CUDA stage owns beside its device caches).
+TEST(KvLedger, LengthsFollowTheCommitBarrierRules) {
+  KvLedger ledger(2, 10);
+  ledger.reserve(0, 0, 4);
+  ledger.reserve(0, 4, 6);
+  EXPECT_EQ(ledger.pending(0), 6);
+  EXPECT_EQ(ledger.committed(0), 0);
+  ledger.commit(3);
+  EXPECT_EQ(ledger.committed(0), 6);
+  EXPECT_THROW(ledger.commit(3), Error);          // steps only increase
+  EXPECT_THROW(ledger.reserve(0, 5, 7), Error);   // positions in order
+  EXPECT_THROW(ledger.reserve(1, 0, 11), Error);  // beyond max_context
+  ledger.reserve(1, 0, 2);
+  EXPECT_THROW(ledger.truncate(1, 0), Error);  // not between steps: a write is pending
+  ledger.rollback();
+  ledger.truncate(0, 2);
+  EXPECT_EQ(ledger.committed(0), 2);
+  EXPECT_EQ(ledger.pending(0), 2);
+  EXPECT_THROW(ledger.truncate(0, 3), Error);  // only shorter
+  EXPECT_THROW(ledger.committed(2), Error);    // no such slot
+  EXPECT_THROW(KvLedger(0, 10), Error);
 }
 
 }  // namespace
