@@ -52,7 +52,8 @@ LoadFigures load_all(const std::filesystem::path& path) {
   f.file_bytes = checkpoint.file_bytes;
   f.description = checkpoint.description;
   const ModelConfig& c = checkpoint.config;
-  const StageWeightsSpec whole{.first_layer = 0, .last_layer = c.n_layers, .embedding = true, .head = true};
+  const StageWeightsSpec whole{
+      .first_layer = 0, .last_layer = c.n_layers, .embedding = true, .head = true};
   t0 = Clock::now();
   for (const std::string& name : required_tensor_names(c, whole)) {
     const std::vector<float> values = checkpoint.tensors->load_f32(name, tensor_shape(c, name));
@@ -103,7 +104,8 @@ uint64_t write_eight_b(const std::filesystem::path& path) {
       ModelConfig::load(std::filesystem::path(CONVEYOR_SOURCE_DIR) / "configs" / "llama-3-8b.json");
   const Zeros zeros;
   GgufWriter w = gguf_model_writer(config, zeros, {.name = "random 8B-shaped test file"});
-  const StageWeightsSpec whole{.first_layer = 0, .last_layer = config.n_layers, .embedding = true, .head = true};
+  const StageWeightsSpec whole{
+      .first_layer = 0, .last_layer = config.n_layers, .embedding = true, .head = true};
   uint64_t key = 1;
   for (const std::string& hf : required_tensor_names(config, whole)) {
     const std::vector<int64_t> shape = tensor_shape(config, hf);
@@ -115,8 +117,9 @@ uint64_t write_eight_b(const std::filesystem::path& path) {
     w.erase_tensor(gguf);
     const int64_t numel = shape[0] * shape[1];
     const uint64_t k = key++;
-    w.add_tensor(gguf, type, {shape[1], shape[0]},
-                 [type, numel, k] { return random_blocks(type, numel, k * 0x9e3779b97f4a7c15ull); });
+    w.add_tensor(gguf, type, {shape[1], shape[0]}, [type, numel, k] {
+      return random_blocks(type, numel, k * 0x9e3779b97f4a7c15ull);
+    });
   }
   return w.write(path);
 }
@@ -133,14 +136,18 @@ int main(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     const std::string flag = argv[i];
     if (flag == "--keep") keep = true;
-    if (i + 1 < argc && flag == "--smollm2") smollm2 = argv[++i];
-    else if (i + 1 < argc && flag == "--eight-b") eight_b = argv[++i];
-    else if (i + 1 < argc && flag == "--json") json_out = argv[++i];
+    if (i + 1 < argc && flag == "--smollm2")
+      smollm2 = argv[++i];
+    else if (i + 1 < argc && flag == "--eight-b")
+      eight_b = argv[++i];
+    else if (i + 1 < argc && flag == "--json")
+      json_out = argv[++i];
   }
   try {
     nlohmann::json out = nlohmann::json::array();
-    fmt::print("| file | tensors | file GB | fp32 out GB | open s | load s | out GB/s | in GB/s |\n"
-               "|---|---|---|---|---|---|---|---|\n");
+    fmt::print(
+        "| file | tensors | file GB | fp32 out GB | open s | load s | out GB/s | in GB/s |\n"
+        "|---|---|---|---|---|---|---|---|\n");
     auto report = [&](const std::string& name, const LoadFigures& f) {
       const double out_gbs = static_cast<double>(f.out_bytes) / 1e9 / f.load_s;
       const double in_gbs = static_cast<double>(f.read_bytes) / 1e9 / f.load_s;
@@ -166,7 +173,8 @@ int main(int argc, char** argv) {
         const double s = since(t0);
         fmt::print("Engine::open SmolLM2, {} stage(s): {:.3f} s ({:.2f} GB/s of fp32 weights)\n",
                    stages, s, static_cast<double>(engine.load_stats().weight_bytes) / 1e9 / s);
-        out.push_back({{"engine_open_stages", stages}, {"seconds", s},
+        out.push_back({{"engine_open_stages", stages},
+                       {"seconds", s},
                        {"weight_bytes", engine.load_stats().weight_bytes}});
       }
     } else {
@@ -175,8 +183,8 @@ int main(int argc, char** argv) {
     if (!std::filesystem::exists(eight_b)) {
       const auto t0 = Clock::now();
       const uint64_t bytes = write_eight_b(eight_b);
-      fmt::print("wrote {} ({:.2f} GB) in {:.1f} s\n", eight_b.string(), static_cast<double>(bytes) / 1e9,
-                 since(t0));
+      fmt::print("wrote {} ({:.2f} GB) in {:.1f} s\n", eight_b.string(),
+                 static_cast<double>(bytes) / 1e9, since(t0));
     }
     report("Llama-3-8B shape, random Q4_K_M-style", load_all(eight_b));
     if (!keep) std::filesystem::remove(eight_b);

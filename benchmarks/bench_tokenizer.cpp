@@ -27,7 +27,9 @@ int main(int argc, char** argv) {
     if (flag == "--runs") runs = std::stoi(argv[i + 1]);
   }
   if (model.empty() || text_path.empty()) {
-    fmt::print(stderr, "usage: bench_tokenizer --model GGUF|DIR --text FILE [--expect-ids FILE.json] [--runs N]\n");
+    fmt::print(stderr,
+               "usage: bench_tokenizer --model GGUF|DIR --text FILE [--expect-ids FILE.json] "
+               "[--runs N]\n");
     return 2;
   }
   try {

