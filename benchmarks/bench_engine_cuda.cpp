@@ -1,4 +1,4 @@
-// CUDA engine benchmark (issue 4): the Llama-3-8B shape with random weights drawn on one GPU, bf16,
+// CUDA engine benchmark: the Llama-3-8B shape with random weights drawn on one GPU, bf16,
 // batch 1 — decode step time at two contexts against the device copy bandwidth, prefill FLOP/s
 // against a cuBLASLt GEMM, S stages on one GPU against one stage, CUDA graphs on against off. The
 // baselines are measured in the same run. Prints markdown tables and writes JSON.
