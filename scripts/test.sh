@@ -33,14 +33,16 @@ echo "== tests =="
 ctest --test-dir build --output-on-failure -j "$jobs" --timeout 900 | tee build/ctest.log
 
 echo "== AddressSanitizer + UndefinedBehaviorSanitizer: CPU tests =="
-# The binaries are sanitized too (the CLI tests run them); no CUDA, no benchmarks. The package
-# test only re-runs the install of the Release pass.
-cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+# Built with clang (about twice as fast as GCC with the sanitizers on). The binaries are sanitized
+# too (the CLI tests run them); no CUDA, no benchmarks. Left out: the package test (it only
+# re-runs the Release install) and the idle-CPU check of the thread pool (the sanitizer runtime's
+# own threads use CPU time it would count).
+CC=clang CXX=clang++ cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DCONVEYOR_SANITIZE=address,undefined -DCONVEYOR_ENABLE_CUDA=OFF -DCONVEYOR_BUILD_BENCHMARKS=OFF
 cmake --build build-asan -j "$jobs"
 ASAN_OPTIONS="detect_leaks=1:abort_on_error=1" UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1" \
   ctest --test-dir build-asan --output-on-failure -j "$jobs" --timeout 900 -L cpu \
-  -E package_consumer | tee build-asan/ctest.log
+  -E "package_consumer|IdlePoolDoesNotSpin" | tee build-asan/ctest.log
 
 echo "== ThreadSanitizer: runtime tests =="
 cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCONVEYOR_SANITIZE=thread \

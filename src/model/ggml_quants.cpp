@@ -4,6 +4,7 @@
 #include "model/ggml_quants.hpp"
 
 #include <fmt/format.h>
+#include <algorithm>
 
 #include <array>
 #include <cstring>
@@ -276,7 +277,7 @@ void dequantize_row(uint32_t type, std::span<const std::byte> src, std::span<flo
   const auto n_blocks = static_cast<size_t>(n / traits->block_elems);
   switch (static_cast<GgmlType>(type)) {
     case GgmlType::kF32:
-      std::memcpy(out, in, dst.size() * sizeof(float));
+      std::copy_n(src.data(), src.size(), reinterpret_cast<std::byte*>(out));
       return;
     case GgmlType::kF16:
       for (size_t i = 0; i < dst.size(); ++i)

@@ -51,7 +51,7 @@ std::vector<std::byte> quantize_values(uint32_t type, std::span<const float> val
   std::vector<std::byte> out(n_blocks * static_cast<size_t>(traits->block_bytes));
   switch (static_cast<GgmlType>(type)) {
     case GgmlType::kF32:
-      std::memcpy(out.data(), values.data(), out.size());
+      std::copy_n(reinterpret_cast<const std::byte*>(values.data()), out.size(), out.data());
       return out;
     case GgmlType::kF16:
       for (size_t i = 0; i < values.size(); ++i)

@@ -469,7 +469,7 @@ std::vector<float> SafeTensors::load_f32(std::string_view name,
   // The data may sit at any byte offset, so every read goes through memcpy.
   switch (info->dtype) {
     case DType::kF32:
-      std::memcpy(out.data(), bytes.data(), numel * sizeof(float));
+      std::copy_n(bytes.data(), numel * sizeof(float), reinterpret_cast<std::byte*>(out.data()));
       break;
     case DType::kF16:
       for (std::size_t i = 0; i < numel; ++i) {

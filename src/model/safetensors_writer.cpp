@@ -110,7 +110,7 @@ void SafeTensorsWriter::encode(const Entry& entry, std::vector<std::byte>& out) 
   out.resize(values.size() * dtype_size(entry.dtype));
   switch (entry.dtype) {
     case DType::kF32:
-      std::memcpy(out.data(), values.data(), out.size());
+      std::copy_n(reinterpret_cast<const std::byte*>(values.data()), out.size(), out.data());
       break;
     case DType::kF16:
       for (std::size_t i = 0; i < values.size(); ++i) {

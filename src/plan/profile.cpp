@@ -3,10 +3,12 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <sstream>
 
 #include "core/check.hpp"
@@ -14,78 +16,96 @@
 namespace conveyor {
 namespace {
 
-// Solves the least-squares problem min ||A c - t|| for up to 3 columns by the normal equations;
-// a column that is (numerically) dependent on the earlier ones is dropped (its coefficient 0).
-std::array<double, 3> least_squares(const std::vector<std::array<double, 3>>& rows,
-                                    const std::vector<double>& t, int n_cols) {
-  std::array<double, 3> coef{0.0, 0.0, 0.0};
-  // Scale columns so the normal matrix is well conditioned.
-  std::array<double, 3> scale{1.0, 1.0, 1.0};
-  for (int c = 0; c < n_cols; ++c) {
+using Row = std::array<double, 3>;
+
+// Solves min ||A c - t|| over the columns in `cols` only (the others stay 0) by the normal
+// equations, columns scaled to their largest magnitude so the system is well conditioned.
+// Returns nothing when the chosen columns are (numerically) dependent.
+std::optional<Row> solve_columns(const std::vector<Row>& rows, const std::vector<double>& t,
+                                 const std::vector<size_t>& cols) {
+  const size_t k = cols.size();
+  Row scale{1.0, 1.0, 1.0};
+  for (size_t c : cols) {
     double m = 0.0;
-    for (const auto& r : rows)
-      m = std::max(m, std::abs(r[static_cast<size_t>(c)]));
-    scale[static_cast<size_t>(c)] = m > 0.0 ? m : 1.0;
+    for (const Row& r : rows)
+      m = std::max(m, std::abs(r[c]));
+    if (m == 0.0) return std::nullopt;  // an all-zero column says nothing
+    scale[c] = m;
   }
-  std::vector<int> used;
-  for (int c = 0; c < n_cols; ++c) {
-    double m = 0.0;
-    for (const auto& r : rows)
-      m = std::max(m, std::abs(r[static_cast<size_t>(c)]));
-    if (m > 0.0) used.push_back(c);
-  }
-  // Try with all non-zero columns, then drop the last ones until the system is solvable.
-  while (!used.empty()) {
-    const size_t k = used.size();
-    std::vector<double> a(k * k, 0.0), b(k, 0.0);
-    for (size_t i = 0; i < rows.size(); ++i) {
-      for (size_t p = 0; p < k; ++p) {
-        const double xp =
-            rows[i][static_cast<size_t>(used[p])] / scale[static_cast<size_t>(used[p])];
-        b[p] += xp * t[i];
-        for (size_t q = 0; q < k; ++q) {
-          a[p * k + q] +=
-              xp * rows[i][static_cast<size_t>(used[q])] / scale[static_cast<size_t>(used[q])];
-        }
-      }
-    }
-    // Gaussian elimination with partial pivoting.
-    bool singular = false;
-    for (size_t col = 0; col < k && !singular; ++col) {
-      size_t pivot = col;
-      for (size_t r = col + 1; r < k; ++r) {
-        if (std::abs(a[r * k + col]) > std::abs(a[pivot * k + col])) pivot = r;
-      }
-      if (std::abs(a[pivot * k + col]) < 1e-12 * static_cast<double>(rows.size())) {
-        singular = true;
-        break;
-      }
+  std::vector<double> a(k * k, 0.0), b(k, 0.0);
+  for (size_t i = 0; i < rows.size(); ++i) {
+    for (size_t p = 0; p < k; ++p) {
+      const double xp = rows[i][cols[p]] / scale[cols[p]];
+      b[p] += xp * t[i];
       for (size_t q = 0; q < k; ++q)
-        std::swap(a[col * k + q], a[pivot * k + q]);
-      std::swap(b[col], b[pivot]);
-      for (size_t r = 0; r < k; ++r) {
-        if (r == col) continue;
-        const double f = a[r * k + col] / a[col * k + col];
-        for (size_t q = 0; q < k; ++q)
-          a[r * k + q] -= f * a[col * k + q];
-        b[r] -= f * b[col];
-      }
+        a[p * k + q] += xp * rows[i][cols[q]] / scale[cols[q]];
     }
-    if (!singular && rows.size() >= k) {
-      for (size_t p = 0; p < k; ++p) {
-        coef[static_cast<size_t>(used[p])] =
-            b[p] / a[p * k + p] / scale[static_cast<size_t>(used[p])];
-      }
-      return coef;
-    }
-    used.pop_back();
   }
+  // Gauss-Jordan elimination with partial pivoting.
+  for (size_t col = 0; col < k; ++col) {
+    size_t pivot = col;
+    for (size_t r = col + 1; r < k; ++r) {
+      if (std::abs(a[r * k + col]) > std::abs(a[pivot * k + col])) pivot = r;
+    }
+    if (std::abs(a[pivot * k + col]) < 1e-12 * static_cast<double>(rows.size())) {
+      return std::nullopt;
+    }
+    for (size_t q = 0; q < k; ++q)
+      std::swap(a[col * k + q], a[pivot * k + q]);
+    std::swap(b[col], b[pivot]);
+    for (size_t r = 0; r < k; ++r) {
+      if (r == col) continue;
+      const double f = a[r * k + col] / a[col * k + col];
+      for (size_t q = 0; q < k; ++q)
+        a[r * k + q] -= f * a[col * k + q];
+      b[r] -= f * b[col];
+    }
+  }
+  Row coef{0.0, 0.0, 0.0};
+  for (size_t p = 0; p < k; ++p)
+    coef[cols[p]] = b[p] / a[p * k + p] / scale[cols[p]];
   return coef;
+}
+
+// Non-negative least squares: min ||A c - t|| subject to c >= 0. A time has no negative part, and
+// an unconstrained fit of noisy samples can trade a negative per-token cost against a large
+// per-pair one and predict negative times outside the sampled range. With at most three columns
+// the exact answer is found by trying every subset of free columns: the optimum is the
+// unconstrained fit on its own support, with every coefficient >= 0.
+Row nonnegative_least_squares(const std::vector<Row>& rows, const std::vector<double>& t,
+                              size_t n_cols) {
+  Row best{0.0, 0.0, 0.0};
+  double best_residual = 0.0;
+  for (double v : t)
+    best_residual += v * v;  // all coefficients 0
+  for (unsigned mask = 1; mask < (1u << n_cols); ++mask) {
+    std::vector<size_t> cols;
+    for (size_t c = 0; c < n_cols; ++c) {
+      if (mask & (1u << c)) cols.push_back(c);
+    }
+    if (cols.size() > rows.size()) continue;
+    const std::optional<Row> coef = solve_columns(rows, t, cols);
+    if (!coef || std::any_of(coef->begin(), coef->end(), [](double c) { return c < 0.0; })) {
+      continue;
+    }
+    double residual = 0.0;
+    for (size_t i = 0; i < rows.size(); ++i) {
+      double e = -t[i];
+      for (size_t c = 0; c < n_cols; ++c)
+        e += rows[i][c] * (*coef)[c];
+      residual += e * e;
+    }
+    if (residual < best_residual) {
+      best_residual = residual;
+      best = *coef;
+    }
+  }
+  return best;
 }
 
 TimeFit fit_samples(const std::vector<ProfileSample>& samples, UnitKind unit, Phase phase,
                     bool with_pairs) {
-  std::vector<std::array<double, 3>> rows;
+  std::vector<Row> rows;
   std::vector<double> t;
   for (const ProfileSample& s : samples) {
     if (s.unit != unit || s.phase != phase) continue;
@@ -93,7 +113,7 @@ TimeFit fit_samples(const std::vector<ProfileSample>& samples, UnitKind unit, Ph
     t.push_back(s.seconds);
   }
   if (rows.empty()) return {};
-  const auto c = least_squares(rows, t, 3);
+  const Row c = nonnegative_least_squares(rows, t, with_pairs ? 3 : 2);
   return TimeFit{.base_s = c[0], .per_token_s = c[1], .per_pair_s = c[2]};
 }
 

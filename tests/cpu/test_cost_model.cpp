@@ -177,6 +177,39 @@ TEST(Profile, FitRecoversLinearTimes) {
               1e-12);
 }
 
+TEST(Profile, FitNeverGoesNegative) {
+  // Times that fall with the token count while the pairs grow: an unconstrained fit answers with
+  // a negative per-token cost (and negative times for short prompts with no past). The fit keeps
+  // every coefficient >= 0 and still follows the samples as closely as that allows.
+  Profile p;
+  const std::vector<std::array<double, 3>> samples = {
+      {32, 528, 1.0e-3}, {64, 2080, 0.9e-3}, {128, 8256, 1.1e-3}, {256, 32896, 2.0e-3}};
+  for (const auto& [x, y, s] : samples) {
+    p.samples.push_back({UnitKind::kDecoderLayer, Phase::kPrefill, static_cast<int64_t>(x),
+                         static_cast<int64_t>(y), s});
+  }
+  p.fit();
+  const TimeFit& f = p.layer_prefill;
+  EXPECT_GE(f.base_s, 0.0);
+  EXPECT_GE(f.per_token_s, 0.0);
+  EXPECT_GE(f.per_pair_s, 0.0);
+  EXPECT_GT(f.at(256), 0.0);
+  // It is the best non-negative fit: no small non-negative change lowers the squared error.
+  auto error = [&](const TimeFit& g) {
+    double e = 0.0;
+    for (const auto& [x, y, s] : samples)
+      e += (g.at(x, y) - s) * (g.at(x, y) - s);
+    return e;
+  };
+  for (const TimeFit& g : {TimeFit{f.base_s * 1.01, f.per_token_s, f.per_pair_s},
+                           TimeFit{f.base_s * 0.99, f.per_token_s, f.per_pair_s},
+                           TimeFit{f.base_s, f.per_token_s + 1e-9, f.per_pair_s},
+                           TimeFit{f.base_s, f.per_token_s, f.per_pair_s * 1.01},
+                           TimeFit{f.base_s, f.per_token_s, f.per_pair_s * 0.99}}) {
+    EXPECT_GE(error(g), error(f));
+  }
+}
+
 TEST(Profile, JsonRoundTripAndErrors) {
   const ModelConfig config = preset_config("small");
   const Profile p = synthetic_profile(config);
