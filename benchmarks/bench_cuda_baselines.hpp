@@ -19,6 +19,7 @@
 #include "backend/cuda/device_context.hpp"
 #include "backend/cuda/gemm.hpp"
 #include "conveyor/model_config.hpp"
+#include "core/stats.hpp"
 #include "kernels/cuda_check.hpp"
 
 namespace conveyor::bench {
@@ -32,21 +33,6 @@ struct BaselineFlags {
   int64_t gemm_size = 8192;
   int64_t prefill_tokens = 2048;
 };
-
-double median(std::vector<double> v) {
-  if (v.empty()) return 0.0;
-  std::sort(v.begin(), v.end());
-  const size_t n = v.size();
-  return n % 2 == 1 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
-// Nearest-rank percentile, p in (0, 1].
-double percentile(std::vector<double> v, double p) {
-  if (v.empty()) return 0.0;
-  std::sort(v.begin(), v.end());
-  const size_t rank = static_cast<size_t>(std::ceil(p * static_cast<double>(v.size())));
-  return v[std::clamp<size_t>(rank, 1, v.size()) - 1];
-}
 
 std::string cuda_version(int version) {
   if (version <= 0) return "none";

@@ -125,7 +125,7 @@ Engine open_engine(const Setup& setup, const EngineRun& run, json& engines) {
   options.capacity.max_context = setup.max_context;
   // A CUDA stage holds micro-batches of at most 4096 tokens: longer prompts go in chunks (prompts
   // up to 4096 tokens stay whole, so the default figures are single-chunk prefills).
-  options.schedule.chunk_tokens = 4096;
+  options.schedule.chunking = Chunking::fixed(4096);
   options.random_weights_seed = setup.flags.seed;
   options.device.cuda_graphs = run.cuda_graphs;
   const double start = bench::now_seconds();

@@ -12,6 +12,7 @@
 #include <map>
 #include <nlohmann/json.hpp>
 #include <thread>
+#include <tuple>
 
 #include <unistd.h>
 
@@ -21,14 +22,15 @@
 #include "conveyor/observe.hpp"
 #include "conveyor/partitioner.hpp"
 #include "conveyor/profiler.hpp"
+#include "conveyor/schedule.hpp"
 #include "conveyor/simulator.hpp"
 #include "core/check.hpp"
+#include "core/stats.hpp"
 #include "model/make_model.hpp"
 
 namespace {
 
 using namespace conveyor;
-using Clock = std::chrono::steady_clock;
 
 struct Args {
   std::string model;
@@ -42,8 +44,9 @@ struct Args {
   std::vector<int> stages = {1, 2};
   std::vector<int> microbatches = {1, 4, 8};
   std::vector<std::string> strategies = {"even", "balanced"};
-  std::vector<int64_t> chunks = {-1};  // -1: prompt / M when one prompt, else none
-  std::string partition;               // strategy "given"
+  std::vector<std::string> chunkings = {"auto"};
+  std::vector<std::string> decode_modes = {"strict"};
+  std::string partition;  // strategy "given"
   int64_t prompt_tokens = 512;
   int32_t batch = 1;
   int64_t new_tokens = 1;
@@ -57,16 +60,6 @@ struct Args {
   std::string svg_dir;
   bool keep_model = false;
 };
-
-double elapsed(Clock::time_point start) {
-  return std::chrono::duration<double>(Clock::now() - start).count();
-}
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const size_t n = v.size();
-  return n == 0 ? 0.0 : (n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]));
-}
 
 // A model directory that deletes itself unless kept.
 class ModelDir {
@@ -127,12 +120,16 @@ struct RunResult {
   int stages = 1;
   int micro_batches = 1;  // as planned
   std::string strategy;
-  int64_t chunk_tokens = 0;
+  Chunking chunking;
+  int64_t chunk_tokens = 0;  // as planned for the prefill (0: whole prompts)
+  DecodeMode decode_mode = DecodeMode::kStrict;
   Partition partition = Partition::even(1, 1);
   double measured_s = 0.0;  // median prefill step over the repeats
   double predicted_s = 0.0;
-  double measured_decode_s = 0.0;  // per decode step, median over the run
-  double predicted_decode_s = 0.0;
+  double measured_decode_tok_s = 0.0;  // decode tokens / decode wall time, median over repeats
+  double predicted_decode_tok_s = 0.0;
+  double decode_bubble = 0.0;  // measured idle fraction of the stages while decoding
+  double predicted_decode_bubble = 0.0;
   BalanceReport measured;
   BalanceReport predicted;
   Trace trace;  // the median repeat's prefill events
@@ -225,10 +222,11 @@ int run(const Args& args) {
         "profiled in {:.1f} s: layer prefill {:.1f} us + {:.2f} us/token + {:.4f} us/pair; "
         "layer decode {:.1f} us + {:.1f} us/seq; head {:.1f} us + {:.1f} us/row; link "
         "{:.1f} us; host cores {:.2f}\n",
-        elapsed(start), profile.layer_prefill.base_s * 1e6, profile.layer_prefill.per_token_s * 1e6,
-        profile.layer_prefill.per_pair_s * 1e6, profile.layer_decode.base_s * 1e6,
-        profile.layer_decode.per_token_s * 1e6, profile.head_prefill.base_s * 1e6,
-        profile.head_prefill.per_token_s * 1e6, profile.link_latency_s * 1e6, profile.host_cores);
+        seconds_since(start), profile.layer_prefill.base_s * 1e6,
+        profile.layer_prefill.per_token_s * 1e6, profile.layer_prefill.per_pair_s * 1e6,
+        profile.layer_decode.base_s * 1e6, profile.layer_decode.per_token_s * 1e6,
+        profile.head_prefill.base_s * 1e6, profile.head_prefill.per_token_s * 1e6,
+        profile.link_latency_s * 1e6, profile.host_cores);
     if (!args.profile_out.empty()) {
       profile.save(args.profile_out);
       fmt::print("wrote profile to {}\n", args.profile_out);
@@ -254,6 +252,11 @@ int run(const Args& args) {
     requests.push_back(std::move(req));
   }
 
+  std::vector<std::pair<std::string, std::string>> combinations;  // (chunking, decode mode)
+  for (const std::string& c : args.chunkings) {
+    for (const std::string& m : args.decode_modes)
+      combinations.emplace_back(c, m);
+  }
   std::vector<RunResult> runs;
   fmt::print("\n{:>2} {:>3} {:>9} {:>6} {:>12} {:>10} {:>10} {:>7} {:>7} {:>7} {:>7} {:>7}  {}\n",
              "S", "M", "strategy", "chunk", "partition", "meas ms", "pred ms", "pred/m", "imbal",
@@ -262,11 +265,13 @@ int run(const Args& args) {
     if (S > config.n_layers) continue;
     for (const std::string& strategy : args.strategies) {
       for (int M : args.microbatches) {
-        for (int64_t chunk_opt : args.chunks) {
-          int64_t chunk = chunk_opt;
-          if (chunk < 0) {
-            chunk = args.batch == 1 && M > 1 ? (args.prompt_tokens + M - 1) / M : 0;
-          }
+        for (const auto& [chunking_text, mode_text] : combinations) {
+          const SchedulePolicy policy{.prefill_micro_batches = M,
+                                      .chunking = Chunking::parse(chunking_text),
+                                      .decode_mode = parse_decode_mode(mode_text)};
+          const std::vector<int64_t> prompt_lengths(static_cast<size_t>(args.batch),
+                                                    args.prompt_tokens);
+          const int64_t chunk = prefill_chunk_tokens(policy, S, prompt_lengths);
           // Partition for this configuration.
           Partition partition = Partition::even(config.n_layers, S);
           if (strategy == "balanced") {
@@ -289,16 +294,16 @@ int run(const Args& args) {
           EngineOptions eo;
           eo.partition = partition.to_string();
           eo.device.threads_per_stage = args.threads;
-          eo.schedule.prefill_micro_batches = M;
-          eo.schedule.chunk_tokens = chunk;
+          eo.schedule = policy;
           eo.capacity.max_batch = std::max<int32_t>(args.batch, 1);
           eo.capacity.max_context = args.prompt_tokens + args.new_tokens;
           Engine engine = Engine::open(model_dir->path(), eo);
           const GenerateOptions traced{.record_trace = true};
           engine.generate(requests, traced);  // warm-up: page-in weights, grow buffers
           std::vector<std::pair<double, Trace>> prefills;
-          std::vector<double> decode_steps;
+          std::vector<std::pair<double, double>> decodes;  // (tokens/s, bubble)
           int planned_m = M;
+          int decode_m = 1;
           for (int r = 0; r < args.repeats; ++r) {
             GenerateResult res = engine.generate(requests, traced);
             Trace prefill_trace;
@@ -307,31 +312,45 @@ int run(const Args& args) {
             }
             for (const StepStats& st : res.steps) {
               if (st.phase == Phase::kPrefill) planned_m = st.n_micro_batches;
-              if (st.phase == Phase::kDecode) decode_steps.push_back(st.seconds);
+              if (st.phase == Phase::kDecode) decode_m = st.n_micro_batches;
             }
             prefills.emplace_back(res.prefill_seconds, std::move(prefill_trace));
+            if (res.decode_seconds > 0) {
+              decodes.emplace_back(
+                  static_cast<double>(res.decode_tokens) / res.decode_seconds,
+                  balance_report_for_phase(res.trace, S, decode_m, Phase::kDecode).bubble_fraction);
+            }
           }
           std::sort(prefills.begin(), prefills.end(),
                     [](const auto& a, const auto& b) { return a.first < b.first; });
+          std::sort(decodes.begin(), decodes.end());
           RunResult run;
           run.stages = S;
           run.micro_batches = planned_m;
           run.strategy = strategy;
+          run.chunking = policy.chunking;
           run.chunk_tokens = chunk;
+          run.decode_mode = policy.decode_mode;
           run.partition = partition;
           run.measured_s = prefills[prefills.size() / 2].first;
           run.trace = prefills[prefills.size() / 2].second;
-          run.measured_decode_s = median(decode_steps);
+          if (!decodes.empty()) {
+            std::tie(run.measured_decode_tok_s, run.decode_bubble) = decodes[decodes.size() / 2];
+          }
           const GenerationShape shape{.n_seqs = args.batch,
                                       .prompt_tokens = args.prompt_tokens,
                                       .new_tokens = args.new_tokens,
-                                      .prefill_micro_batches = M,
-                                      .chunk_tokens = chunk};
+                                      .policy = policy};
           const SimulatedGeneration gen = simulate_generation(shape, partition, model, sim);
           run.predicted_s = gen.prefill_seconds;
-          if (gen.step_seconds.size() > 1) {
-            run.predicted_decode_s =
-                median(std::vector<double>(gen.step_seconds.begin() + 1, gen.step_seconds.end()));
+          if (gen.decode_seconds > 0) {
+            run.predicted_decode_tok_s = static_cast<double>(args.batch) *
+                                         static_cast<double>(args.new_tokens - 1) /
+                                         gen.decode_seconds;
+            run.predicted_decode_bubble =
+                balance_report_for_phase(gen.trace, S, std::max(gen.decode_micro_batches, 1),
+                                         Phase::kDecode)
+                    .bubble_fraction;
           }
           run.measured = balance_report(run.trace, S, planned_m);
           Trace predicted_prefill;
@@ -373,12 +392,14 @@ int run(const Args& args) {
     }
   }
   if (args.new_tokens > 1) {
-    fmt::print("\ndecode (median step):\n");
+    fmt::print("\ndecode (median of {} runs):\n", args.repeats);
     for (const RunResult& r : runs) {
-      fmt::print("S={} M={} {:>9} {:>12}: measured {:.2f} ms, predicted {:.2f} ms ({:.3f})\n",
-                 r.stages, r.micro_batches, r.strategy, r.partition.to_string(),
-                 r.measured_decode_s * 1e3, r.predicted_decode_s * 1e3,
-                 r.measured_decode_s > 0 ? r.predicted_decode_s / r.measured_decode_s : 0.0);
+      fmt::print(
+          "S={} {:>7} {:>9} {:>12}: measured {:.1f} tok/s (bubble {:.3f}), predicted {:.1f} "
+          "tok/s (bubble {:.3f})\n",
+          r.stages, to_string(r.decode_mode), r.strategy, r.partition.to_string(),
+          r.measured_decode_tok_s, r.decode_bubble, r.predicted_decode_tok_s,
+          r.predicted_decode_bubble);
     }
   }
   fmt::print(
@@ -408,13 +429,17 @@ int run(const Args& args) {
       list.push_back({{"stages", r.stages},
                       {"micro_batches", r.micro_batches},
                       {"strategy", r.strategy},
+                      {"chunking", r.chunking.to_string()},
                       {"chunk_tokens", r.chunk_tokens},
+                      {"decode_mode", std::string(to_string(r.decode_mode))},
                       {"partition", r.partition.to_string()},
                       {"measured_s", r.measured_s},
                       {"predicted_s", r.predicted_s},
                       {"predicted_over_measured", r.predicted_s / r.measured_s},
-                      {"measured_decode_step_s", r.measured_decode_s},
-                      {"predicted_decode_step_s", r.predicted_decode_s},
+                      {"measured_decode_tokens_per_s", r.measured_decode_tok_s},
+                      {"predicted_decode_tokens_per_s", r.predicted_decode_tok_s},
+                      {"decode_bubble_fraction", r.decode_bubble},
+                      {"predicted_decode_bubble_fraction", r.predicted_decode_bubble},
                       {"imbalance", r.measured.imbalance},
                       {"predicted_imbalance", r.predicted.imbalance},
                       {"bubble_fraction", r.measured.bubble_fraction},
@@ -480,8 +505,11 @@ int main(int argc, char** argv) {
       ->delimiter(',')
       ->capture_default_str();
   app.add_option("--partition", args.partition, "the partition of strategy \"given\"");
-  app.add_option("--chunk-tokens", args.chunks,
-                 "chunk sizes to sweep (-1: prompt/M for a single prompt, 0: no chunking)")
+  app.add_option("--chunking", args.chunkings,
+                 "prefill chunkings to sweep: auto, never or a chunk size in tokens")
+      ->delimiter(',')
+      ->capture_default_str();
+  app.add_option("--decode-modes", args.decode_modes, "decode modes to sweep: strict, cohorts")
       ->delimiter(',')
       ->capture_default_str();
   app.add_option("--prompt-tokens", args.prompt_tokens, "tokens per prompt")->capture_default_str();

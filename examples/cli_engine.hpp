@@ -25,6 +25,8 @@ struct EngineArgs {
   std::string devices;
   std::string dtype = "bf16";
   std::string tokenizer;  // tokenizer.json for a model directory without one
+  std::string chunking = "auto";
+  std::string decode_mode = "strict";
   EngineOptions engine;
 };
 
@@ -69,13 +71,24 @@ inline void add_engine_options(CLI::App& app, EngineArgs& args) {
                  "prefill micro-batches (0 = one per stage)")
       ->capture_default_str();
   app.add_option("--decode-microbatches", args.engine.schedule.decode_micro_batches,
-                 "decode micro-batches (0 = min(stages, sequences))")
+                 "decode micro-batches per step (0 = min(stages, sequences) strict, 1 per cohort)")
       ->capture_default_str();
-  app.add_option("--chunk-tokens", args.engine.schedule.chunk_tokens,
-                 "prefill chunk size; 0 = automatic (chunk only when there are fewer prompts "
-                 "than micro-batches), -1 = never chunk")
+  app.add_option("--chunking", args.chunking,
+                 "prefill chunking: auto (chunk only when there are fewer prompts than "
+                 "micro-batches; 256-token shares beside running decodes), never, or a chunk size")
       ->capture_default_str();
-  app.add_option("--max-batch", args.engine.capacity.max_batch, "most prompts per run")
+  app.add_option("--decode-mode", args.decode_mode,
+                 "strict (one decode step of everything at a time) or cohorts (one step per "
+                 "cohort in flight, overlapping on the stages)")
+      ->capture_default_str();
+  app.add_option("--cohorts", args.engine.schedule.cohorts,
+                 "cohorts with --decode-mode cohorts (0 = one per stage)")
+      ->capture_default_str();
+  app.add_option("--max-batch", args.engine.capacity.max_batch,
+                 "KV slots: requests running at once")
+      ->capture_default_str();
+  app.add_option("--max-waiting", args.engine.capacity.max_waiting,
+                 "requests that may wait for a slot before new ones are refused (serving)")
       ->capture_default_str();
   app.add_option("--max-context", args.engine.capacity.max_context,
                  "prompt + generated tokens (0 = min(max_position_embeddings, 4096))")
@@ -128,6 +141,8 @@ inline EngineOptions engine_options(EngineArgs& args) {
     throw Error(ErrorCode::kInvalidArgument,
                 fmt::format("--dtype {} is not a GPU dtype; use bf16 or f16", args.dtype));
   }
+  options.schedule.chunking = Chunking::parse(args.chunking);
+  options.schedule.decode_mode = parse_decode_mode(args.decode_mode);
   if (!options.on_load_progress) options.on_load_progress = load_progress_printer();
   return options;
 }

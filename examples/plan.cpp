@@ -15,6 +15,7 @@
 #include "conveyor/error.hpp"
 #include "conveyor/observe.hpp"
 #include "conveyor/partitioner.hpp"
+#include "conveyor/schedule.hpp"
 #include "conveyor/simulator.hpp"
 #include "core/check.hpp"
 #include "model/make_model.hpp"
@@ -40,6 +41,8 @@ struct Args {
   int64_t new_tokens = 128;
   int64_t max_context = 0;
   std::vector<int> microbatches = {1, 2, 4, 8, 16};
+  std::string chunking = "auto";
+  std::string decode_mode = "strict";  // of the timeline; the sweep shows both modes
   std::string json_out;
   std::string timeline_out;
 };
@@ -67,18 +70,15 @@ std::string ms(double s) {
   return fmt::format("{:.2f}", s * 1e3);
 }
 
-// Prefill plan shape with about m micro-batches: sequence groups while m <= batch, then chunks.
-GenerationShape shape_for(const Args& args, int prefill_m, int decode_m, int64_t new_tokens) {
-  GenerationShape shape{.n_seqs = args.batch,
-                        .prompt_tokens = args.prompt_tokens,
-                        .new_tokens = new_tokens,
-                        .prefill_micro_batches = std::min(prefill_m, args.batch),
-                        .decode_micro_batches = std::min(decode_m, args.batch)};
-  if (prefill_m > args.batch) {
-    const int64_t rounds = (prefill_m + args.batch - 1) / args.batch;
-    shape.chunk_tokens = (args.prompt_tokens + rounds - 1) / rounds;
-  }
-  return shape;
+// The engine's plans for the batch: prefill with about m micro-batches (sequence groups while
+// m <= batch; automatic chunking beyond), decode strict or in cohorts.
+GenerationShape shape_for(const Args& args, int prefill_m, DecodeMode mode, int64_t new_tokens) {
+  return GenerationShape{.n_seqs = args.batch,
+                         .prompt_tokens = args.prompt_tokens,
+                         .new_tokens = new_tokens,
+                         .policy = {.prefill_micro_batches = prefill_m,
+                                    .chunking = Chunking::parse(args.chunking),
+                                    .decode_mode = mode}};
 }
 
 int run(const Args& args) {
@@ -165,9 +165,10 @@ int run(const Args& args) {
                      {"balanced_imbalance", best ? best->imbalance : 0.0}};
     if (!args.timeline_out.empty() && best) {
       SimulatorOptions sim{.topology = o.topology};
-      const auto gen = simulate_generation(
-          shape_for(args, args.stages, args.stages, std::min<int64_t>(args.new_tokens, 4)),
-          best->partition, model, sim);
+      const auto gen =
+          simulate_generation(shape_for(args, args.stages, parse_decode_mode(args.decode_mode),
+                                        std::min<int64_t>(args.new_tokens, 4)),
+                              best->partition, model, sim);
       write_timeline_svg(args.timeline_out, gen.trace, args.stages,
                          {.title = fmt::format("predicted: {} on {} x S={}, partition {}",
                                                out["model"].get<std::string>(), args.devices,
@@ -181,7 +182,7 @@ int run(const Args& args) {
   fmt::print("{:>3} {:>24} {:>7} {:>8} {:>10}", "S", "partition", "max/mn", "even", "KV tok");
   for (int m : args.microbatches)
     fmt::print(" {:>9}", fmt::format("pf M={}", m));
-  fmt::print(" {:>10} {:>9}\n", "dec ms/tok", "dec tok/s");
+  fmt::print(" {:>11} {:>11}\n", "dec strict", "dec cohorts");
   nlohmann::json rows = nlohmann::json::array();
   const int top = std::min<int64_t>(args.max_stages, config.n_layers);
   for (int S = 1; S <= top; ++S) {
@@ -210,7 +211,8 @@ int run(const Args& args) {
     SimulatorOptions sim{.topology = o.topology};
     nlohmann::json prefill = nlohmann::json::array();
     for (int m : args.microbatches) {
-      const auto gen = simulate_generation(shape_for(args, m, S, 1), plan.partition, model, sim);
+      const auto gen = simulate_generation(shape_for(args, m, DecodeMode::kStrict, 1),
+                                           plan.partition, model, sim);
       fmt::print(" {:>9}", ms(gen.prefill_seconds));
       prefill.push_back({{"micro_batches", gen.prefill_micro_batches},
                          {"seconds", gen.prefill_seconds},
@@ -218,21 +220,28 @@ int run(const Args& args) {
                                               gen.prefill_seconds}});
     }
     row["prefill"] = prefill;
-    const auto gen =
-        simulate_generation(shape_for(args, S, S, args.new_tokens), plan.partition, model, sim);
-    const double steps = static_cast<double>(std::max<int64_t>(args.new_tokens - 1, 1));
-    const double per_step = gen.decode_seconds / steps;
-    fmt::print(" {:>10} {:>9.1f}\n", ms(per_step),
-               per_step > 0 ? static_cast<double>(args.batch) / per_step : 0.0);
-    row["decode"] = {{"micro_batches", gen.decode_micro_batches},
-                     {"step_seconds", per_step},
-                     {"tokens_per_s", per_step > 0 ? args.batch / per_step : 0.0}};
+    // Decode tokens per second of the whole batch, strict and with one cohort per stage.
+    const double tokens = static_cast<double>(args.batch) *
+                          static_cast<double>(std::max<int64_t>(args.new_tokens - 1, 0));
+    nlohmann::json decode = nlohmann::json::object();
+    for (const DecodeMode mode : {DecodeMode::kStrict, DecodeMode::kCohorts}) {
+      const auto gen = simulate_generation(shape_for(args, S, mode, args.new_tokens),
+                                           plan.partition, model, sim);
+      const double rate = gen.decode_seconds > 0 ? tokens / gen.decode_seconds : 0.0;
+      fmt::print(" {:>11.1f}", rate);
+      decode[std::string(to_string(mode))] = {{"micro_batches", gen.decode_micro_batches},
+                                              {"seconds", gen.decode_seconds},
+                                              {"tokens_per_s", rate}};
+    }
+    fmt::print("\n");
+    row["decode"] = decode;
     rows.push_back(row);
   }
   out["sweep"] = rows;
   fmt::print(
       "\npf: simulated prefill of the whole batch in ms (M micro-batches; M > batch chunks "
-      "the prompts); dec: one decode step of the batch\n");
+      "the prompts); dec: decode tokens/s of the batch, strict (one step at a time) and with one "
+      "cohort per stage in flight\n");
   if (!args.json_out.empty()) {
     std::ofstream file(args.json_out);
     file << out.dump(2) << "\n";
@@ -276,6 +285,11 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--microbatches", args.microbatches, "prefill micro-batch counts to sweep")
       ->delimiter(',')
+      ->capture_default_str();
+  app.add_option("--chunking", args.chunking, "prefill chunking: auto, never or a chunk size")
+      ->capture_default_str();
+  app.add_option("--decode-mode", args.decode_mode,
+                 "decode of the --timeline: strict or cohorts (the sweep shows both)")
       ->capture_default_str();
   app.add_option("--json", args.json_out, "write the results as JSON");
   app.add_option("--timeline", args.timeline_out, "write the predicted SVG timeline of --stages");

@@ -2,8 +2,8 @@
 # Installs conveyor's build dependencies from Debian packages (idempotent; needs root or sudo).
 set -euo pipefail
 packages=(build-essential cmake ninja-build pkg-config libfmt-dev libspdlog-dev libgtest-dev
-  libbenchmark-dev nlohmann-json3-dev libcli11-dev libopenblas-dev libpcre2-dev libutf8proc-dev clang
-  libclang-rt-14-dev python3 python3-pip)
+  libbenchmark-dev nlohmann-json3-dev libcli11-dev libopenblas-dev libpcre2-dev libutf8proc-dev libcpp-httplib-dev clang
+  libclang-rt-14-dev python3 python3-pip python3-venv)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -33,35 +33,32 @@ echo "== tests =="
 ctest --test-dir build --output-on-failure -j "$jobs" --timeout 900 | tee build/ctest.log
 
 echo "== AddressSanitizer + UndefinedBehaviorSanitizer: CPU tests =="
-# Built with clang (about twice as fast as GCC with the sanitizers on). The binaries are sanitized
-# too (the CLI tests run them); no CUDA, no benchmarks. Left out: the package test (it only
-# re-runs the Release install) and the idle-CPU check of the thread pool (the sanitizer runtime's
-# own threads use CPU time it would count).
+# One clang tree serves this pass and the fuzzers: CONVEYOR_FUZZ builds everything with
+# ASan + UBSan (and the fuzzers' coverage hooks), binaries included (the CLI tests run them); no
+# CUDA, no benchmarks. Left out: the package test (it only re-runs the Release install) and the
+# idle-CPU check of the thread pool (the sanitizer runtime's own threads use CPU time it counts).
 CC=clang CXX=clang++ cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-  -DCONVEYOR_SANITIZE=address,undefined -DCONVEYOR_ENABLE_CUDA=OFF -DCONVEYOR_BUILD_BENCHMARKS=OFF
+  -DCONVEYOR_FUZZ=ON -DCONVEYOR_ENABLE_CUDA=OFF -DCONVEYOR_BUILD_BENCHMARKS=OFF
 cmake --build build-asan -j "$jobs"
 ASAN_OPTIONS="detect_leaks=1:abort_on_error=1" UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1" \
-  ctest --test-dir build-asan --output-on-failure -j "$jobs" --timeout 900 -L cpu \
+  ctest --test-dir build-asan --output-on-failure -j "$jobs" --timeout 900 -L "cpu|serve" \
   -E "package_consumer|IdlePoolDoesNotSpin" | tee build-asan/ctest.log
 
 echo "== ThreadSanitizer: runtime tests =="
 cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCONVEYOR_SANITIZE=thread \
   -DCONVEYOR_ENABLE_CUDA=OFF -DCONVEYOR_BUILD_BENCHMARKS=OFF -DCONVEYOR_BUILD_EXAMPLES=OFF
-tsan_targets=$(cd tests/cpu && ls test_pipeline*.cpp test_engine*.cpp test_link*.cpp test_thread_pool*.cpp 2>/dev/null | sed 's/\.cpp$//' | tr '\n' ' ')
+tsan_targets=$(cd tests/cpu && ls test_pipeline*.cpp test_engine*.cpp test_serving*.cpp test_link*.cpp test_thread_pool*.cpp 2>/dev/null | sed 's/\.cpp$//' | tr '\n' ' ')
 cmake --build build-tsan -j "$jobs" --target $tsan_targets
 for t in $tsan_targets; do
   echo "-- $t (tsan)"
   TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" "build-tsan/tests/$t" --gtest_brief=1
 done
 
-echo "== fuzz: safetensors, config.json and GGUF parsers (30 s each) =="
-CC=clang CXX=clang++ cmake -S . -B build-fuzz -G Ninja -DCONVEYOR_FUZZ=ON -DCONVEYOR_ENABLE_CUDA=OFF \
-  -DCONVEYOR_BUILD_TESTS=OFF -DCONVEYOR_BUILD_BENCHMARKS=OFF -DCONVEYOR_BUILD_EXAMPLES=OFF
-cmake --build build-fuzz -j "$jobs" --target fuzz_safetensors fuzz_config fuzz_gguf
+echo "== fuzz: safetensors, config.json and GGUF parsers (20 s each) =="
 for target in safetensors config gguf; do
-  mkdir -p "build-fuzz/corpus-$target"
-  "./build-fuzz/fuzz/fuzz_$target" -max_total_time=30 -print_final_stats=1 \
-    "build-fuzz/corpus-$target" "tests/fuzz_corpus/$target"
+  mkdir -p "build-asan/corpus-$target"
+  "./build-asan/fuzz/fuzz_$target" -max_total_time=20 -print_final_stats=1 \
+    "build-asan/corpus-$target" "tests/fuzz_corpus/$target"
 done
 
 summary=$(grep -oE "[0-9]+ tests failed out of [0-9]+" build/ctest.log | tail -n 1)

@@ -2,6 +2,7 @@
 // tokens for batches of requests.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <filesystem>
 #include <functional>
@@ -11,9 +12,11 @@
 #include <vector>
 
 #include "conveyor/dtype.hpp"
+#include "conveyor/error.hpp"
 #include "conveyor/model_config.hpp"
 #include "conveyor/partition.hpp"
 #include "conveyor/sampling.hpp"
+#include "conveyor/schedule.hpp"
 #include "conveyor/step_plan.hpp"
 #include "conveyor/trace.hpp"
 
@@ -68,21 +71,14 @@ struct DeviceOptions {
   int threads_per_stage = 1;  // cpu: each stage has its own pool, S stages use S * T cores
 };
 
-// How much the engine holds: sequences at once and positions per sequence.
+// How much the engine holds: sequences at once, positions per sequence, requests waiting.
 struct CapacityOptions {
-  int32_t max_batch = 8;    // sequences per generate() call
+  int32_t max_batch = 8;    // sequence slots: requests running at once (KV caches)
   int64_t max_context = 0;  // prompt + generated tokens; 0: min(max_position_embeddings, 4096)
-};
-
-// How a step is cut into micro-batches.
-struct ScheduleOptions {
-  int prefill_micro_batches = 0;  // 0: one per stage (enough to fill the pipeline)
-  int decode_micro_batches = 0;   // 0: min(stages, sequences in the step)
-  // Prefill chunking. > 0: split prompts into chunks of at most this many tokens. 0 (automatic):
-  // chunk only when there are fewer prompts than prefill micro-batches, so that even one long
-  // prompt fills the pipeline (chunks of at least kMinAutoChunkTokens). -1: never chunk.
-  int64_t chunk_tokens = 0;
-  static constexpr int64_t kMinAutoChunkTokens = 16;
+  // Requests submitted while every slot is taken wait first come, first served; past this many
+  // waiting, submit() fails with ErrorCode::kOverloaded instead of queueing without bound (0:
+  // refuse whatever finds no free slot).
+  int32_t max_waiting = 256;
 };
 
 struct EngineOptions {
@@ -94,7 +90,8 @@ struct EngineOptions {
   std::string partition = "even";
   DeviceOptions device;
   CapacityOptions capacity;
-  ScheduleOptions schedule;
+  // Chunking, micro-batches and the decode mode (strict or cohorts): see SchedulePolicy.
+  SchedulePolicy schedule;
   int64_t link_timeout_ms = 120'000;
   // Benchmarks and tests: draw every weight from a deterministic generator keyed by (seed,
   // tensor name) instead of reading a checkpoint. Only the config is read: Engine::open's path
@@ -114,11 +111,44 @@ struct Request {
   std::vector<int32_t> prompt;  // token ids, each in [0, vocab_size)
   int64_t max_new_tokens = 16;  // 0: prefill only (useful with logits)
   SamplingParams sampling;
-  bool stop_at_eos = true;              // stop at the model's eos_token_id(s)
-  std::vector<int32_t> stop_token_ids;  // further ids that end the request
+  bool stop_at_eos = true;                      // stop at the model's eos_token_id(s)
+  std::vector<int32_t> stop_token_ids;          // further ids that end the request
+  LogitsCapture logits = LogitsCapture::kNone;  // rows returned in RequestResult::logits
 };
 
-enum class FinishReason { kLength, kStopToken };
+enum class FinishReason {
+  kLength,     // max_new_tokens generated
+  kStopToken,  // an eos or stop token was generated (it is the last token)
+  kCancelled,  // cancel(), or the engine stopped
+  kError,      // a step of the request failed (RequestResult::error says where and why)
+};
+std::string_view to_string(FinishReason reason);
+
+using RequestId = uint64_t;
+
+struct RequestResult {
+  RequestId id = 0;
+  std::vector<int32_t> tokens;  // generated ids (the prompt is not repeated)
+  int64_t prompt_tokens = 0;
+  int64_t reused_tokens = 0;  // prompt tokens whose KV came from the slot's previous request
+  FinishReason finish = FinishReason::kLength;
+  std::string error;                            // kError: the failure; kCancelled: why
+  ErrorCode error_code = ErrorCode::kInternal;  // kError, kCancelled
+  int64_t logits_rows = 0;
+  std::vector<float> logits;  // [logits_rows, vocab] when Request::logits asks
+};
+
+// What a submitted request's callback sees, on the engine's scheduling thread, between steps:
+// one event per generated token, and the last event has `finished` set (with the token that
+// ended it, or with none when it was cancelled, failed or asked for no tokens).
+struct RequestEvent {
+  RequestId id = 0;
+  std::optional<int32_t> token;
+  int64_t index = 0;  // of `token` among the generated ones (0: the first)
+  bool finished = false;
+  const RequestResult* result = nullptr;  // when finished; valid during the callback only
+};
+using RequestCallback = std::function<void(const RequestEvent&)>;
 
 // Streamed as each token is sampled (on the calling thread, between steps).
 struct TokenEvent {
@@ -143,26 +173,21 @@ struct GenerateOptions {
   std::function<void(const TokenEvent&)> on_token;
 };
 
-struct RequestResult {
-  std::vector<int32_t> tokens;  // generated ids (the prompt is not repeated)
-  int64_t reused_tokens = 0;    // prompt tokens whose KV came from the previous call
-  FinishReason finish = FinishReason::kLength;
-  int64_t logits_rows = 0;
-  std::vector<float> logits;  // [logits_rows, vocab] when requested
-};
-
 struct StepStats {
   int64_t step = 0;
   Phase phase = Phase::kPrefill;
+  int32_t cohort = 0;
   int64_t n_seqs = 0;
   int64_t n_tokens = 0;
   int n_micro_batches = 0;
-  double seconds = 0.0;
+  double seconds = 0.0;  // from submission to its outcome
 };
 
 struct GenerateResult {
   std::vector<RequestResult> requests;
   std::vector<StepStats> steps;
+  // Tokens computed in prefill steps and the wall time while any was in flight; the same for
+  // decode steps (steps of several cohorts overlap: their time counts once).
   int64_t prefill_tokens = 0;
   double prefill_seconds = 0.0;
   int64_t decode_tokens = 0;
@@ -170,8 +195,28 @@ struct GenerateResult {
   Trace trace;  // when GenerateOptions::record_trace
 };
 
-// Not thread-safe: one generate() at a time. After a failed generate() (the error names the
-// stage and instruction) every KV cache is back at its last commit and the engine is usable.
+// A snapshot of the engine's serving state (thread-safe to take).
+struct EngineMetrics {
+  int64_t requests_waiting = 0;
+  int64_t requests_running = 0;  // holding a KV slot
+  int64_t requests_finished = 0;
+  int64_t requests_cancelled = 0;
+  int64_t requests_failed = 0;
+  int64_t prompt_tokens = 0;  // computed (reused ones not counted)
+  int64_t generated_tokens = 0;
+  int64_t steps = 0;
+  int32_t kv_slots = 0;
+  int32_t kv_slots_used = 0;
+  std::vector<double> stage_busy_seconds;  // compute + sample time per stage since open
+  double seconds = 0.0;                    // since open
+};
+
+// Two ways to run requests. generate(batch) runs a batch to completion on the calling thread.
+// submit() queues requests that arrive over time — from any thread — and a scheduling loop
+// (start_serving() on a background thread, or step() driven by the caller) admits them as KV
+// slots free up, prefills them in chunks between running decodes and streams their tokens.
+// After a failed step (the error names the stage and instruction) every KV cache is back at its
+// last commit and the engine stays usable; only the requests of that step end with kError.
 class Engine {
  public:
   // Opens the checkpoint at `model` — a Hugging Face directory (config.json + *.safetensors), a
@@ -182,7 +227,7 @@ class Engine {
   static Engine open(const std::filesystem::path& model, const EngineOptions& options = {});
   Engine(Engine&&) noexcept;
   Engine& operator=(Engine&&) noexcept;
-  ~Engine();
+  ~Engine();  // stops serving (cancelling what runs) and the stage workers
 
   const ModelConfig& config() const;
   const EngineOptions& options() const;
@@ -195,8 +240,34 @@ class Engine {
   // One line per stage: device, layers, weight bytes, KV capacity in tokens, workspace.
   std::vector<std::string> stage_reports() const;
 
+  // Runs `requests` (at most max_batch) to completion: request i in KV slot i, one prefill step
+  // for all prompts (chunked as the schedule says), then decode steps. Not while serving.
+  // Throws the first failure of a step (the engine stays usable).
   GenerateResult generate(const std::vector<Request>& requests,
                           const GenerateOptions& options = {});
+
+  // Queues `request`; `on_event` receives its tokens and its end on the scheduling thread
+  // (keep it short: the next step waits for it). Thread-safe. Throws
+  // conveyor::Error(kInvalidArgument) when the request can never run (naming the value and
+  // the limit: an empty prompt, an id outside the vocabulary, prompt + max_new_tokens over
+  // max_context), kOverloaded when capacity.max_waiting requests already wait, and kCancelled
+  // once the engine is stopping.
+  RequestId submit(Request request, RequestCallback on_event);
+  // Ends a waiting or running request: its last event comes with FinishReason::kCancelled and
+  // its KV slot is freed at the next step boundary. Thread-safe; false when the id is unknown or
+  // already finished.
+  bool cancel(RequestId id);
+  // One scheduling round on the calling thread: admit waiting requests, submit a step for every
+  // cohort that can take one, wait for one step and deliver its tokens. Returns false at once
+  // when there is nothing to run. Not while serving.
+  bool step();
+  // Runs the scheduling loop on a background thread until stop_serving().
+  void start_serving();
+  // Stops accepting requests (submit() throws kCancelled), lets the running and waiting ones
+  // finish for up to `grace`, cancels the rest and joins the loop. Idempotent.
+  void stop_serving(std::chrono::milliseconds grace = std::chrono::milliseconds(0));
+  bool serving() const;
+  EngineMetrics metrics() const;
 
  private:
   friend struct detail::EngineHooks;

@@ -15,6 +15,8 @@ enum class ErrorCode {
   kCommunication,    // a transport link failed or was cancelled
   kTimeout,          // a wait exceeded its deadline
   kAborted,          // the step was aborted because another stage failed
+  kOverloaded,       // the engine's waiting queue is full: retry later
+  kCancelled,        // the request was cancelled (by its client, or at shutdown)
   kInternal,         // a broken invariant inside conveyor (a bug)
 };
 

@@ -19,4 +19,11 @@ struct SamplingParams {
   void validate() const;
 };
 
+// Which logits rows of a request come back with its tokens.
+enum class LogitsCapture : uint8_t {
+  kNone,
+  kSampled,  // the row each generated token was sampled from
+  kAll,      // ... and first one row per prompt position
+};
+
 }  // namespace conveyor

@@ -1,5 +1,6 @@
 // Simulator: replays validated StepPlans (built by the runtime's own plan builders) with the
-// cost model's unit and link times, producing a predicted Trace that observe/ can chart.
+// cost model's unit and link times, producing a predicted Trace that observe/ can chart; and whole
+// generations planned by the SchedulePolicy, strict or with cohorts in flight together.
 #pragma once
 
 #include <cstdint>
@@ -7,6 +8,7 @@
 
 #include "conveyor/cost_model.hpp"
 #include "conveyor/partition.hpp"
+#include "conveyor/schedule.hpp"
 #include "conveyor/step_plan.hpp"
 #include "conveyor/trace.hpp"
 
@@ -45,26 +47,28 @@ SimulatedStep simulate_step(const StepPlan& plan, const Partition& partition,
                             const CostModel& model, const SimulatorOptions& options,
                             double start_us = 0.0);
 
-// A batch of equal prompts: one prefill step, then decode steps one at a time (the step
-// dependency), each planned with build_prefill_plan / build_decode_plan like the Engine does.
+// A batch of equal prompts planned as the Engine's scheduler plans generate(): with strict
+// decode, one prefill step for all prompts and then decode steps one at a time (the step
+// dependency); with cohort decode, the sequences split into cohorts, each with its own prefill
+// and decode steps, the next step of a cohort submitted when its previous one completed (plus
+// the profile's step overhead). Every plan comes from plan_step() with `policy`.
 struct GenerationShape {
   int32_t n_seqs = 1;
   int64_t prompt_tokens = 512;
-  int64_t new_tokens = 0;         // decode steps = new_tokens - 1 (prefill samples the first)
-  int prefill_micro_batches = 0;  // 0: the builder's default (one per stage)
-  int decode_micro_batches = 0;   // 0: min(stages, sequences)
-  int64_t chunk_tokens = 0;       // > 0: prefill in chunks (TeraPipe-style)
+  int64_t new_tokens = 0;  // decode steps per cohort = new_tokens - 1 (prefill samples the first)
+  SchedulePolicy policy;
 
   void validate() const;
 };
 
 struct SimulatedGeneration {
-  Trace trace;  // every step, back to back
+  Trace trace;  // every step
+  // Wall time while any prefill (decode) step was in flight; overlapping steps count once.
   double prefill_seconds = 0.0;
-  double decode_seconds = 0.0;    // all decode steps
-  int prefill_micro_batches = 0;  // as planned
-  int decode_micro_batches = 0;   // of the first decode step (0 when none)
-  std::vector<double> step_seconds;
+  double decode_seconds = 0.0;
+  int prefill_micro_batches = 0;     // of the first prefill step
+  int decode_micro_batches = 0;      // of the first decode step (0 when none)
+  std::vector<double> step_seconds;  // each step from submission to completion, in completion order
 };
 
 SimulatedGeneration simulate_generation(const GenerationShape& shape, const Partition& partition,

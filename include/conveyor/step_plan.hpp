@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -74,6 +75,10 @@ struct StepPlan {
   int64_t step = 0;
   Phase phase = Phase::kPrefill;
   int n_stages = 1;
+  // The group of sequences this step advances (cohort decode keeps several steps in flight, one
+  // per cohort; strict decode has one cohort, 0). A sequence belongs to one cohort from its
+  // first step until its slot is released.
+  int32_t cohort = 0;
   std::vector<SeqState> seqs;
   std::vector<MicroBatch> micro_batches;
   std::vector<std::vector<Instruction>> programs;  // [n_stages]
@@ -100,6 +105,64 @@ struct StepPlan {
 //   "sampling"             Sample missing, misplaced, or a decode chunk that does not sample
 // followed by the stage, micro-batch and sequence involved and what to change.
 void validate(const StepPlan& plan, const ValidateOptions& options = {});
+
+// --- several steps in flight ------------------------------------------------------------------
+// Cohort decode keeps up to one step per cohort in the pipeline at once. Every stage runs the
+// programs of the steps in flight in the order they were submitted; links stay FIFO across
+// steps. What the coordinator does, in order:
+struct ScheduleEvent {
+  enum class Kind {
+    kSubmit,    // queue the programs of the plan with this `step` on every stage
+    kComplete,  // wait until `step` finished on every stage, then commit it (its outcome taken)
+    kRelease,   // free sequence slot `seq` (its request ended): it may join another cohort
+  };
+  Kind kind = Kind::kSubmit;
+  int64_t step = -1;  // kSubmit, kComplete
+  int32_t seq = -1;   // kRelease
+  bool operator==(const ScheduleEvent&) const = default;
+};
+
+struct PipelineSchedule {
+  int n_stages = 1;
+  std::vector<StepPlan> plans;  // distinct step numbers; submitted in `events` order
+  std::vector<ScheduleEvent> events;
+};
+
+// Throws conveyor::Error(kInvalidArgument) when the schedule breaks an invariant. The message
+// starts with "schedule is invalid (<rule>):" — rule is one of
+//   "plan shape"       a plan for another stage count, a step number submitted twice or never
+//                      submitted, an event out of place (completing a step not in flight)
+//   "step dependency"  a step names a sequence whose previous step has not completed (its
+//                      commit precedes the next step on every stage), or steps of a sequence
+//                      out of order
+//   "cohort"           a sequence in steps of two cohorts without being released in between
+//   "deadlock"         the stages cannot run the submitted programs with bounded links
+// — or with a plan's own "step plan <step> is invalid (...)" message.
+void validate(const PipelineSchedule& schedule, const ValidateOptions& options = {});
+
+// The runtime's incremental form of the schedule rules on steps in flight and cohorts: the
+// pipeline calls it on every submission, completion and release.
+class ScheduleChecker {
+ public:
+  // Throws (rule "step dependency" or "cohort") without recording anything when `plan` may not
+  // be submitted now.
+  void submit(const StepPlan& plan);
+  // The step finished: committed (its number now orders the sequences' next steps), or failed
+  // and rolled back (its number may be used again).
+  void complete(int64_t step, bool committed = true);
+  void release(int32_t seq);
+  bool in_flight(int32_t seq) const;
+  size_t steps_in_flight() const { return in_flight_.size(); }
+
+ private:
+  struct Member {
+    int32_t cohort = 0;
+    int64_t last_step = -1;       // the latest step committed with it
+    int64_t in_flight_step = -1;  // -1: none in flight
+  };
+  std::map<int32_t, Member> members_;                  // by sequence slot, until released
+  std::map<int64_t, std::vector<int32_t>> in_flight_;  // step -> its sequences
+};
 
 std::string_view to_string(Phase phase);
 std::string_view to_string(OpKind kind);

@@ -33,7 +33,7 @@ class KvCache {
 
   int64_t committed(int32_t seq) const { return ledger_.committed(seq); }
   int64_t pending(int32_t seq) const { return ledger_.pending(seq); }
-  int64_t last_committed_step() const { return ledger_.last_committed_step(); }
+  int64_t last_committed_step(int32_t seq) const { return ledger_.last_committed_step(seq); }
 
   // KvLedger::reserve, then grows the slot's storage to hold [0, end).
   void reserve(int32_t seq, int64_t begin, int64_t end);
@@ -45,8 +45,8 @@ class KvCache {
   const float* keys(int64_t layer, int32_t seq) const;
   const float* values(int64_t layer, int32_t seq) const;
 
-  void commit(int64_t step) { ledger_.commit(step); }
-  void rollback() { ledger_.rollback(); }
+  void commit(int64_t step, std::span<const int32_t> seqs) { ledger_.commit(step, seqs); }
+  void rollback(std::span<const int32_t> seqs) { ledger_.rollback(seqs); }
   void truncate(int32_t seq, int64_t length) { ledger_.truncate(seq, length); }
   // truncate(seq, 0): the slot is reused by a new request. Only between steps.
   void release(int32_t seq) { truncate(seq, 0); }

@@ -51,20 +51,32 @@ void KvLedger::reserve(int32_t seq, int64_t begin, int64_t end) {
   s.pending = end;
 }
 
-void KvLedger::commit(int64_t step) {
-  if (step <= last_committed_step_) {
-    fail(ErrorCode::kInternal,
-         "step dependency: commit of step {} after step {} was already committed", step,
-         last_committed_step_);
-  }
-  for (Slot& s : slots_)
-    s.committed = s.pending;
-  last_committed_step_ = step;
+int64_t KvLedger::last_committed_step(int32_t seq) const {
+  return slot(seq).last_step;
 }
 
-void KvLedger::rollback() {
-  for (Slot& s : slots_)
+void KvLedger::commit(int64_t step, std::span<const int32_t> seqs) {
+  for (int32_t seq : seqs) {
+    const Slot& s = slot(seq);
+    if (step <= s.last_step) {
+      fail(ErrorCode::kInternal,
+           "step dependency: commit of step {} for sequence {} after its step {} was already "
+           "committed",
+           step, seq, s.last_step);
+    }
+  }
+  for (int32_t seq : seqs) {
+    Slot& s = slot(seq);
+    s.committed = s.pending;
+    s.last_step = step;
+  }
+}
+
+void KvLedger::rollback(std::span<const int32_t> seqs) {
+  for (int32_t seq : seqs) {
+    Slot& s = slot(seq);
     s.pending = s.committed;
+  }
 }
 
 void KvLedger::truncate(int32_t seq, int64_t length) {
@@ -77,6 +89,7 @@ void KvLedger::truncate(int32_t seq, int64_t length) {
   }
   s.committed = length;
   s.pending = length;
+  if (length == 0) s.last_step = -1;
 }
 
 }  // namespace conveyor

@@ -1,9 +1,11 @@
 // KvLedger: the committed and pending KV length of every sequence slot of a stage, with the
 // rules of the KV commit barrier (docs/architecture.md): writes in position order, commits in
-// step order, rollback to the last commit. Owned by every backend next to its own storage.
+// each sequence's step order, rollback to the last commit. Owned by every backend next to its own
+// storage.
 #pragma once
 
 #include <cstdint>
+#include <span>
 #include <vector>
 
 namespace conveyor {
@@ -21,16 +23,18 @@ class KvLedger {
   int64_t committed(int32_t seq) const;
   // End of this step's reserved positions (== committed when the step has not written yet).
   int64_t pending(int32_t seq) const;
-  int64_t last_committed_step() const { return last_committed_step_; }
+  // The latest step committed for `seq` (-1: none since the slot was last freed).
+  int64_t last_committed_step(int32_t seq) const;
 
   // Reserves positions [begin, end) of `seq` for writes by the running step. KV order demands
   // begin == pending(seq) (chunks of one sequence arrive in position order) and
   // end <= max_context. Throws conveyor::Error otherwise.
   void reserve(int32_t seq, int64_t begin, int64_t end);
-  // Makes every pending write visible. `step` must be greater than the last committed step.
-  void commit(int64_t step);
-  // Discards every write since the last commit.
-  void rollback();
+  // Makes the pending writes of `seqs` visible as step `step`, which must come after each one's
+  // last committed step. Other sequences keep theirs pending.
+  void commit(int64_t step, std::span<const int32_t> seqs);
+  // Discards the writes to `seqs` since their last commit.
+  void rollback(std::span<const int32_t> seqs);
   // Keeps the first `length` committed positions of `seq` (0 frees the slot). Only between
   // steps; length <= committed(seq).
   void truncate(int32_t seq, int64_t length);
@@ -39,13 +43,13 @@ class KvLedger {
   struct Slot {
     int64_t committed = 0;
     int64_t pending = 0;
+    int64_t last_step = -1;
   };
   Slot& slot(int32_t seq);
   const Slot& slot(int32_t seq) const;
 
   std::vector<Slot> slots_;
   int64_t max_context_ = 0;
-  int64_t last_committed_step_ = -1;
 };
 
 }  // namespace conveyor

@@ -18,6 +18,9 @@ struct LinkMessage {
   int32_t micro_batch = -1;
   int64_t step = -1;
   Activations activations;  // [n_tokens, hidden], on the host or behind a device handle
+  // No rows: the sender's stage failed earlier in this step and stands in for the micro-batch,
+  // so the link stays in order for the steps after it (the receiver fails the step too).
+  bool aborted = false;
 };
 
 class Link {

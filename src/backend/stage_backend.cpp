@@ -7,10 +7,11 @@ std::vector<HeadRow> head_rows(const MicroBatch& mb, const StepContext& ctx) {
   std::vector<HeadRow> rows;
   int64_t index = 0;
   for (const SeqChunk& chunk : mb.chunks) {
+    const LogitsCapture capture = ctx.capture(chunk.seq);
     for (int64_t p = chunk.begin; p < chunk.end; ++p, ++index) {
       const bool sampled = chunk.sample && p == chunk.end - 1;
-      if (sampled || (ctx.capture_logits && ctx.all_logits)) {
-        rows.push_back({chunk.seq, p, index, sampled});
+      if (sampled || capture == LogitsCapture::kAll) {
+        rows.push_back({chunk.seq, p, index, sampled, capture != LogitsCapture::kNone});
       }
     }
   }

@@ -20,9 +20,13 @@ struct StepContext {
   // embeds reads the tokens at its chunks' positions.
   std::span<const std::vector<int32_t>> tokens;
   std::span<const SamplingParams> sampling;  // by sequence slot
-  bool capture_logits = false;               // return the logits rows of the sampled positions
-  bool all_logits = false;                   // ... and of every other position of the step too
+  std::span<const LogitsCapture> logits;     // by sequence slot; empty: none anywhere
   bool record_trace = false;                 // runtime: keep one event per instruction
+
+  LogitsCapture capture(int32_t seq) const {
+    const auto i = static_cast<size_t>(seq);
+    return i < logits.size() ? logits[i] : LogitsCapture::kNone;
+  }
 };
 
 // The token sampled after `position` of sequence `seq`.
@@ -42,12 +46,13 @@ struct LogitsRow {
 struct HeadRow {
   int32_t seq = 0;
   int64_t position = 0;
-  int64_t index = 0;    // row in the micro-batch's activations
-  bool sample = false;  // the last row of a sampled chunk; otherwise only its logits are wanted
+  int64_t index = 0;     // row in the micro-batch's activations
+  bool sample = false;   // the last row of a sampled chunk; otherwise only its logits are wanted
+  bool capture = false;  // the caller wants this row's logits back
 };
 
 // The rows of `mb` that need logits: the last row of each chunk marked `sample`, and every row
-// when the caller captures all logits. Shared by every backend's sample().
+// of the sequences whose logits are captured kAll. Shared by every backend's sample().
 std::vector<HeadRow> head_rows(const MicroBatch& mb, const StepContext& ctx);
 
 // Activations kept on a device by the backend that produced them (a CUDA buffer plus the event
@@ -80,13 +85,15 @@ class StageBackend {
   virtual void compute(const MicroBatch& mb, const StepContext& ctx, Activations& activations) = 0;
 
   // Last stage only: final norm + lm_head on the rows of `mb` that need logits, then samples
-  // the chunks marked `sample`. Appends to `tokens` and, when ctx.capture_logits, to `logits`.
+  // the chunks marked `sample`. Appends to `tokens`, and to `logits` the rows marked capture.
   virtual void sample(const MicroBatch& mb, const StepContext& ctx, const Activations& activations,
                       std::vector<SampledToken>& tokens, std::vector<LogitsRow>& logits) = 0;
 
-  // The KV commit barrier (docs/architecture.md): make the step's writes visible, or drop them.
-  virtual void commit(int64_t step) = 0;
-  virtual void rollback() = 0;
+  // The KV commit barrier (docs/architecture.md), per step: make the writes of `step` to its
+  // sequences `seqs` visible, or drop every write to `seqs` since their last commit. Other
+  // sequences, possibly in another step in flight, are untouched.
+  virtual void commit(int64_t step, std::span<const int32_t> seqs) = 0;
+  virtual void rollback(std::span<const int32_t> seqs) = 0;
   // Keep the first `length` committed KV positions of a sequence slot and forget the rest: 0
   // before the slot is reused by another request, more when a conversation continues from a
   // prefix it already computed. Only between steps.

@@ -19,6 +19,10 @@ std::string_view to_string(ErrorCode code) noexcept {
       return "timeout";
     case ErrorCode::kAborted:
       return "aborted";
+    case ErrorCode::kOverloaded:
+      return "overloaded";
+    case ErrorCode::kCancelled:
+      return "cancelled";
     case ErrorCode::kInternal:
       return "internal";
   }

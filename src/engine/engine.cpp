@@ -6,9 +6,11 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <map>
 #include <optional>
+#include <thread>
 #include <utility>
 
 #include "conveyor/checkpoint.hpp"
@@ -16,39 +18,16 @@
 #include "conveyor/error.hpp"
 #include "conveyor/partitioner.hpp"
 #include "core/check.hpp"
+#include "core/stats.hpp"
 #include "engine/engine_hooks.hpp"
+#include "engine/scheduler.hpp"
 #include "engine/stage_factory.hpp"
 #include "model/weights.hpp"
-#include "plan/plan_builders.hpp"
 #include "runtime/pipeline.hpp"
 
 namespace conveyor {
 
 namespace {
-
-using Clock = std::chrono::steady_clock;
-
-double seconds_since(Clock::time_point start) {
-  return std::chrono::duration<double>(Clock::now() - start).count();
-}
-
-// The chunk size a prefill step uses (0: none). Automatic chunking gives each of the n prompts
-// about M/n chunks when there are fewer prompts than micro-batches.
-int64_t prefill_chunk_tokens(const ScheduleOptions& options, int n_stages,
-                             const std::vector<Request>& requests) {
-  if (options.chunk_tokens != 0) return std::max<int64_t>(options.chunk_tokens, 0);
-  const int64_t micro =
-      options.prefill_micro_batches > 0 ? options.prefill_micro_batches : n_stages;
-  const auto n = static_cast<int64_t>(requests.size());
-  if (n >= micro) return 0;
-  int64_t longest = 0;
-  for (const Request& r : requests)
-    longest = std::max<int64_t>(longest, r.prompt.size());
-  const int64_t rounds = (micro + n - 1) / n;
-  const int64_t chunk =
-      std::max(ScheduleOptions::kMinAutoChunkTokens, (longest + rounds - 1) / rounds);
-  return chunk >= longest ? 0 : chunk;
-}
 
 // Forwards to the checkpoint's tensors and reports progress after each tensor, in bytes read
 // out of the file's size (a tied embedding read twice can pass 100%; the total is clamped).
@@ -122,18 +101,14 @@ void EngineOptions::validate() const {
     fail(ErrorCode::kInvalidArgument, "device.threads_per_stage is {} but must be at least 1",
          device.threads_per_stage);
   }
-  if (schedule.prefill_micro_batches < 0 || schedule.decode_micro_batches < 0) {
-    fail(ErrorCode::kInvalidArgument,
-         "micro-batch counts must be >= 0 (0 picks the default); got prefill {} and decode {}",
-         schedule.prefill_micro_batches, schedule.decode_micro_batches);
-  }
-  if (schedule.chunk_tokens < -1) {
-    fail(ErrorCode::kInvalidArgument,
-         "chunk_tokens is {} but must be > 0 (a chunk size), 0 (automatic) or -1 (never chunk)",
-         schedule.chunk_tokens);
-  }
+  schedule.validate();
   if (capacity.max_batch < 1) {
     fail(ErrorCode::kInvalidArgument, "max_batch is {} but must be at least 1", capacity.max_batch);
+  }
+  if (capacity.max_waiting < 0) {
+    fail(ErrorCode::kInvalidArgument,
+         "max_waiting is {} but must be >= 0 (0: refuse requests when every slot is busy)",
+         capacity.max_waiting);
   }
   if (capacity.max_context < 0) {
     fail(ErrorCode::kInvalidArgument,
@@ -161,11 +136,16 @@ struct Engine::Impl {
   LoadStats load_stats;
   std::vector<std::string> stage_reports;
   std::unique_ptr<Pipeline> pipeline;
-  int64_t next_step = 0;
-  // Per sequence slot: the tokens whose KV entries the slot holds committed (reuse_cache).
-  std::vector<std::vector<int32_t>> cached;
+  std::unique_ptr<Scheduler> scheduler;
+  // The background scheduling loop (start_serving).
+  std::thread loop;
+  std::atomic<bool> stop_requested{false};
+  std::atomic<int64_t> stop_deadline_ns{0};  // steady clock; cancel what remains after it
 
-  void check_requests(const std::vector<Request>& requests, const GenerateOptions& gen) const;
+  ~Impl() { stop_serving(std::chrono::milliseconds(0)); }
+  void check_batch(const std::vector<Request>& requests, const GenerateOptions& gen) const;
+  void serve_loop();
+  void stop_serving(std::chrono::milliseconds grace);
 };
 
 Engine::Engine(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -241,6 +221,12 @@ Engine Engine::open(const std::filesystem::path& model, const EngineOptions& opt
 
   impl->backend = backend;
   const int n_stages = impl->partition.n_stages();
+  if (options.schedule.cohorts > n_stages) {
+    fail(ErrorCode::kInvalidArgument,
+         "schedule.cohorts is {} but the pipeline has {} stages; more cohorts than stages cannot "
+         "overlap (use at most {}, or 0 for one per stage)",
+         options.schedule.cohorts, n_stages, n_stages);
+  }
   std::vector<int> devices(static_cast<size_t>(n_stages), 0);
   if (impl->backend == BackendKind::kCuda) devices = stage_devices(options.device, n_stages);
 
@@ -291,7 +277,12 @@ Engine Engine::open(const std::filesystem::path& model, const EngineOptions& opt
       std::move(stages),
       PipelineOptions{.link_timeout = std::chrono::milliseconds(options.link_timeout_ms),
                       .make_link = std::move(make_link)});
-  impl->cached.resize(static_cast<size_t>(options.capacity.max_batch));
+  impl->scheduler =
+      std::make_unique<Scheduler>(*impl->pipeline, impl->config,
+                                  SchedulerOptions{.policy = options.schedule,
+                                                   .slots = options.capacity.max_batch,
+                                                   .max_context = impl->max_context,
+                                                   .max_waiting = options.capacity.max_waiting});
   impl->load_seconds = seconds_since(start);
   impl->load_stats.seconds = impl->load_seconds;
   if (tensors) impl->load_stats.bytes_read = tensors->bytes_read();
@@ -301,8 +292,8 @@ Engine Engine::open(const std::filesystem::path& model, const EngineOptions& opt
   return Engine(std::move(impl));
 }
 
-void Engine::Impl::check_requests(const std::vector<Request>& requests,
-                                  const GenerateOptions& gen) const {
+void Engine::Impl::check_batch(const std::vector<Request>& requests,
+                               const GenerateOptions& gen) const {
   if (requests.empty()) {
     fail(ErrorCode::kInvalidArgument, "generate() got no requests; pass at least one prompt");
   }
@@ -315,197 +306,183 @@ void Engine::Impl::check_requests(const std::vector<Request>& requests,
   if (gen.all_logits && !gen.return_logits) {
     fail(ErrorCode::kInvalidArgument, "all_logits needs return_logits");
   }
-  for (size_t r = 0; r < requests.size(); ++r) {
-    const Request& req = requests[r];
-    if (req.prompt.empty()) {
-      fail(ErrorCode::kInvalidArgument,
-           "request {} has an empty prompt; give at least one token id", r);
-    }
-    for (size_t i = 0; i < req.prompt.size(); ++i) {
-      const int32_t id = req.prompt[i];
-      if (id < 0 || id >= config.vocab_size) {
-        fail(ErrorCode::kInvalidArgument,
-             "request {}: token id {} at prompt position {} is outside the vocabulary [0, {})", r,
-             id, i, config.vocab_size);
-      }
-    }
-    if (req.max_new_tokens < 0) {
-      fail(ErrorCode::kInvalidArgument, "request {}: max_new_tokens is {} but must be >= 0", r,
-           req.max_new_tokens);
-    }
-    const int64_t total = static_cast<int64_t>(req.prompt.size()) + req.max_new_tokens;
-    if (total > max_context) {
-      fail(ErrorCode::kInvalidArgument,
-           "request {}: prompt of {} tokens + max_new_tokens {} = {} exceeds max_context {}; raise "
-           "EngineOptions::capacity.max_context (--max-context) or shorten the request",
-           r, req.prompt.size(), req.max_new_tokens, total, max_context);
-    }
-    for (int32_t id : req.stop_token_ids) {
-      if (id < 0 || id >= config.vocab_size) {
-        fail(ErrorCode::kInvalidArgument,
-             "request {}: stop token id {} is outside the vocabulary [0, {})", r, id,
-             config.vocab_size);
-      }
-    }
-    req.sampling.validate();
+  if (loop.joinable()) {
+    fail(ErrorCode::kInvalidArgument,
+         "generate() while the engine serves in the background; submit() the requests instead");
+  }
+  if (!scheduler->idle()) {
+    fail(ErrorCode::kInvalidArgument,
+         "generate() while submitted requests are still queued or running; finish them with "
+         "step() first");
   }
 }
 
+namespace {
+
+// Seconds covered by the union of the records' [start, end) spans of one phase.
+double phase_seconds(std::vector<StepRecord> records, Phase phase) {
+  std::erase_if(records, [&](const StepRecord& r) { return r.stats.phase != phase; });
+  std::sort(records.begin(), records.end(),
+            [](const StepRecord& a, const StepRecord& b) { return a.start < b.start; });
+  double total = 0.0;
+  Clock::time_point covered{};
+  for (const StepRecord& r : records) {
+    const Clock::time_point from = std::max(r.start, covered);
+    if (r.end > from) total += std::chrono::duration<double>(r.end - from).count();
+    covered = std::max(covered, r.end);
+  }
+  return total;
+}
+
+}  // namespace
+
 GenerateResult Engine::generate(const std::vector<Request>& requests, const GenerateOptions& gen) {
   Impl& d = *impl_;
-  d.check_requests(requests, gen);
-  d.pipeline->take_trace();  // drop events of an earlier failed call
+  d.check_batch(requests, gen);
+  Scheduler& scheduler = *d.scheduler;
+  d.pipeline->take_trace();  // drop events of earlier steps
+  scheduler.take_step_records();
+  scheduler.set_record_trace(gen.record_trace);
+
   const size_t n = requests.size();
-
-  // Sequence slot i serves request i for the whole call. With reuse_cache, slot i keeps the
-  // KV entries of the longest prefix request i shares with what the slot computed last time
-  // (always leaving at least the last prompt token to compute); every other slot starts empty.
-  const auto slots = static_cast<size_t>(d.options.capacity.max_batch);
-  std::vector<std::vector<int32_t>> tokens(slots);
-  std::vector<SamplingParams> sampling(slots);
-  std::vector<int64_t> reused(n, 0);
-  const bool reuse = gen.reuse_cache && !gen.all_logits;
-  for (size_t i = 0; i < slots; ++i) {
-    int64_t keep = 0;
-    if (reuse && i < n) {
-      const std::vector<int32_t>& cached = d.cached[i];
-      const std::vector<int32_t>& prompt = requests[i].prompt;
-      const size_t limit = std::min(cached.size(), prompt.size() - 1);
-      while (static_cast<size_t>(keep) < limit &&
-             cached[static_cast<size_t>(keep)] == prompt[static_cast<size_t>(keep)]) {
-        ++keep;
-      }
-      reused[i] = keep;
-    }
-    d.pipeline->truncate(static_cast<int32_t>(i), keep);
-    d.cached[i].resize(static_cast<size_t>(keep));
-  }
-  for (size_t i = 0; i < n; ++i) {
-    tokens[i] = requests[i].prompt;
-    sampling[i] = requests[i].sampling;
-  }
-  StepContext ctx{.tokens = tokens,
-                  .sampling = sampling,
-                  .capture_logits = gen.return_logits,
-                  .all_logits = gen.all_logits,
-                  .record_trace = gen.record_trace};
-
   GenerateResult result;
   result.requests.resize(n);
-  std::vector<bool> active(n);
-  // Logits rows per request keyed by position, assembled at the end.
-  std::vector<std::map<int64_t, std::vector<float>>> rows(n);
-
-  auto finish_token = [&](size_t r, int32_t token) {
-    const Request& req = requests[r];
-    RequestResult& out = result.requests[r];
-    out.tokens.push_back(token);
-    tokens[r].push_back(token);
-    const auto& eos = d.config.eos_token_ids;
-    const bool stop = std::find(req.stop_token_ids.begin(), req.stop_token_ids.end(), token) !=
-                          req.stop_token_ids.end() ||
-                      (req.stop_at_eos && std::find(eos.begin(), eos.end(), token) != eos.end());
-    const bool length = static_cast<int64_t>(out.tokens.size()) >= req.max_new_tokens;
-    if (stop || length) {
-      active[r] = false;
-      out.finish = stop ? FinishReason::kStopToken : FinishReason::kLength;
-    }
-    if (gen.on_token) {
-      gen.on_token(TokenEvent{.request = r,
-                              .token = token,
-                              .index = static_cast<int64_t>(out.tokens.size()) - 1,
-                              .finished = !active[r]});
-    }
-  };
-
-  auto run = [&](const StepPlan& plan) {
-    const auto start = Clock::now();
-    StepResult step = d.pipeline->run_step(plan, ctx);
-    const double seconds = seconds_since(start);
-    result.steps.push_back(StepStats{.step = plan.step,
-                                     .phase = plan.phase,
-                                     .n_seqs = static_cast<int64_t>(plan.seqs.size()),
-                                     .n_tokens = plan.n_tokens(),
-                                     .n_micro_batches = static_cast<int>(plan.micro_batches.size()),
-                                     .seconds = seconds});
-    for (LogitsRow& row : step.logits) {
-      rows[static_cast<size_t>(row.seq)][row.position] = std::move(row.values);
-    }
-    return std::pair{std::move(step.tokens), seconds};
-  };
-
-  // Prefill: every prompt in one step, micro-batched (and chunked) across the stages.
-  {
-    std::vector<PrefillSeq> seqs;
-    for (size_t r = 0; r < n; ++r) {
-      seqs.push_back({static_cast<int32_t>(r), reused[r],
-                      static_cast<int64_t>(requests[r].prompt.size()) - reused[r]});
-      active[r] = requests[r].max_new_tokens > 0;
-      result.requests[r].reused_tokens = reused[r];
-    }
-    const StepPlan plan = build_prefill_plan(
-        d.next_step++, seqs,
-        PrefillPlanOptions{.n_stages = d.partition.n_stages(),
-                           .n_micro_batches = d.options.schedule.prefill_micro_batches,
-                           .chunk_tokens = prefill_chunk_tokens(d.options.schedule,
-                                                                d.partition.n_stages(), requests),
-                           .sample_rule = gen.all_logits ? SampleRule::kEveryMicroBatch
-                                                         : SampleRule::kWhereChunksSample});
-    auto [sampled, seconds] = run(plan);
-    result.prefill_tokens = plan.n_tokens();
-    result.prefill_seconds = seconds;
-    for (const SampledToken& t : sampled) {
-      const size_t r = static_cast<size_t>(t.seq);
-      if (active[r]) finish_token(r, t.token);
-    }
-  }
-
-  // Decode: strictly one step at a time; step t+1 is planned only after step t committed.
-  for (;;) {
-    std::vector<SeqState> seqs;
-    for (size_t r = 0; r < n; ++r) {
-      if (active[r]) {
-        seqs.push_back({static_cast<int32_t>(r), static_cast<int64_t>(tokens[r].size()) - 1});
+  std::vector<bool> done(n, false);
+  size_t n_done = 0;
+  const bool reuse = gen.reuse_cache && !gen.all_logits;
+  std::vector<RequestId> ids;
+  try {
+    for (size_t i = 0; i < n; ++i) {
+      Request request = requests[i];
+      if (gen.return_logits) {
+        request.logits = gen.all_logits ? LogitsCapture::kAll : LogitsCapture::kSampled;
       }
+      auto on_event = [&, i](const RequestEvent& e) {
+        if (e.token && gen.on_token) {
+          gen.on_token(TokenEvent{
+              .request = i, .token = *e.token, .index = e.index, .finished = e.finished});
+        }
+        if (e.finished) {
+          result.requests[i] = *e.result;
+          done[i] = true;
+          ++n_done;
+        }
+      };
+      ids.push_back(
+          scheduler.submit(std::move(request), on_event,
+                           Admission{.slot = static_cast<int32_t>(i), .reuse_prefix = reuse}));
     }
-    if (seqs.empty()) break;
-    const StepPlan plan = build_decode_plan(
-        d.next_step++, seqs,
-        DecodePlanOptions{.n_stages = d.partition.n_stages(),
-                          .n_micro_batches = d.options.schedule.decode_micro_batches});
-    auto [sampled, seconds] = run(plan);
-    result.decode_tokens += static_cast<int64_t>(sampled.size());
-    result.decode_seconds += seconds;
-    for (const SampledToken& t : sampled)
-      finish_token(static_cast<size_t>(t.seq), t.token);
+    while (n_done < n && scheduler.run_once()) {
+    }
+  } catch (...) {
+    // A request refused at submit, or a broken pipeline: none of this call's requests stays.
+    for (RequestId id : ids)
+      scheduler.cancel(id);
+    while (!scheduler.idle() && scheduler.run_once()) {
+    }
+    scheduler.set_record_trace(false);
+    throw;
   }
-
-  if (gen.return_logits) {
-    const int64_t vocab = d.config.vocab_size;
-    for (size_t r = 0; r < n; ++r) {
-      RequestResult& out = result.requests[r];
-      const int64_t prompt_len = static_cast<int64_t>(requests[r].prompt.size());
-      // Rows that produced generated tokens: positions prompt_len - 1 onwards.
-      const int64_t first = gen.all_logits ? 0 : prompt_len - 1;
-      const int64_t last = prompt_len - 1 + static_cast<int64_t>(out.tokens.size());  // exclusive
-      const int64_t end = gen.all_logits ? std::max(last, prompt_len) : last;
-      for (int64_t p = first; p < end; ++p) {
-        auto it = rows[r].find(p);
-        CONVEYOR_ASSERT(it != rows[r].end());
-        out.logits.insert(out.logits.end(), it->second.begin(), it->second.end());
-        ++out.logits_rows;
-      }
-      CONVEYOR_ASSERT(static_cast<int64_t>(out.logits.size()) == out.logits_rows * vocab);
+  scheduler.set_record_trace(false);
+  CONVEYOR_ASSERT(n_done == n);
+  for (const RequestResult& r : result.requests) {
+    if (r.finish == FinishReason::kError) throw Error(r.error_code, r.error);
+  }
+  const std::vector<StepRecord> records = scheduler.take_step_records();
+  for (const StepRecord& r : records) {
+    result.steps.push_back(r.stats);
+    if (r.stats.phase == Phase::kPrefill) {
+      result.prefill_tokens += r.stats.n_tokens;
+    } else {
+      result.decode_tokens += r.sampled_tokens;
     }
   }
-  // What each slot now holds in its KV cache, for the next call's reuse_cache.
-  for (size_t i = 0; i < n; ++i) {
-    const auto committed = static_cast<size_t>(d.pipeline->committed(0, static_cast<int32_t>(i)));
-    d.cached[i].assign(tokens[i].begin(),
-                       tokens[i].begin() + static_cast<std::ptrdiff_t>(committed));
-  }
+  result.prefill_seconds = phase_seconds(records, Phase::kPrefill);
+  result.decode_seconds = phase_seconds(records, Phase::kDecode);
   if (gen.record_trace) result.trace = d.pipeline->take_trace();
   return result;
+}
+
+RequestId Engine::submit(Request request, RequestCallback on_event) {
+  return impl_->scheduler->submit(std::move(request), std::move(on_event));
+}
+
+bool Engine::cancel(RequestId id) {
+  return impl_->scheduler->cancel(id);
+}
+
+bool Engine::step() {
+  if (impl_->loop.joinable()) {
+    fail(ErrorCode::kInvalidArgument,
+         "step() while the engine serves in the background; the loop runs the steps");
+  }
+  return impl_->scheduler->run_once();
+}
+
+void Engine::Impl::serve_loop() {
+  for (;;) {
+    const bool stopping = stop_requested.load();
+    if (stopping) {
+      const auto deadline = Clock::time_point(std::chrono::nanoseconds(stop_deadline_ns.load()));
+      if (scheduler->idle()) return;
+      if (Clock::now() >= deadline) scheduler->cancel_all("the engine is stopping");
+    }
+    try {
+      if (!scheduler->run_once() && !stopping) {
+        scheduler->wait_for_work(std::chrono::milliseconds(100));
+      }
+    } catch (const Error& e) {
+      spdlog::error("the scheduling loop failed: {}", e.what());
+      scheduler->fail_all(e);
+    } catch (const std::exception& e) {
+      spdlog::error("the scheduling loop failed: {}", e.what());
+      scheduler->fail_all(Error(ErrorCode::kInternal, e.what()));
+    }
+  }
+}
+
+void Engine::start_serving() {
+  Impl& d = *impl_;
+  if (d.loop.joinable()) return;
+  d.stop_requested = false;
+  d.loop = std::thread([&d] { d.serve_loop(); });
+}
+
+void Engine::Impl::stop_serving(std::chrono::milliseconds grace) {
+  if (!scheduler) return;
+  scheduler->stop_accepting();
+  if (!loop.joinable()) return;
+  stop_deadline_ns = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                         (Clock::now() + grace).time_since_epoch())
+                         .count();
+  stop_requested = true;
+  loop.join();
+}
+
+void Engine::stop_serving(std::chrono::milliseconds grace) {
+  impl_->stop_serving(grace);
+}
+
+bool Engine::serving() const {
+  return impl_->loop.joinable();
+}
+
+EngineMetrics Engine::metrics() const {
+  return impl_->scheduler->metrics();
+}
+
+std::string_view to_string(FinishReason reason) {
+  switch (reason) {
+    case FinishReason::kLength:
+      return "length";
+    case FinishReason::kStopToken:
+      return "stop";
+    case FinishReason::kCancelled:
+      return "cancelled";
+    case FinishReason::kError:
+      break;
+  }
+  return "error";
 }
 
 }  // namespace conveyor

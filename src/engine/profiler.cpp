@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <numeric>
 #include <random>
 #include <thread>
 
@@ -13,23 +14,12 @@
 #include "conveyor/checkpoint.hpp"
 #include "conveyor/cost_model.hpp"
 #include "core/check.hpp"
+#include "core/stats.hpp"
 #include "engine/stage_factory.hpp"
 #include "model/weights.hpp"
 
 namespace conveyor {
 namespace {
-
-using Clock = std::chrono::steady_clock;
-
-double elapsed(Clock::time_point start) {
-  return std::chrono::duration<double>(Clock::now() - start).count();
-}
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const size_t n = v.size();
-  return n == 0 ? 0.0 : (n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]));
-}
 
 // Times f() `reps` times after one warm-up call; returns the median seconds.
 template <typename F>
@@ -39,7 +29,7 @@ double time_median(int reps, F&& f) {
   for (int r = 0; r < reps; ++r) {
     const auto start = Clock::now();
     f();
-    t.push_back(elapsed(start));
+    t.push_back(seconds_since(start));
   }
   return median(t);
 }
@@ -71,6 +61,8 @@ Profile measure_profile(const std::filesystem::path& model, const ProfilerOption
   for (int32_t s = 0; s < kSeqs; ++s)
     tokens.push_back(prompt_ids(max_context, config.vocab_size, s));
   std::vector<SamplingParams> sampling(kSeqs);
+  std::vector<int32_t> slots(kSeqs);  // commits and rollbacks cover every slot
+  std::iota(slots.begin(), slots.end(), 0);
   StepContext ctx{.tokens = tokens, .sampling = sampling};
   std::mt19937 rng(7);
   std::normal_distribution<float> normal(0.0f, 1.0f);
@@ -114,7 +106,7 @@ Profile measure_profile(const std::filesystem::path& model, const ProfilerOption
         MicroBatch warm{.id = 0, .step = step, .chunks = {{0, 0, past, false}}};
         Activations a{.host = random_rows(past)};
         stage->compute(warm, ctx, a);
-        stage->commit(step++);
+        stage->commit(step++, slots);
       }
       MicroBatch mb{.id = 0, .step = step, .chunks = {{0, past, past + t, true}}};
       const std::vector<float> input = random_rows(t);
@@ -122,7 +114,7 @@ Profile measure_profile(const std::filesystem::path& model, const ProfilerOption
       const double s = time_median(reps, [&] {
         a.host = input;
         stage->compute(mb, ctx, a);
-        stage->rollback();
+        stage->rollback(slots);
       });
       const Workload w = Workload::of(mb, Phase::kPrefill);
       p.samples.push_back(
@@ -135,7 +127,7 @@ Profile measure_profile(const std::filesystem::path& model, const ProfilerOption
         MicroBatch fill{.id = 0, .step = step, .chunks = {{s, 0, context - 1, false}}};
         Activations a{.host = random_rows(context - 1)};
         stage->compute(fill, ctx, a);
-        stage->commit(step++);
+        stage->commit(step++, slots);
       }
       for (int32_t b : {1, 2, 4, 8}) {
         MicroBatch mb{.id = 0, .step = step, .chunks = {}};
@@ -146,7 +138,7 @@ Profile measure_profile(const std::filesystem::path& model, const ProfilerOption
         const double t = time_median(reps * 3, [&] {
           a.host = input;
           stage->compute(mb, ctx, a);
-          stage->rollback();
+          stage->rollback(slots);
         });
         const Workload w = Workload::of(mb, Phase::kDecode);
         p.samples.push_back(
@@ -163,7 +155,7 @@ Profile measure_profile(const std::filesystem::path& model, const ProfilerOption
       Activations a;
       const double s = time_median(reps * 3, [&] {
         stage->compute(mb, ctx, a);
-        stage->rollback();
+        stage->rollback(slots);
       });
       p.samples.push_back({UnitKind::kEmbedding, Phase::kPrefill, t, 0, s});
       p.samples.push_back({UnitKind::kEmbedding, Phase::kDecode, t, 0, s});
@@ -203,8 +195,8 @@ Profile measure_profile(const std::filesystem::path& model, const ProfilerOption
         a.host = input;
         const auto start = Clock::now();
         stage.compute(mb, ctx, a);
-        times.push_back(elapsed(start));
-        stage.rollback();
+        times.push_back(seconds_since(start));
+        stage.rollback(slots);
       }
       return median(times);
     };
@@ -230,7 +222,7 @@ Profile measure_profile(const std::filesystem::path& model, const ProfilerOption
       there.send(LinkMessage{0, 0, {}}, std::chrono::milliseconds(10000));
       back.recv(std::chrono::milliseconds(10000));
     }
-    const double rtt = elapsed(start) / kTrips;
+    const double rtt = seconds_since(start) / kTrips;
     echo.join();
     p.link_latency_s = rtt / 2;
     p.link_s_per_byte = 0.0;

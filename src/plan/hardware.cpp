@@ -3,22 +3,11 @@
 #include "conveyor/hardware.hpp"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include "core/check.hpp"
 
 namespace conveyor {
-namespace {
-
-std::string join(const std::vector<std::string>& names) {
-  std::string out;
-  for (const std::string& name : names) {
-    if (!out.empty()) out += ", ";
-    out += name;
-  }
-  return out;
-}
-
-}  // namespace
 
 void DeviceSpec::validate() const {
   if (profile) return;  // times come from the profile; rates are only informative
@@ -88,50 +77,53 @@ constexpr LinkPreset kLinkPresets[] = {
     {"pcie4", 25e9, 10e-6},  {"pcie5", 50e9, 10e-6}, {"infiniband", 45e9, 15e-6},  // NDR 400 Gb/s
 };
 
+template <typename Preset, size_t N>
+std::vector<std::string> preset_names(const Preset (&table)[N]) {
+  std::vector<std::string> names;
+  for (const Preset& p : table)
+    names.emplace_back(p.name);
+  return names;
+}
+
+template <typename Preset, size_t N>
+const Preset& find_preset(const Preset (&table)[N], std::string_view name, std::string_view kind) {
+  for (const Preset& p : table) {
+    if (name == p.name) return p;
+  }
+  fail(ErrorCode::kInvalidArgument, "unknown {} preset \"{}\"; presets are {}", kind, name,
+       fmt::join(preset_names(table), ", "));
+}
+
 }  // namespace
 
 std::vector<std::string> device_preset_names() {
-  std::vector<std::string> names;
-  for (const DevicePreset& p : kDevicePresets)
-    names.emplace_back(p.name);
-  return names;
+  return preset_names(kDevicePresets);
 }
 
 DeviceSpec device_preset(std::string_view name) {
-  for (const DevicePreset& p : kDevicePresets) {
-    if (name != p.name) continue;
-    DeviceSpec d;
-    d.name = p.name;
-    d.peak_flops = p.peak_flops;
-    d.memory_bandwidth = p.memory_bandwidth;
-    d.memory_bytes = p.memory_bytes;
-    d.flops_efficiency = p.flops_efficiency;
-    d.bandwidth_efficiency = p.bandwidth_efficiency;
-    d.unit_overhead_s = p.unit_overhead_s;
-    return d;
-  }
-  fail(ErrorCode::kInvalidArgument, "unknown device preset \"{}\"; presets are {}", name,
-       join(device_preset_names()));
+  const DevicePreset& p = find_preset(kDevicePresets, name, "device");
+  DeviceSpec d;
+  d.name = p.name;
+  d.peak_flops = p.peak_flops;
+  d.memory_bandwidth = p.memory_bandwidth;
+  d.memory_bytes = p.memory_bytes;
+  d.flops_efficiency = p.flops_efficiency;
+  d.bandwidth_efficiency = p.bandwidth_efficiency;
+  d.unit_overhead_s = p.unit_overhead_s;
+  return d;
 }
 
 std::vector<std::string> link_preset_names() {
-  std::vector<std::string> names;
-  for (const LinkPreset& p : kLinkPresets)
-    names.emplace_back(p.name);
-  return names;
+  return preset_names(kLinkPresets);
 }
 
 LinkSpec link_preset(std::string_view name) {
-  for (const LinkPreset& p : kLinkPresets) {
-    if (name != p.name) continue;
-    LinkSpec l;
-    l.name = p.name;
-    l.bandwidth = p.bandwidth;
-    l.latency_s = p.latency_s;
-    return l;
-  }
-  fail(ErrorCode::kInvalidArgument, "unknown link preset \"{}\"; presets are {}", name,
-       join(link_preset_names()));
+  const LinkPreset& p = find_preset(kLinkPresets, name, "link");
+  LinkSpec l;
+  l.name = p.name;
+  l.bandwidth = p.bandwidth;
+  l.latency_s = p.latency_s;
+  return l;
 }
 
 // ---- topology ------------------------------------------------------------------------------

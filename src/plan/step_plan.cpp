@@ -66,8 +66,9 @@ std::string to_string(const Instruction& instruction) {
 std::string StepPlan::describe() const {
   std::string out;
   auto it = std::back_inserter(out);
-  fmt::format_to(it, "step {} {}: {} stages, {} sequences, {} micro-batches, {} tokens\n", step,
-                 to_string(phase), n_stages, seqs.size(), micro_batches.size(), n_tokens());
+  fmt::format_to(it, "step {} {}{}: {} stages, {} sequences, {} micro-batches, {} tokens\n", step,
+                 to_string(phase), cohort != 0 ? fmt::format(" (cohort {})", cohort) : "", n_stages,
+                 seqs.size(), micro_batches.size(), n_tokens());
   for (const SeqState& s : seqs) {
     fmt::format_to(it, "  seq {}: committed {}\n", s.seq, s.committed);
   }

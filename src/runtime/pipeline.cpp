@@ -1,6 +1,10 @@
-// Pipeline: stage worker threads, step execution, abort on failure and the KV commit barrier.
+// Pipeline: stage worker threads with FIFO job queues (programs, commits, rollbacks, slot
+// truncations), per-step failure handling that keeps the links in order, and the commit barrier
+// of each step in flight.
 #include "runtime/pipeline.hpp"
 
+#include <algorithm>
+#include <atomic>
 #include <new>
 #include <unordered_map>
 
@@ -8,22 +12,50 @@
 
 namespace conveyor {
 
+using Clock = std::chrono::steady_clock;
+
+struct Pipeline::Flight {
+  uint64_t ticket = 0;
+  StepPlan plan;
+  StepContext ctx;
+  std::vector<int32_t> seqs;
+  Clock::time_point submitted;
+  // Written by each stage's worker for its own stage only.
+  struct StageError {
+    std::exception_ptr error;
+    ErrorCode code = ErrorCode::kInternal;
+    Clock::time_point time;
+  };
+  std::vector<StageError> errors;
+  std::vector<Trace> traces;
+  StepResult result;  // the last stage's
+  // Guarded by Pipeline::mutex_.
+  int stages_done = 0;
+  double seconds = 0.0;
+  bool cancelled = false;      // the links were cancelled while it was in flight
+  bool caused_cancel = false;  // ... by a link failure in this step
+};
+
+struct Pipeline::Job {
+  enum class Kind { kProgram, kCommit, kRollback, kTruncate };
+  Kind kind = Kind::kProgram;
+  std::shared_ptr<Flight> flight;  // kProgram, kCommit, kRollback
+  int32_t seq = -1;                // kTruncate
+  int64_t length = 0;
+};
+
 struct Pipeline::Worker {
   int stage = 0;
   std::unique_ptr<StageBackend> backend;
   std::thread thread;
-  uint64_t seen_generation = 0;
-  // Outcome of the current step.
-  std::exception_ptr error;
-  ErrorCode error_code = ErrorCode::kInternal;
-  std::chrono::steady_clock::time_point error_time;
-  StepResult result;
-  Trace trace;
+  std::deque<Job> jobs;             // guarded by Pipeline::mutex_
+  bool busy = false;                // guarded by Pipeline::mutex_
+  std::atomic<int64_t> busy_ns{0};  // Compute and Sample time
 };
 
 Pipeline::Pipeline(std::vector<std::unique_ptr<StageBackend>> stages,
                    const PipelineOptions& options)
-    : options_(options), epoch_(std::chrono::steady_clock::now()) {
+    : options_(options), epoch_(Clock::now()) {
   if (stages.empty()) fail(ErrorCode::kInvalidArgument, "a pipeline needs at least one stage");
   for (size_t s = 0; s + 1 < stages.size(); ++s) {
     links_.push_back(options.make_link ? options.make_link(static_cast<int>(s))
@@ -46,7 +78,9 @@ Pipeline::~Pipeline() {
     std::lock_guard lock(mutex_);
     stopping_ = true;
   }
-  job_ready_.notify_all();
+  for (auto& link : links_)
+    link->cancel();  // wakes a worker blocked on a link
+  work_ready_.notify_all();
   for (auto& worker : workers_) {
     if (worker->thread.joinable()) worker->thread.join();
   }
@@ -54,55 +88,105 @@ Pipeline::~Pipeline() {
 
 void Pipeline::worker_loop(Worker& worker) {
   for (;;) {
-    const StepPlan* plan;
-    const StepContext* ctx;
+    Job job;
     {
       std::unique_lock lock(mutex_);
-      job_ready_.wait(lock, [&] { return stopping_ || generation_ != worker.seen_generation; });
+      work_ready_.wait(lock, [&] { return stopping_ || !worker.jobs.empty(); });
       if (stopping_) return;
-      worker.seen_generation = generation_;
-      plan = plan_;
-      ctx = ctx_;
+      job = std::move(worker.jobs.front());
+      worker.jobs.pop_front();
+      worker.busy = true;
     }
+    std::exception_ptr broken;
     try {
-      run_program(worker, *plan, *ctx);
-    } catch (const Error& e) {
-      worker.error = std::current_exception();
-      worker.error_code = e.code();
-      worker.error_time = std::chrono::steady_clock::now();
-      abort_step();
-    } catch (...) {  // outside any instruction: still fail the step, never the thread
-      worker.error = std::current_exception();
-      worker.error_code = ErrorCode::kInternal;
-      worker.error_time = std::chrono::steady_clock::now();
-      abort_step();
+      switch (job.kind) {
+        case Job::Kind::kProgram:
+          run_program(worker, *job.flight);
+          break;
+        case Job::Kind::kCommit:
+          worker.backend->commit(job.flight->plan.step, job.flight->seqs);
+          break;
+        case Job::Kind::kRollback:
+          worker.backend->rollback(job.flight->seqs);
+          break;
+        case Job::Kind::kTruncate:
+          worker.backend->truncate(job.seq, job.length);
+          break;
+      }
+    } catch (const std::exception& e) {
+      // The step's outcome was already decided; a stage that cannot apply it leaves its KV
+      // cache out of step with the others, so the pipeline stops taking work.
+      broken = std::make_exception_ptr(Error(
+          ErrorCode::kInternal,
+          fmt::format("stage {} could not apply a {} ({}); the pipeline is unusable", worker.stage,
+                      job.kind == Job::Kind::kCommit     ? "commit"
+                      : job.kind == Job::Kind::kRollback ? "rollback"
+                                                         : "slot truncation",
+                      e.what())));
     }
     {
       std::lock_guard lock(mutex_);
-      ++n_done_;
+      worker.busy = false;
+      if (broken && !broken_) broken_ = broken;
+      if (job.kind == Job::Kind::kProgram) {
+        Flight& f = *job.flight;
+        if (++f.stages_done == n_stages()) {
+          f.seconds = std::chrono::duration<double>(Clock::now() - f.submitted).count();
+          completed_.push_back(job.flight);
+        }
+      }
     }
-    job_done_.notify_all();
+    progress_.notify_all();
   }
 }
 
-void Pipeline::abort_step() {
+void Pipeline::abort_all(Flight& cause) {
+  {
+    std::lock_guard lock(mutex_);
+    if (!links_cancelled_) cause.caused_cancel = true;
+    links_cancelled_ = true;
+    for (auto& f : flights_) {
+      if (f->stages_done < n_stages()) f->cancelled = true;
+    }
+  }
   for (auto& link : links_)
     link->cancel();
 }
 
-void Pipeline::run_program(Worker& worker, const StepPlan& plan, const StepContext& ctx) {
+void Pipeline::run_program(Worker& worker, Flight& flight) {
   const int s = worker.stage;
   const bool first = s == 0;
   const bool last = s == n_stages() - 1;
+  const StepPlan& plan = flight.plan;
+  const StepContext& ctx = flight.ctx;
+  Flight::StageError& error = flight.errors[static_cast<size_t>(s)];
+  auto record = [&](std::exception_ptr e, ErrorCode code) {
+    if (!error.error) error = {std::move(e), code, Clock::now()};
+  };
+  {
+    std::lock_guard lock(mutex_);
+    if (flight.cancelled) {
+      record(std::make_exception_ptr(Error(
+                 ErrorCode::kAborted,
+                 fmt::format("step {} was cancelled before stage {} started it: a link failed "
+                             "in another step",
+                             plan.step, s))),
+             ErrorCode::kAborted);
+      return;
+    }
+  }
   std::unordered_map<int32_t, const MicroBatch*> by_id;
   for (const MicroBatch& mb : plan.micro_batches)
     by_id[mb.id] = &mb;
   std::unordered_map<int32_t, Activations> activations;  // micro-batches held here
+  // After a failure of this step here or upstream, the stage still receives what it was sent and
+  // sends stand-ins for what it owes, so the links stay in order for the steps behind this one.
+  bool poisoned = false;
 
   const std::vector<Instruction>& program = plan.programs[static_cast<size_t>(s)];
   for (size_t i = 0; i < program.size(); ++i) {
     const Instruction& ins = program[i];
-    const auto start = std::chrono::steady_clock::now();
+    const auto start = Clock::now();
     const MicroBatch* mb = ins.kind == OpKind::kCommit ? nullptr : by_id.at(ins.micro_batch);
     try {
       switch (ins.kind) {
@@ -115,51 +199,80 @@ void Pipeline::run_program(Worker& worker, const StepPlan& plan, const StepConte
                  "micro-batch {} of step {}",
                  ins.micro_batch, plan.step, message.micro_batch, message.step);
           }
-          activations[ins.micro_batch] = std::move(message.activations);
+          if (message.aborted) {
+            if (!poisoned) {
+              record(std::make_exception_ptr(
+                         Error(ErrorCode::kAborted,
+                               fmt::format("stage {} stopped step {} at micro-batch {}: stage {} "
+                                           "failed earlier in the step",
+                                           s, plan.step, ins.micro_batch, s - 1))),
+                     ErrorCode::kAborted);
+              poisoned = true;
+            }
+          } else if (!poisoned) {
+            activations[ins.micro_batch] = std::move(message.activations);
+          }
           break;
         }
         case OpKind::kCompute:
-          worker.backend->compute(*mb, ctx, activations[ins.micro_batch]);
+          if (!poisoned) worker.backend->compute(*mb, ctx, activations[ins.micro_batch]);
           break;
         case OpKind::kSend: {
           CONVEYOR_ASSERT(!last);
-          auto node = activations.extract(ins.micro_batch);
-          CONVEYOR_ASSERT(!node.empty());
-          links_[static_cast<size_t>(s)]->send(
-              LinkMessage{ins.micro_batch, plan.step, std::move(node.mapped())},
-              options_.link_timeout);
+          LinkMessage message{.micro_batch = ins.micro_batch, .step = plan.step};
+          if (poisoned) {
+            message.aborted = true;
+          } else {
+            auto node = activations.extract(ins.micro_batch);
+            CONVEYOR_ASSERT(!node.empty());
+            message.activations = std::move(node.mapped());
+          }
+          links_[static_cast<size_t>(s)]->send(std::move(message), options_.link_timeout);
           break;
         }
         case OpKind::kSample: {
           CONVEYOR_ASSERT(last);
+          if (poisoned) break;
           auto node = activations.extract(ins.micro_batch);
           CONVEYOR_ASSERT(!node.empty());
           // The token return path: samples go back to the scheduler (stage 0's side).
-          worker.backend->sample(*mb, ctx, node.mapped(), worker.result.tokens,
-                                 worker.result.logits);
+          worker.backend->sample(*mb, ctx, node.mapped(), flight.result.tokens,
+                                 flight.result.logits);
           break;
         }
         case OpKind::kCommit:
-          // The commit itself happens in run_step once every stage got here (the barrier).
+          // The commit itself is queued once every stage got here (the barrier).
           break;
       }
     } catch (const std::exception& e) {
       // Name the stage and instruction, whatever the cause (a backend may also throw std::).
-      const Error* error = dynamic_cast<const Error*>(&e);
-      const ErrorCode code = error                                     ? error->code()
+      const Error* err = dynamic_cast<const Error*>(&e);
+      const ErrorCode code = err                                       ? err->code()
                              : dynamic_cast<const std::bad_alloc*>(&e) ? ErrorCode::kOutOfMemory
                                                                        : ErrorCode::kInternal;
       const std::string where =
           ins.kind == OpKind::kCommit
               ? std::string("commit")
               : fmt::format("{} of micro-batch {}", to_string(ins.kind), ins.micro_batch);
-      throw Error(code, fmt::format("stage {} failed at instruction {} ({}) of step {} ({}): {}", s,
-                                    i, where, plan.step, to_string(plan.phase), e.what()));
+      record(std::make_exception_ptr(Error(
+                 code, fmt::format("stage {} failed at instruction {} ({}) of step {} ({}): {}", s,
+                                   i, where, plan.step, to_string(plan.phase), e.what()))),
+             code);
+      if (ins.kind == OpKind::kRecv || ins.kind == OpKind::kSend) {
+        // A link in an unknown state: no stand-in can keep it in order. Stop everything.
+        abort_all(flight);
+        return;
+      }
+      poisoned = true;
+    }
+    if (ins.kind == OpKind::kCompute || ins.kind == OpKind::kSample) {
+      worker.busy_ns +=
+          std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - start).count();
     }
     if (ctx.record_trace) {
-      const auto end = std::chrono::steady_clock::now();
+      const auto end = Clock::now();
       using us = std::chrono::duration<double, std::micro>;
-      worker.trace.push_back(TraceEvent{
+      flight.traces[static_cast<size_t>(s)].push_back(TraceEvent{
           .stage = s,
           .kind = ins.kind,
           .micro_batch = ins.micro_batch,
@@ -173,78 +286,175 @@ void Pipeline::run_program(Worker& worker, const StepPlan& plan, const StepConte
   }
 }
 
-StepResult Pipeline::run_step(const StepPlan& plan, const StepContext& ctx) {
+void Pipeline::enqueue_all(const std::function<Job()>& make) {
+  for (auto& worker : workers_)
+    worker->jobs.push_back(make());
+  work_ready_.notify_all();
+}
+
+void Pipeline::check_healthy() const {
+  std::lock_guard lock(mutex_);
+  if (broken_) std::rethrow_exception(broken_);
+}
+
+uint64_t Pipeline::submit(StepPlan plan, const StepContext& ctx) {
+  check_healthy();
   if (plan.n_stages != n_stages()) {
     fail(ErrorCode::kInvalidArgument, "plan is for {} stages but the pipeline has {}",
          plan.n_stages, n_stages());
   }
   validate(plan, ValidateOptions{.link_capacity = options_.link_capacity});
-
-  for (auto& worker : workers_) {
-    worker->error = nullptr;
-    worker->result = {};
-  }
   {
+    // After a link failure whose links could not be reset yet: try again now, and refuse the
+    // step (nothing queued) while they stay broken.
     std::lock_guard lock(mutex_);
-    plan_ = &plan;
-    ctx_ = &ctx;
-    n_done_ = 0;
-    ++generation_;
-  }
-  job_ready_.notify_all();
-  {
-    std::unique_lock lock(mutex_);
-    job_done_.wait(lock, [&] { return n_done_ == n_stages(); });
-    plan_ = nullptr;
-    ctx_ = nullptr;
-  }
-
-  // The root cause is the earliest failure that is not a consequence of the abort.
-  Worker* failed = nullptr;
-  for (auto& worker : workers_) {
-    if (!worker->error) continue;
-    auto rank = [](const Worker& w) { return w.error_code == ErrorCode::kAborted ? 1 : 0; };
-    if (!failed || rank(*worker) < rank(*failed) ||
-        (rank(*worker) == rank(*failed) && worker->error_time < failed->error_time)) {
-      failed = worker.get();
+    if (links_cancelled_ && !running()) {
+      if (std::exception_ptr error = reset_links()) std::rethrow_exception(error);
     }
   }
-  // Every link is reset and, on failure, every stage rolled back, whatever throws on the way
-  // (a link that cannot recover, e.g. an NCCL communicator that cannot be rebuilt).
-  std::exception_ptr reset_error;
+  checker_.submit(plan);  // throws before anything is queued
+
+  auto flight = std::make_shared<Flight>();
+  flight->ticket = next_ticket_++;
+  for (const SeqState& s : plan.seqs)
+    flight->seqs.push_back(s.seq);
+  flight->plan = std::move(plan);
+  flight->ctx = ctx;
+  flight->submitted = Clock::now();
+  flight->errors.resize(workers_.size());
+  flight->traces.resize(workers_.size());
+  {
+    std::lock_guard lock(mutex_);
+    flight->cancelled = links_cancelled_;  // behind a failure not yet cleaned up: collateral
+    flights_.push_back(flight);
+    enqueue_all([&] { return Job{.kind = Job::Kind::kProgram, .flight = flight}; });
+  }
+  return flight->ticket;
+}
+
+StepOutcome Pipeline::wait_any() {
+  std::unique_lock lock(mutex_);
+  if (flights_.empty()) {
+    fail(ErrorCode::kInvalidArgument, "wait_any: no step is in flight; submit one first");
+  }
+  // After a link failure, outcomes wait until every step in flight has stopped and the links
+  // are reset, so that the next submission finds them in order.
+  progress_.wait(
+      lock, [&] { return broken_ || (!completed_.empty() && !(links_cancelled_ && running())); });
+  if (broken_) std::rethrow_exception(broken_);
+  const std::exception_ptr reset_error = links_cancelled_ ? reset_links() : nullptr;
+  std::shared_ptr<Flight> f = std::move(completed_.front());
+  completed_.pop_front();
+  flights_.erase(std::find(flights_.begin(), flights_.end(), f));
+
+  StepOutcome out{
+      .ticket = f->ticket, .step = f->plan.step, .cohort = f->plan.cohort, .seconds = f->seconds};
+  // The root cause is the earliest failure that is not a consequence of another one.
+  const Flight::StageError* cause = nullptr;
+  for (const Flight::StageError& e : f->errors) {
+    if (!e.error) continue;
+    auto rank = [](const Flight::StageError& x) { return x.code == ErrorCode::kAborted ? 1 : 0; };
+    if (!cause || rank(e) < rank(*cause) || (rank(e) == rank(*cause) && e.time < cause->time)) {
+      cause = &e;
+    }
+  }
+  out.error = cause ? cause->error : reset_error;
+  out.collateral = out.error && f->cancelled && !f->caused_cancel;
+  if (out.error) {
+    enqueue_all([&] { return Job{.kind = Job::Kind::kRollback, .flight = f}; });
+  } else {
+    out.result = std::move(f->result);
+    enqueue_all([&] { return Job{.kind = Job::Kind::kCommit, .flight = f}; });
+  }
+  for (Trace& t : f->traces)
+    trace_.insert(trace_.end(), t.begin(), t.end());
+  lock.unlock();
+  checker_.complete(out.step, !out.error);
+  return out;
+}
+
+bool Pipeline::running() const {
+  for (const auto& f : flights_) {
+    if (f->stages_done < n_stages()) return true;
+  }
+  return false;
+}
+
+std::exception_ptr Pipeline::reset_links() {
+  std::exception_ptr error;
   for (auto& link : links_) {
     try {
       link->reset();
     } catch (...) {
-      if (!reset_error) reset_error = std::current_exception();
+      if (!error) error = std::current_exception();
     }
   }
-  if (failed || reset_error) {
-    for (auto& worker : workers_)
-      worker->backend->rollback();
-    std::rethrow_exception(failed ? failed->error : reset_error);
+  if (!error) links_cancelled_ = false;
+  return error;
+}
+
+StepResult Pipeline::run_step(const StepPlan& plan, const StepContext& ctx) {
+  if (in_flight() != 0) {
+    fail(ErrorCode::kInvalidArgument,
+         "run_step needs an idle pipeline but {} step(s) are in flight; use submit and wait_any",
+         in_flight());
   }
-  for (auto& worker : workers_)
-    worker->backend->commit(plan.step);
-  return std::move(workers_.back()->result);
+  submit(plan, ctx);
+  StepOutcome outcome = wait_any();
+  if (outcome.error) std::rethrow_exception(outcome.error);
+  return std::move(outcome.result);
 }
 
 void Pipeline::truncate(int32_t seq, int64_t length) {
-  for (auto& worker : workers_)
-    worker->backend->truncate(seq, length);
+  check_healthy();
+  if (checker_.in_flight(seq)) {
+    fail(ErrorCode::kInvalidArgument,
+         "cannot truncate sequence {} while a step with it is in flight; wait for its outcome",
+         seq);
+  }
+  if (length < 0) {
+    fail(ErrorCode::kInvalidArgument, "cannot truncate sequence {} to {} positions", seq, length);
+  }
+  if (length == 0) checker_.release(seq);
+  std::lock_guard lock(mutex_);
+  enqueue_all([&] { return Job{.kind = Job::Kind::kTruncate, .seq = seq, .length = length}; });
 }
 
-int64_t Pipeline::committed(int stage, int32_t seq) const {
+void Pipeline::release(int32_t seq) {
+  if (checker_.in_flight(seq)) {
+    fail(ErrorCode::kInvalidArgument,
+         "cannot release sequence {} while a step with it is in flight; wait for its outcome", seq);
+  }
+  checker_.release(seq);
+}
+
+std::vector<double> Pipeline::busy_seconds() const {
+  std::vector<double> out;
+  for (const auto& w : workers_)
+    out.push_back(static_cast<double>(w->busy_ns.load()) * 1e-9);
+  return out;
+}
+
+void Pipeline::drain() {
+  std::unique_lock lock(mutex_);
+  progress_.wait(lock, [&] {
+    if (broken_) return true;
+    for (const auto& w : workers_) {
+      if (w->busy || !w->jobs.empty()) return false;
+    }
+    return true;
+  });
+  if (broken_) std::rethrow_exception(broken_);
+}
+
+int64_t Pipeline::committed(int stage, int32_t seq) {
+  drain();
   return workers_.at(static_cast<size_t>(stage))->backend->committed(seq);
 }
 
 Trace Pipeline::take_trace() {
-  Trace trace;
-  for (auto& worker : workers_) {
-    trace.insert(trace.end(), worker->trace.begin(), worker->trace.end());
-    worker->trace.clear();
-  }
-  return trace;
+  std::lock_guard lock(mutex_);
+  return std::exchange(trace_, {});
 }
 
 }  // namespace conveyor

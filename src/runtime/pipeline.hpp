@@ -1,10 +1,12 @@
 // Pipeline: S stage workers (one thread each, each owning its StageBackend) joined by ordered
-// links, running one validated StepPlan at a time behind a KV commit barrier.
+// links. Validated StepPlans are submitted to it and run in submission order on every stage;
+// several may be in flight at once (one per cohort), each committed or rolled back on its own.
 #pragma once
 
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <deque>
 #include <exception>
 #include <functional>
 #include <memory>
@@ -29,10 +31,23 @@ struct PipelineOptions {
 
 struct StepResult {
   std::vector<SampledToken> tokens;  // from the last stage, in sampling order
-  std::vector<LogitsRow> logits;     // when StepContext::capture_logits
+  std::vector<LogitsRow> logits;     // of the sequences whose StepContext::logits asks
 };
 
-// Thread safety: run_step, truncate and take_trace are called from one thread (the engine's).
+// A finished step: committed on every stage (error unset), or rolled back on every stage.
+struct StepOutcome {
+  uint64_t ticket = 0;
+  int64_t step = 0;
+  int32_t cohort = 0;
+  StepResult result;
+  std::exception_ptr error;  // names the failing stage and instruction
+  // The step failed only because another step's link failure cancelled every link while it was
+  // in flight; running it again (its KV is back at its last commit) may well succeed.
+  bool collateral = false;
+  double seconds = 0.0;  // from submission to completion on the last stage
+};
+
+// Thread safety: every method is called from one thread (the engine's scheduler).
 class Pipeline {
  public:
   Pipeline(std::vector<std::unique_ptr<StageBackend>> stages, const PipelineOptions& options);
@@ -43,41 +58,70 @@ class Pipeline {
   int n_stages() const { return static_cast<int>(workers_.size()); }
   const PipelineOptions& options() const { return options_; }
 
-  // Validates `plan` (the runtime never executes an unvalidated plan), runs every stage's
-  // program, and — only when every stage reached its Commit — commits the step's KV writes on
-  // all stages. On any failure every stage is aborted (links cancelled), every KV cache rolls
-  // back to its last commit, and the first failure is rethrown with its stage and instruction
-  // named; the pipeline stays usable. `ctx` must stay unchanged until run_step returns.
+  // Validates `plan` on its own and against the steps in flight (ScheduleChecker: none of its
+  // sequences may be in one, each stays in its cohort), then queues every stage's program behind
+  // everything submitted before and returns. Throws conveyor::Error(kInvalidArgument) and queues
+  // nothing when the plan may not run. The spans in `ctx` must stay valid, and their entries of
+  // the plan's sequences unchanged, until the step's outcome is taken.
+  uint64_t submit(StepPlan plan, const StepContext& ctx);
+  // Steps submitted whose outcome has not been taken.
+  size_t in_flight() const { return checker_.steps_in_flight(); }
+  // Blocks until a step in flight has finished on every stage and returns its outcome, in
+  // completion order. All stages reached Commit: the step's KV writes are committed on every
+  // stage before anything submitted later runs there. A failure anywhere: the step's writes are
+  // rolled back on every stage, and the other steps in flight carry on — unless a link failed,
+  // which cancels every link and fails every step in flight (collateral) before the links are
+  // reset. Throws conveyor::Error(kInvalidArgument) when nothing is in flight.
+  StepOutcome wait_any();
+  // submit() and wait for that step, with nothing else in flight; rethrows its failure.
   StepResult run_step(const StepPlan& plan, const StepContext& ctx);
 
-  // Keeps the first `length` committed positions of a sequence slot on every stage (0 frees it).
-  // Between steps only.
+  // Keeps the first `length` committed positions of a sequence slot on every stage (0 frees the
+  // slot, which may then join another cohort). Runs behind everything submitted so far; the slot
+  // must not be in a step in flight.
   void truncate(int32_t seq, int64_t length);
-  // Committed KV length of `seq` on `stage`.
-  int64_t committed(int stage, int32_t seq) const;
+  // The slot's request ended: its next steps may belong to another cohort (its KV is kept, for
+  // a successor that shares a prefix). The slot must not be in a step in flight.
+  void release(int32_t seq);
+  // Compute + sample time of each stage so far.
+  std::vector<double> busy_seconds() const;
+  // Committed KV length of `seq` on `stage`, once every stage has run what is queued.
+  int64_t committed(int stage, int32_t seq);
 
-  // Events recorded since the last call.
+  // Events of the steps whose outcomes were taken since the last call.
   Trace take_trace();
 
  private:
+  struct Flight;
+  struct Job;
   struct Worker;
   void worker_loop(Worker& worker);
-  void run_program(Worker& worker, const StepPlan& plan, const StepContext& ctx);
-  void abort_step();
+  void run_program(Worker& worker, Flight& flight);
+  void abort_all(Flight& cause);
+  void enqueue_all(const std::function<Job()>& make);
+  void drain();
+  void check_healthy() const;
+  // Resets every link once nothing runs after a cancellation; the first failure, if any.
+  std::exception_ptr reset_links();
+  bool running() const;  // some step in flight has not finished on every stage
 
   PipelineOptions options_;
   std::chrono::steady_clock::time_point epoch_;
   std::vector<std::unique_ptr<Worker>> workers_;
   std::vector<std::unique_ptr<Link>> links_;  // links_[s] carries stage s -> s+1
+  ScheduleChecker checker_;
+  uint64_t next_ticket_ = 1;
 
-  std::mutex mutex_;
-  std::condition_variable job_ready_;
-  std::condition_variable job_done_;
-  uint64_t generation_ = 0;
-  int n_done_ = 0;
+  // Guards the worker queues, the flights' progress and everything below.
+  mutable std::mutex mutex_;
+  std::condition_variable work_ready_;             // a worker's queue grew, or stopping
+  std::condition_variable progress_;               // a job finished (flight completion, drain)
+  std::vector<std::shared_ptr<Flight>> flights_;   // submitted, outcome not taken
+  std::deque<std::shared_ptr<Flight>> completed_;  // finished on every stage, in order
+  bool links_cancelled_ = false;  // a link failure cancelled them; reset once nothing runs
+  std::exception_ptr broken_;     // a commit, rollback or truncate failed on a stage
   bool stopping_ = false;
-  const StepPlan* plan_ = nullptr;
-  const StepContext* ctx_ = nullptr;
+  Trace trace_;
 };
 
 }  // namespace conveyor

@@ -21,8 +21,8 @@ class FaultyStage final : public StageBackend {
     faults_->before(stage_, mb.step);
     inner_->sample(mb, ctx, activations, tokens, logits);
   }
-  void commit(int64_t step) override { inner_->commit(step); }
-  void rollback() override { inner_->rollback(); }
+  void commit(int64_t step, std::span<const int32_t> seqs) override { inner_->commit(step, seqs); }
+  void rollback(std::span<const int32_t> seqs) override { inner_->rollback(seqs); }
   void truncate(int32_t seq, int64_t length) override { inner_->truncate(seq, length); }
   int64_t committed(int32_t seq) const override { return inner_->committed(seq); }
 

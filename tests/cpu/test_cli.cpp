@@ -81,7 +81,7 @@ TEST_F(CliTest, PromptFileAndTraceOutputs) {
   const auto svg = dir_->path() / "timeline.svg";
   std::string out;
   ASSERT_EQ(run(generate() + " --model " + model() + " --prompt-ids-file " + prompts.string() +
-                    " --max-new-tokens 3 --stages 3 --microbatches 2 --chunk-tokens 2 --trace " +
+                    " --max-new-tokens 3 --stages 3 --microbatches 2 --chunking 2 --trace " +
                     trace.string() + " --timeline " + svg.string(),
                 &out),
             0)

@@ -98,7 +98,7 @@ TEST_F(EngineTest, StagesTimesMicroBatchesTimesChunking) {
         options.n_stages = stages;
         options.schedule = {.prefill_micro_batches = micro,
                             .decode_micro_batches = std::min(micro, 3),
-                            .chunk_tokens = chunk};
+                            .chunking = chunk > 0 ? Chunking::fixed(chunk) : Chunking::never()};
         Engine engine = Engine::open(dir_->path(), options);
         expect_matches_reference(engine.generate(requests(), logits_options()),
                                  fmt_what(stages, micro, chunk));
@@ -113,7 +113,7 @@ TEST_F(EngineTest, UnevenPartitionsAndThreads) {
     EngineOptions options;
     options.partition = fmt::format("{}", fmt::join(counts, ","));  // implies the stage count
     options.device.threads_per_stage = 2;
-    options.schedule = {.prefill_micro_batches = 3, .chunk_tokens = 3};
+    options.schedule = {.prefill_micro_batches = 3, .chunking = Chunking::fixed(3)};
     Engine engine = Engine::open(dir_->path(), options);
     EXPECT_EQ(engine.partition().counts(), counts);
     expect_matches_reference(engine.generate(requests(), logits_options()), "uneven partition");
@@ -155,14 +155,17 @@ TEST_F(EngineTest, OneLongPromptIsChunkedToFillThePipeline) {
   EXPECT_EQ(got.steps.front().n_micro_batches, 2);
   EXPECT_EQ(got.requests[0].tokens, expected.requests[0].tokens);
   EXPECT_LE(test::relative_error(got.requests[0].logits, expected.requests[0].logits), 1e-5);
-  // -1 turns it off; a batch at least as large as M is never chunked automatically.
-  Engine never = Engine::open(dir_->path(), {.n_stages = 3, .schedule = {.chunk_tokens = -1}});
+  // "never" turns it off; a batch at least as large as M is never chunked automatically.
+  Engine never =
+      Engine::open(dir_->path(), {.n_stages = 3, .schedule = {.chunking = Chunking::never()}});
   EXPECT_EQ(never.generate(one).steps.front().n_micro_batches, 1);
   Engine batch = Engine::open(dir_->path(), {.n_stages = 3});
   EXPECT_EQ(batch.generate(requests()).steps.front().n_micro_batches, 3);
   EXPECT_NE(error_of([&] {
-              Engine::open(dir_->path(), {.schedule = {.chunk_tokens = -2}});
-            }).find("-1 (never"),
+              Engine::open(dir_->path(), {.schedule = {.chunking = Chunking::fixed(0)}});
+            }).find("fixed chunk size must be >= 1"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { Chunking::parse("-1"); }).find("\"auto\", \"never\""),
             std::string::npos);
 }
 

@@ -62,9 +62,11 @@ TEST_P(HfReference, LogitsAndGreedyTokensMatch) {
 
   for (int stages : {1, 2, 4}) {
     SCOPED_TRACE(fmt::format("{} stages", stages));
-    Engine engine = Engine::open(dir.path(), {.n_stages = stages,
-                                              .schedule = {.prefill_micro_batches = 2,
-                                                           .chunk_tokens = stages == 4 ? 3 : 0}});
+    Engine engine = Engine::open(
+        dir.path(),
+        {.n_stages = stages,
+         .schedule = {.prefill_micro_batches = 2,
+                      .chunking = stages == 4 ? Chunking::fixed(3) : Chunking::never()}});
     ASSERT_EQ(architecture_name(engine.config().architecture),
               fixture["architecture"].get<std::string>());
     GenerateResult result = engine.generate({request}, {.return_logits = true, .all_logits = true});

@@ -5,12 +5,17 @@
 #include "backend/kv_ledger.hpp"
 #include "conveyor/error.hpp"
 
+#include <vector>
+
 namespace conveyor {
 namespace {
 
 KvCacheShape small_shape() {
   return {.n_layers = 2, .n_kv_heads = 2, .head_dim = 4, .max_seqs = 3, .max_context = 100};
 }
+
+const std::vector<int32_t> kSeq0 = {0};
+const std::vector<int32_t> kSeqs01 = {0, 1};
 
 TEST(KvCache, ReserveCommitRollback) {
   KvCache kv(small_shape());
@@ -19,13 +24,13 @@ TEST(KvCache, ReserveCommitRollback) {
   EXPECT_EQ(kv.pending(0), 5);
   EXPECT_EQ(kv.committed(0), 0);
   kv.keys(1, 0)[4 * 8 + 7] = 3.5f;  // row 4, last element of layer 1
-  kv.commit(0);
+  kv.commit(0, kSeq0);
   EXPECT_EQ(kv.committed(0), 5);
-  EXPECT_EQ(kv.last_committed_step(), 0);
+  EXPECT_EQ(kv.last_committed_step(0), 0);
 
   kv.reserve(0, 5, 6);
   kv.reserve(1, 0, 2);
-  kv.rollback();
+  kv.rollback(kSeqs01);
   EXPECT_EQ(kv.pending(0), 5);
   EXPECT_EQ(kv.pending(1), 0);
   EXPECT_FLOAT_EQ(kv.keys(1, 0)[4 * 8 + 7], 3.5f);  // committed data survives a rollback
@@ -55,23 +60,41 @@ TEST(KvCache, ContextLimitNamesTheFix) {
   EXPECT_THROW(kv.reserve(3, 0, 1), Error);  // slot out of range
 }
 
-TEST(KvCache, CommitStepsIncrease) {
+TEST(KvCache, CommitStepsIncreasePerSequence) {
   KvCache kv(small_shape());
-  kv.commit(4);
-  EXPECT_THROW(kv.commit(4), Error);
-  EXPECT_THROW(kv.commit(2), Error);
-  kv.commit(5);
+  kv.commit(4, kSeq0);
+  EXPECT_THROW(kv.commit(4, kSeq0), Error);
+  EXPECT_THROW(kv.commit(2, kSeqs01), Error);
+  EXPECT_EQ(kv.last_committed_step(1), -1);  // the failed commit changed nothing
+  kv.commit(2, std::vector<int32_t>{1});     // another sequence has its own order (a cohort)
+  kv.commit(5, kSeq0);
+  EXPECT_EQ(kv.last_committed_step(0), 5);
+  EXPECT_EQ(kv.last_committed_step(1), 2);
+}
+
+// Two steps in flight for disjoint sequences (two cohorts): each commits or rolls back alone.
+TEST(KvCache, StepsOfDisjointSequencesCommitAndRollBackApart) {
+  KvCache kv(small_shape());
+  kv.reserve(0, 0, 3);  // step 7: sequence 0
+  kv.reserve(1, 0, 5);  // step 8: sequence 1
+  kv.commit(8, std::vector<int32_t>{1});
+  EXPECT_EQ(kv.committed(1), 5);
+  EXPECT_EQ(kv.committed(0), 0);  // still pending
+  EXPECT_EQ(kv.pending(0), 3);
+  kv.rollback(kSeq0);
+  EXPECT_EQ(kv.pending(0), 0);
+  EXPECT_EQ(kv.committed(1), 5);  // untouched by the other step's rollback
 }
 
 TEST(KvCache, GrowthKeepsWrittenRows) {
   KvCache kv(small_shape());
   kv.reserve(0, 0, 1);
   kv.values(0, 0)[0] = 7.0f;
-  kv.commit(0);
+  kv.commit(0, kSeq0);
   for (int64_t p = 1; p < 100; ++p) {
     kv.reserve(0, p, p + 1);
     kv.values(0, 0)[p * 8] = static_cast<float>(p);
-    kv.commit(p);
+    kv.commit(p, kSeq0);
   }
   EXPECT_FLOAT_EQ(kv.values(0, 0)[0], 7.0f);
   EXPECT_FLOAT_EQ(kv.values(0, 0)[99 * 8], 99.0f);
@@ -93,19 +116,21 @@ TEST(KvLedger, LengthsFollowTheCommitBarrierRules) {
   ledger.reserve(0, 4, 6);
   EXPECT_EQ(ledger.pending(0), 6);
   EXPECT_EQ(ledger.committed(0), 0);
-  ledger.commit(3);
+  ledger.commit(3, kSeq0);
   EXPECT_EQ(ledger.committed(0), 6);
-  EXPECT_THROW(ledger.commit(3), Error);          // steps only increase
+  EXPECT_THROW(ledger.commit(3, kSeq0), Error);   // steps only increase
   EXPECT_THROW(ledger.reserve(0, 5, 7), Error);   // positions in order
   EXPECT_THROW(ledger.reserve(1, 0, 11), Error);  // beyond max_context
   ledger.reserve(1, 0, 2);
   EXPECT_THROW(ledger.truncate(1, 0), Error);  // not between steps: a write is pending
-  ledger.rollback();
+  ledger.rollback(std::vector<int32_t>{1});
   ledger.truncate(0, 2);
   EXPECT_EQ(ledger.committed(0), 2);
   EXPECT_EQ(ledger.pending(0), 2);
   EXPECT_THROW(ledger.truncate(0, 3), Error);  // only shorter
-  EXPECT_THROW(ledger.committed(2), Error);    // no such slot
+  ledger.truncate(0, 0);                       // a freed slot starts a new step order
+  ledger.commit(1, kSeq0);
+  EXPECT_THROW(ledger.committed(2), Error);  // no such slot
   EXPECT_THROW(KvLedger(0, 10), Error);
 }
 

@@ -175,7 +175,10 @@ TEST(Simulator, ChunkedPrefillAndGeneration) {
   const Partition partition = Partition::even(4, 2);
   SimulatorOptions options{.topology = {.devices = {unit_device()}}};
   // One 512-token prompt in 4 chunks pipelines across 2 stages: 5 slots of 2 x 128 us.
-  GenerationShape shape{.n_seqs = 1, .prompt_tokens = 512, .new_tokens = 5, .chunk_tokens = 128};
+  GenerationShape shape{.n_seqs = 1,
+                        .prompt_tokens = 512,
+                        .new_tokens = 5,
+                        .policy = {.chunking = Chunking::fixed(128)}};
   const SimulatedGeneration gen = simulate_generation(shape, partition, model, options);
   EXPECT_EQ(gen.prefill_micro_batches, 4);
   EXPECT_NEAR(gen.prefill_seconds, 5 * 256e-6, 1e-12);

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <memory>
+#include <numeric>
 #include <random>
 #include <span>
 #include <stdexcept>
@@ -109,8 +110,8 @@ TEST(DecodeGraphStats, RefusesAStageOfAnotherBackend) {
     void compute(const MicroBatch&, const StepContext&, Activations&) override {}
     void sample(const MicroBatch&, const StepContext&, const Activations&,
                 std::vector<SampledToken>&, std::vector<LogitsRow>&) override {}
-    void commit(int64_t) override {}
-    void rollback() override {}
+    void commit(int64_t, std::span<const int32_t>) override {}
+    void rollback(std::span<const int32_t>) override {}
     void truncate(int32_t, int64_t) override {}
     int64_t committed(int32_t) const override { return 0; }
   };
@@ -294,7 +295,8 @@ class CudaGraphStageTest : public ::testing::Test {
     for (size_t step = 0; step < steps.size(); ++step) {
       std::vector<SampledToken> sampled;
       std::vector<LogitsRow> logits;
-      const StepContext ctx{.tokens = result.tokens, .sampling = sampling, .capture_logits = true};
+      const std::vector<LogitsCapture> capture(sampling.size(), LogitsCapture::kSampled);
+      const StepContext ctx{.tokens = result.tokens, .sampling = sampling, .logits = capture};
       for (MicroBatch& mb : steps[step]) {
         mb.step = static_cast<int64_t>(step);
         if (step > 0) {
@@ -308,8 +310,10 @@ class CudaGraphStageTest : public ::testing::Test {
           stage->compute(mb, ctx, activations);
         stages.back()->sample(mb, ctx, activations, sampled, logits);
       }
+      std::vector<int32_t> slots(sampling.size());
+      std::iota(slots.begin(), slots.end(), 0);
       for (auto& stage : stages)
-        stage->commit(static_cast<int64_t>(step));
+        stage->commit(static_cast<int64_t>(step), slots);
       std::vector<float> step_logits;
       for (const LogitsRow& row : logits)
         step_logits.insert(step_logits.end(), row.values.begin(), row.values.end());

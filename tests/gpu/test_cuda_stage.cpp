@@ -231,7 +231,7 @@ TEST_F(CudaEngineTest, MatchesTheCpuEngine) {
       for (int stages = 1; stages <= 4; ++stages) {
         for (int64_t chunk : {int64_t{0}, int64_t{4}}) {
           EngineOptions options = cuda_options(stages, dtype);
-          options.schedule.chunk_tokens = chunk;
+          options.schedule.chunking = chunk > 0 ? Chunking::fixed(chunk) : Chunking::never();
           options.schedule.prefill_micro_batches = stages + 1;
           Engine engine = Engine::open(dir.path(), options);
           const std::string what = fmt::format("{} {} S={} chunk={}", variant.name,
@@ -398,19 +398,20 @@ TEST_F(CudaStageRefusalTest, CommitAndRollbackLengths) {
   stage->sample(prefill, ctx, activations, sampled, logits);
   ASSERT_EQ(sampled.size(), 1u);
   EXPECT_EQ(sampled[0].position, 2);
-  stage->commit(0);
+  const std::vector<int32_t> seq0 = {0};
+  stage->commit(0, seq0);
   EXPECT_EQ(stage->committed(0), 3);
 
   MicroBatch decode;
   decode.chunks = {SeqChunk{.seq = 0, .begin = 3, .end = 4, .sample = true}};
   Activations next;
   stage->compute(decode, ctx, next);
-  stage->rollback();
+  stage->rollback(seq0);
   EXPECT_EQ(stage->committed(0), 3);
   // After the rollback the same positions can be written again.
   Activations retry;
   EXPECT_NO_THROW(stage->compute(decode, ctx, retry));
-  stage->commit(1);
+  stage->commit(1, seq0);
   EXPECT_EQ(stage->committed(0), 4);
 }
 

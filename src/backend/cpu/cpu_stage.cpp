@@ -189,7 +189,7 @@ void CpuStage::sample(const MicroBatch& mb, const StepContext& ctx, const Activa
           {row.seq, row.position,
            sample_token(row_logits, ctx.sampling[static_cast<size_t>(row.seq)], row.position)});
     }
-    if (ctx.capture_logits) {
+    if (row.capture) {
       logits.push_back(
           {row.seq, row.position, std::vector<float>(row_logits.begin(), row_logits.end())});
     }

@@ -27,8 +27,8 @@ class CpuStage final : public StageBackend {
   void compute(const MicroBatch& mb, const StepContext& ctx, Activations& activations) override;
   void sample(const MicroBatch& mb, const StepContext& ctx, const Activations& activations,
               std::vector<SampledToken>& tokens, std::vector<LogitsRow>& logits) override;
-  void commit(int64_t step) override { kv_.commit(step); }
-  void rollback() override { kv_.rollback(); }
+  void commit(int64_t step, std::span<const int32_t> seqs) override { kv_.commit(step, seqs); }
+  void rollback(std::span<const int32_t> seqs) override { kv_.rollback(seqs); }
   void truncate(int32_t seq, int64_t length) override { kv_.truncate(seq, length); }
   int64_t committed(int32_t seq) const override { return kv_.committed(seq); }
 

@@ -454,17 +454,18 @@ void CudaStage::decode_attention(size_t layer, int64_t row_begin, int64_t row_en
   }
 }
 
-void CudaStage::commit(int64_t step) {
+void CudaStage::commit(int64_t step, std::span<const int32_t> seqs) {
   set_device(device_);
   // A committed step is complete on the device, not merely enqueued.
   ctx_.synchronize();
-  ledger_.commit(step);
+  ledger_.commit(step, seqs);
 }
 
-void CudaStage::rollback() {
+void CudaStage::rollback(std::span<const int32_t> seqs) {
   // Never throws (it runs on the failure path): leave no work of the failed step in flight.
+  set_device(device_);
   ctx_.synchronize_noexcept();
-  ledger_.rollback();
+  ledger_.rollback(seqs);
 }
 
 int device_count() {

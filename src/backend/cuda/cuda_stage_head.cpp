@@ -143,7 +143,9 @@ void CudaStage::head_pass(const HeadRow* rows, int64_t n_rows, const float* x,
   CONVEYOR_CUDA_CHECK(cudaMemcpyAsync(host_tokens, ws.tokens,
                                       static_cast<size_t>(n_rows) * sizeof(int32_t),
                                       cudaMemcpyDeviceToHost, stream));
-  if (ctx.capture_logits) {
+  const bool capture =
+      std::any_of(rows, rows + n_rows, [](const HeadRow& row) { return row.capture; });
+  if (capture) {
     CONVEYOR_CUDA_CHECK(cudaMemcpyAsync(host_logits, ws.logits,
                                         static_cast<size_t>(n_rows * vocab) * sizeof(float),
                                         cudaMemcpyDeviceToHost, stream));
@@ -162,7 +164,7 @@ void CudaStage::head_pass(const HeadRow* rows, int64_t n_rows, const float* x,
       }
       tokens.push_back({row.seq, row.position, token});
     }
-    if (ctx.capture_logits) {
+    if (row.capture) {
       const float* values = host_logits + r * vocab;
       logits.push_back({row.seq, row.position, std::vector<float>(values, values + vocab)});
     }

@@ -59,8 +59,8 @@ class CudaStage final : public StageBackend {
   void compute(const MicroBatch& mb, const StepContext& ctx, Activations& activations) override;
   void sample(const MicroBatch& mb, const StepContext& ctx, const Activations& activations,
               std::vector<SampledToken>& tokens, std::vector<LogitsRow>& logits) override;
-  void commit(int64_t step) override;
-  void rollback() override;
+  void commit(int64_t step, std::span<const int32_t> seqs) override;
+  void rollback(std::span<const int32_t> seqs) override;
   void truncate(int32_t seq, int64_t length) override { ledger_.truncate(seq, length); }
   int64_t committed(int32_t seq) const override { return ledger_.committed(seq); }
 

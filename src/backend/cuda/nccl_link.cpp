@@ -129,6 +129,11 @@ void NcclLink::send(LinkMessage&& message, std::chrono::milliseconds timeout) {
   if (cancelled_.load()) {
     fail(ErrorCode::kAborted, "NCCL link {} -> {} was cancelled", from_, to_);
   }
+  if (message.aborted) {  // a stand-in without rows: only the announcement travels
+    message.activations = {};
+    announcements_.send(std::move(message), timeout);
+    return;
+  }
   const auto* source = dynamic_cast<const CudaActivations*>(message.activations.device.get());
   if (source == nullptr || source->device() != world_->device(from_) ||
       source->hidden() != hidden_) {
@@ -164,6 +169,7 @@ void NcclLink::send(LinkMessage&& message, std::chrono::milliseconds timeout) {
 
 LinkMessage NcclLink::recv(std::chrono::milliseconds timeout) {
   LinkMessage message = announcements_.recv(timeout);
+  if (message.aborted) return message;
   const auto* announced = dynamic_cast<const Announcement*>(message.activations.device.get());
   CONVEYOR_ASSERT(announced != nullptr);
   const int64_t n_tokens = announced->n_tokens;
