@@ -69,6 +69,8 @@ struct SimulatedGeneration {
   int prefill_micro_batches = 0;     // of the first prefill step
   int decode_micro_batches = 0;      // of the first decode step (0 when none)
   std::vector<double> step_seconds;  // each step from submission to completion, in completion order
+  // The plans and the coordinator's submissions and completions, validated as a schedule.
+  PipelineSchedule schedule;
 };
 
 SimulatedGeneration simulate_generation(const GenerationShape& shape, const Partition& partition,

@@ -362,6 +362,8 @@ SimulatedGeneration simulate_generation(const GenerationShape& shape, const Part
   };
 
   SimulatedGeneration out;
+  out.schedule.n_stages = S;
+  using Kind = ScheduleEvent::Kind;
   Replay replay(partition, model, options);
   std::map<const StepPlan*, std::pair<int, int64_t>> cohort_of;  // plan -> (cohort, t)
   std::map<const StepPlan*, double> released;
@@ -370,6 +372,7 @@ SimulatedGeneration simulate_generation(const GenerationShape& shape, const Part
     cohort_of[&p] = {c, 0};
     released[&p] = 0.0;
     replay.submit(p, 0.0);
+    out.schedule.events.push_back({Kind::kSubmit, p.step});
   }
   struct Span {
     Phase phase;
@@ -379,6 +382,7 @@ SimulatedGeneration simulate_generation(const GenerationShape& shape, const Part
   while (const std::optional<Replay::Completion> done = replay.run()) {
     const StepPlan& p = *done->plan;
     const double end = done->end_us + overhead_us;
+    out.schedule.events.push_back({Kind::kComplete, p.step});
     spans.push_back({p.phase, released[&p], end});
     out.step_seconds.push_back((end - released[&p]) / kUs);
     if (p.phase == Phase::kPrefill && out.prefill_micro_batches == 0) {
@@ -393,9 +397,14 @@ SimulatedGeneration simulate_generation(const GenerationShape& shape, const Part
       cohort_of[&next] = {c, t + 1};
       released[&next] = end;
       replay.submit(next, end);
+      out.schedule.events.push_back({Kind::kSubmit, next.step});
     }
   }
   out.trace = replay.take_trace();
+  // The coordinator's schedule keeps the rules the runtime enforces (each cohort's next step after
+  // its commit, one cohort per sequence, no deadlock): prove it as the runtime would.
+  out.schedule.plans.assign(plans.begin(), plans.end());
+  validate(out.schedule, ValidateOptions{.link_capacity = options.link_capacity});
   // Wall time while any step of a phase was in flight (cohorts overlap: counted once).
   for (const Phase phase : {Phase::kPrefill, Phase::kDecode}) {
     std::vector<Span> of;

@@ -2,6 +2,8 @@
 // validator in front, predicted traces through observe/, and whole generations.
 #include <gtest/gtest.h>
 
+#include <set>
+
 #include <algorithm>
 #include <string>
 #include <vector>
@@ -194,6 +196,48 @@ TEST(Simulator, ChunkedPrefillAndGeneration) {
     }
   }
   EXPECT_GT(balance_report_for_phase(gen.trace, 2, 1, Phase::kDecode).span_us, 0.0);
+}
+
+// Two cohorts on two stages keep both stages busy during decode: with equal stages a cohort step
+// completes every stage-time, where a strict step of two micro-batches takes three.
+TEST(Simulator, CohortDecodeOverlapsTheStages) {
+  const CostModel model(preset_config("tiny"));
+  const Partition partition = Partition::even(4, 2);
+  SimulatorOptions options{.topology = {.devices = {unit_device()}}};
+  GenerationShape shape{.n_seqs = 8, .prompt_tokens = 16, .new_tokens = 33};
+  const SimulatedGeneration strict = simulate_generation(shape, partition, model, options);
+  shape.policy.decode_mode = DecodeMode::kCohorts;
+  const SimulatedGeneration cohorts = simulate_generation(shape, partition, model, options);
+  auto end_of = [](const Trace& t) {
+    double end = 0.0;
+    for (const TraceEvent& e : t)
+      end = std::max(end, e.end_us);
+    return end;
+  };
+  // Strict: one prefill of two 64-token micro-batches (3 slots of 128 us), then 32 decode
+  // steps of 3 slots of 2 layers x 10 us.
+  EXPECT_NEAR(strict.decode_seconds, 32 * 60e-6, 1e-12);
+  EXPECT_EQ(strict.decode_micro_batches, 2);
+  EXPECT_NEAR(end_of(strict.trace), 384 + 32 * 60, 1e-6);
+  // Cohorts: cohort 0's prefill ends at 192 us, cohort 1's at 320 us; from then on a cohort's
+  // one-micro-batch step ends every 20 us: 64 decode steps, the last at 340 + 63 x 20 us.
+  EXPECT_EQ(cohorts.decode_micro_batches, 1);
+  EXPECT_NEAR(end_of(cohorts.trace), 340 + 63 * 20, 1e-6);
+  EXPECT_NEAR(cohorts.decode_seconds, (340 + 63 * 20 - 192) * 1e-6, 1e-12);
+  EXPECT_LT(end_of(cohorts.trace), 0.7 * end_of(strict.trace));
+  // The schedule validated; some step was submitted while another cohort's was in flight.
+  int in_flight = 0, most = 0;
+  for (const ScheduleEvent& e : cohorts.schedule.events) {
+    in_flight += e.kind == ScheduleEvent::Kind::kSubmit ? 1 : -1;
+    most = std::max(most, in_flight);
+  }
+  EXPECT_EQ(most, 2);
+  std::set<int32_t> seen;
+  for (const StepPlan& p : cohorts.schedule.plans)
+    seen.insert(p.cohort);
+  EXPECT_EQ(seen, (std::set<int32_t>{0, 1}));
+  EXPECT_GT(balance_report_for_phase(strict.trace, 2, 2, Phase::kDecode).bubble_fraction,
+            balance_report_for_phase(cohorts.trace, 2, 1, Phase::kDecode).bubble_fraction + 0.15);
 }
 
 TEST(Simulator, RooflineDecodeStepOnH100) {
