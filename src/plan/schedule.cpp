@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <charconv>
+#include <optional>
 
 #include "core/check.hpp"
 #include "plan/plan_builders.hpp"
@@ -66,16 +67,19 @@ void SchedulePolicy::validate() const {
   }
 }
 
+namespace {
+
+// The size a chunking fixes (0: never chunk); nothing when it is automatic.
+std::optional<int64_t> fixed_size(const Chunking& chunking) {
+  if (chunking.mode == ChunkMode::kAuto) return std::nullopt;
+  return chunking.mode == ChunkMode::kFixed ? chunking.tokens : 0;
+}
+
+}  // namespace
+
 int64_t prefill_chunk_tokens(const SchedulePolicy& policy, int n_stages,
                              std::span<const int64_t> new_tokens) {
-  switch (policy.chunking.mode) {
-    case ChunkMode::kFixed:
-      return policy.chunking.tokens;
-    case ChunkMode::kNever:
-      return 0;
-    case ChunkMode::kAuto:
-      break;
-  }
+  if (const std::optional<int64_t> size = fixed_size(policy.chunking)) return *size;
   const int64_t micro =
       policy.prefill_micro_batches > 0 ? policy.prefill_micro_batches : std::max(n_stages, 1);
   const auto n = static_cast<int64_t>(new_tokens.size());
@@ -88,15 +92,7 @@ int64_t prefill_chunk_tokens(const SchedulePolicy& policy, int n_stages,
 }
 
 int64_t step_prompt_budget(const SchedulePolicy& policy) {
-  switch (policy.chunking.mode) {
-    case ChunkMode::kFixed:
-      return policy.chunking.tokens;
-    case ChunkMode::kNever:
-      return 0;
-    case ChunkMode::kAuto:
-      break;
-  }
-  return SchedulePolicy::kAutoStepPromptTokens;
+  return fixed_size(policy.chunking).value_or(SchedulePolicy::kAutoStepPromptTokens);
 }
 
 int cohort_count(const SchedulePolicy& policy, int n_stages, int64_t n_running) {

@@ -298,8 +298,12 @@ ApiRequest parse_request(Endpoint endpoint, std::string_view body_text, const Mo
   } else {
     req.sampling.seed = seed_source;
   }
-  req.stop_at_eos = true;
-  if (info.tokenizer != nullptr) req.stop_token_ids = info.tokenizer->end_of_generation_ids();
+  // Extension (as llama.cpp and vLLM spell it): generate max_tokens whatever comes, for
+  // benchmarks that need a fixed amount of work.
+  req.stop_at_eos = !boolean(body, "ignore_eos", false);
+  if (req.stop_at_eos && info.tokenizer != nullptr) {
+    req.stop_token_ids = info.tokenizer->end_of_generation_ids();
+  }
   out.stop = stop_strings(body);
   return out;
 }

@@ -83,16 +83,23 @@ struct Generation {
   std::optional<Clock::time_point> last_token;
   int64_t n_tokens = 0;
   std::vector<int32_t> token_ids;  // without a tokenizer: all of them
-  std::vector<int32_t> new_ids;    // ... and those not streamed yet
   bool started = false;            // the first SSE chunk went out
   bool cancelled_for_stop = false;
 
   Generation(std::vector<std::string> stops) : stop(std::move(stops)) {}
 
-  // Text of newly arrived tokens after the stop strings; records latencies.
-  std::string absorb(const std::deque<EventQueue::Token>& tokens, ServeMetrics& metrics,
-                     Engine& engine) {
+  // What one generated token adds: its text after the stop strings (possibly empty: part of a
+  // character, or held back), or its id for a model without a tokenizer.
+  struct Piece {
     std::string text;
+    std::optional<int32_t> id;
+  };
+
+  // The pieces of newly arrived tokens (end-of-generation tokens and those after a stop string
+  // give none); records latencies.
+  std::vector<Piece> absorb(const std::deque<EventQueue::Token>& tokens, ServeMetrics& metrics,
+                            Engine& engine) {
+    std::vector<Piece> pieces;
     for (const EventQueue::Token& t : tokens) {
       if (last_token) {
         metrics.inter_token(std::chrono::duration<double>(t.at - *last_token).count());
@@ -104,17 +111,17 @@ struct Generation {
       if (stop.stopped()) continue;  // generated before the cancellation took effect
       if (tokenizer == nullptr) {
         token_ids.push_back(t.id);
-        new_ids.push_back(t.id);
+        pieces.push_back({{}, t.id});
         continue;
       }
       if (tokenizer->is_end_of_generation(t.id)) continue;
-      text += stop.push(decoder->push(t.id));
+      pieces.push_back({stop.push(decoder->push(t.id)), std::nullopt});
       if (stop.stopped() && !cancelled_for_stop) {
         cancelled_for_stop = true;
         engine.cancel(id);
       }
     }
-    return text;
+    return pieces;
   }
 
   // The rest of the text at the end (a held-back tail, an unfinished character).
@@ -267,8 +274,12 @@ void Server::Impl::generate(Endpoint endpoint, const httplib::Request& req,
   if (!api.stream) {
     std::string text;
     bool finished = false;
-    while (!finished)
-      text += gen->absorb(gen->events->take(options.heartbeat, &finished), metrics, engine);
+    while (!finished) {
+      for (const Generation::Piece& p :
+           gen->absorb(gen->events->take(options.heartbeat, &finished), metrics, engine)) {
+        text += p.text;
+      }
+    }
     text += gen->flush();
     const RequestResult result = gen->events->result();
     metrics.request_done(std::chrono::duration<double>(Clock::now() - arrival).count(),
@@ -313,15 +324,19 @@ void Server::Impl::generate(Endpoint endpoint, const httplib::Request& req,
           static constexpr std::string_view kKeepAlive = ": keep-alive\n\n";
           return sink.write(kKeepAlive.data(), kKeepAlive.size());  // false: the client left
         }
-        std::string text = gen->absorb(tokens, metrics, engine);
-        if (finished) text += gen->flush();
-        if (!text.empty() || !gen->new_ids.empty()) {
-          const std::vector<int32_t> ids = std::exchange(gen->new_ids, {});
-          if (!write(sink, sse(chunk_json(gen->endpoint, gen->header, text, std::nullopt, false,
-                                          tokenizer ? nullptr : &ids)))) {
-            return false;
-          }
+        // One chunk per token, as OpenAI's streams go (clients time tokens by chunks).
+        std::vector<Generation::Piece> pieces = gen->absorb(tokens, metrics, engine);
+        if (finished) {
+          if (std::string tail = gen->flush(); !tail.empty()) pieces.push_back({tail, {}});
         }
+        std::string out;
+        for (const Generation::Piece& p : pieces) {
+          const std::vector<int32_t> ids =
+              p.id ? std::vector<int32_t>{*p.id} : std::vector<int32_t>{};
+          out += sse(chunk_json(gen->endpoint, gen->header, p.text, std::nullopt, false,
+                                p.id ? &ids : nullptr));
+        }
+        if (!out.empty() && !write(sink, out)) return false;
         if (!finished) return true;
         const RequestResult result = gen->events->result();
         metrics.request_done(std::chrono::duration<double>(Clock::now() - gen->arrival).count(),
