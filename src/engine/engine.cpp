@@ -142,7 +142,11 @@ struct Engine::Impl {
   std::atomic<bool> stop_requested{false};
   std::atomic<int64_t> stop_deadline_ns{0};  // steady clock; cancel what remains after it
 
-  ~Impl() { stop_serving(std::chrono::milliseconds(0)); }
+  ~Impl() {
+    stop_serving(std::chrono::milliseconds(0));
+    // The stage workers go first: a step still in flight reads the scheduler's token vectors.
+    pipeline.reset();
+  }
   void check_batch(const std::vector<Request>& requests, const GenerateOptions& gen) const;
   void serve_loop();
   void stop_serving(std::chrono::milliseconds grace);
@@ -375,10 +379,15 @@ GenerateResult Engine::generate(const std::vector<Request>& requests, const Gene
     while (n_done < n && scheduler.run_once()) {
     }
   } catch (...) {
-    // A request refused at submit, or a broken pipeline: none of this call's requests stays.
-    for (RequestId id : ids)
-      scheduler.cancel(id);
-    while (!scheduler.idle() && scheduler.run_once()) {
+    // A request refused at submit, or a broken pipeline: none of this call's requests stays
+    // (their callbacks point into this frame).
+    try {
+      for (RequestId id : ids)
+        scheduler.cancel(id);
+      while (!scheduler.idle() && scheduler.run_once()) {
+      }
+    } catch (const Error& e) {
+      scheduler.fail_all(e);
     }
     scheduler.set_record_trace(false);
     throw;
@@ -445,6 +454,7 @@ void Engine::start_serving() {
   Impl& d = *impl_;
   if (d.loop.joinable()) return;
   d.stop_requested = false;
+  d.scheduler->start_accepting();
   d.loop = std::thread([&d] { d.serve_loop(); });
 }
 

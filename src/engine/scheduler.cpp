@@ -97,6 +97,7 @@ RequestId Scheduler::submit(Request request, RequestCallback on_event, Admission
   RequestId id;
   {
     std::lock_guard lock(inbox_mutex_);
+    if (failure_) throw *failure_;
     if (!accepting_) {
       fail(ErrorCode::kCancelled, "the engine is stopping and takes no new requests");
     }
@@ -136,6 +137,25 @@ bool Scheduler::cancel(RequestId id) {
 void Scheduler::stop_accepting() {
   std::lock_guard lock(inbox_mutex_);
   accepting_ = false;
+}
+
+void Scheduler::start_accepting() {
+  std::lock_guard lock(inbox_mutex_);
+  accepting_ = true;
+}
+
+bool Scheduler::failed() const {
+  std::lock_guard lock(inbox_mutex_);
+  return failure_.has_value();
+}
+
+void Scheduler::end_waiting(Waiting& w, FinishReason reason, const Error& error) {
+  RequestResult result{.id = w.id,
+                       .prompt_tokens = static_cast<int64_t>(w.request.prompt.size()),
+                       .finish = reason,
+                       .error = error.what(),
+                       .error_code = error.code()};
+  if (w.on_event) w.on_event(RequestEvent{.id = w.id, .finished = true, .result = &result});
 }
 
 void Scheduler::cancel_all(const std::string& reason) {
@@ -178,14 +198,9 @@ void Scheduler::take_inbox() {
     counters_.requests_waiting = static_cast<int64_t>(waiting_.size());
     counters_.requests_cancelled += static_cast<int64_t>(dropped.size());
   }
-  for (Waiting& w : dropped) {
-    RequestResult result{.id = w.id,
-                         .prompt_tokens = static_cast<int64_t>(w.request.prompt.size()),
-                         .finish = FinishReason::kCancelled,
-                         .error = "cancelled while waiting for a KV slot",
-                         .error_code = ErrorCode::kCancelled};
-    if (w.on_event) w.on_event(RequestEvent{.id = w.id, .finished = true, .result = &result});
-  }
+  const Error why(ErrorCode::kCancelled, "cancelled while waiting for a KV slot");
+  for (Waiting& w : dropped)
+    end_waiting(w, FinishReason::kCancelled, why);
   for (auto& live : by_slot_) {
     if (live && cancels.count(live->id) != 0) live->cancel = true;
   }
@@ -223,16 +238,25 @@ void Scheduler::admit() {
       counters_.requests_running = static_cast<int64_t>(live_ids_.size());
       counters_.kv_slots_used = static_cast<int32_t>(live_ids_.size());
     }
-    install(std::move(next), slot);
+    try {
+      install(next, slot);
+    } catch (const Error& e) {
+      // The slot could not be prepared (the pipeline broke): the request ends here.
+      {
+        std::lock_guard lock(inbox_mutex_);
+        live_ids_.erase(next.id);
+        ++counters_.requests_failed;
+        counters_.requests_running = static_cast<int64_t>(live_ids_.size());
+        counters_.kv_slots_used = static_cast<int32_t>(live_ids_.size());
+      }
+      end_waiting(next, FinishReason::kError, e);
+      throw;
+    }
   }
 }
 
-void Scheduler::install(Waiting w, int32_t slot) {
+void Scheduler::install(Waiting& w, int32_t slot) {
   const auto s = static_cast<size_t>(slot);
-  auto live = std::make_unique<Live>();
-  live->id = w.id;
-  live->on_event = std::move(w.on_event);
-  live->slot = slot;
   // Reuse the slot's committed prefix the prompt shares, always computing the prompt's last
   // token (its logits give the first generated token).
   int64_t keep = 0;
@@ -247,6 +271,11 @@ void Scheduler::install(Waiting w, int32_t slot) {
   }
   pipeline_.release(slot);
   pipeline_.truncate(slot, keep);
+  // Nothing is taken from `w` before here: a failure above leaves it whole for its caller.
+  auto live = std::make_unique<Live>();
+  live->id = w.id;
+  live->on_event = std::move(w.on_event);
+  live->slot = slot;
   tokens_[s] = w.request.prompt;
   sampling_[s] = w.request.sampling;
   logits_[s] = w.request.logits;
@@ -296,7 +325,21 @@ void Scheduler::submit_steps() {
                                   .n_tokens = plan.n_tokens(),
                                   .n_micro_batches = static_cast<int>(plan.micro_batches.size())},
                .start = Clock::now()};
-    const uint64_t ticket = pipeline_.submit(std::move(plan), ctx);
+    uint64_t ticket = 0;
+    try {
+      ticket = pipeline_.submit(std::move(plan), ctx);
+    } catch (const Error& e) {
+      if (pipeline_.broken()) throw;
+      // The step could not start (links that cannot be reset): it ends its requests as a failed
+      // step does; nothing of it was queued.
+      spdlog::warn("step {} could not start: {}", f.stats.step, e.what());
+      for (const SeqWork& w : f.work) {
+        if (auto& live = by_slot_[static_cast<size_t>(w.seq)]) {
+          finish(*live, FinishReason::kError, &e);
+        }
+      }
+      continue;
+    }
     for (const SeqWork& w : f.work)
       by_slot_[static_cast<size_t>(w.seq)]->in_flight = true;
     cohort.in_flight = true;
@@ -305,6 +348,7 @@ void Scheduler::submit_steps() {
 }
 
 bool Scheduler::run_once() {
+  if (failed()) return false;
   take_inbox();
   admit();
   submit_steps();
@@ -442,9 +486,14 @@ void Scheduler::finish(Live& live, FinishReason reason, const Error* error,
   const auto slot = static_cast<size_t>(live.slot);
   Cohort& cohort = cohorts_[static_cast<size_t>(live.cohort)];
   cohort.slots.erase(std::find(cohort.slots.begin(), cohort.slots.end(), live.slot));
-  // The slot keeps its committed tokens for a successor that shares the prefix.
-  tokens_[slot].resize(static_cast<size_t>(live.committed));
-  slot_committed_[slot] = live.committed;
+  // The slot keeps its committed tokens for a successor that shares the prefix — unless a stage
+  // may still be reading them (a request ended by a broken pipeline mid-step).
+  if (!live.in_flight) {
+    tokens_[slot].resize(static_cast<size_t>(live.committed));
+    slot_committed_[slot] = live.committed;
+  } else {
+    slot_committed_[slot] = 0;
+  }
   {
     std::lock_guard lock(inbox_mutex_);
     live_ids_.erase(live.id);
@@ -465,21 +514,33 @@ void Scheduler::finish(Live& live, FinishReason reason, const Error* error,
 }
 
 void Scheduler::fail_all(const Error& error) {
+  std::deque<Waiting> waiting;
   {
     std::lock_guard lock(inbox_mutex_);
-    for (const Waiting& w : waiting_)
-      cancels_.insert(w.id);
+    if (!failure_) failure_ = error;
+    waiting.swap(waiting_);
+    cancels_.clear();
+    counters_.requests_waiting = 0;
+    counters_.requests_failed += static_cast<int64_t>(waiting.size());
+  }
+  // Steps still in flight are taken first where the pipeline can report them, so that no stage
+  // reads a request's tokens after it ended.
+  while (!pipeline_.broken() && pipeline_.in_flight() > 0) {
+    try {
+      pipeline_.wait_any();
+    } catch (const Error&) {
+      break;
+    }
   }
   in_flight_.clear();
   for (Cohort& c : cohorts_)
     c.in_flight = false;
   for (auto& live : by_slot_) {
-    if (live) {
-      live->in_flight = false;
-      finish(*live, FinishReason::kError, &error);
-    }
+    if (live) finish(*live, FinishReason::kError, &error);
   }
-  take_inbox();
+  for (Waiting& w : waiting)
+    end_waiting(w, FinishReason::kError, error);
+  inbox_changed_.notify_all();
 }
 
 std::vector<StepRecord> Scheduler::take_step_records() {

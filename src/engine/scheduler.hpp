@@ -48,6 +48,7 @@ class Scheduler {
   RequestId submit(Request request, RequestCallback on_event, Admission admission = {});
   bool cancel(RequestId id);
   void stop_accepting();
+  void start_accepting();  // after stop_accepting (a restarted loop)
   // Cancels every waiting request and marks every running one (they end at the next step
   // boundary).
   void cancel_all(const std::string& reason);
@@ -59,8 +60,11 @@ class Scheduler {
   bool idle() const;
   void set_record_trace(bool on) { record_trace_ = on; }
   std::vector<StepRecord> take_step_records();
-  // Ends every request with kError and `error` (the pipeline broke).
+  // Ends every request — running, waiting and submitted later — with kError and `error`: the
+  // pipeline broke, so no step can run any more. Waits for the steps in flight first when the
+  // pipeline can still report them.
   void fail_all(const Error& error);
+  bool failed() const;
 
   EngineMetrics metrics() const;  // thread-safe
 
@@ -87,12 +91,13 @@ class Scheduler {
   void check_request(const Request& request) const;
   void take_inbox();
   void admit();
-  void install(Waiting waiting, int32_t slot);
+  void install(Waiting& waiting, int32_t slot);
   void submit_steps();
   void complete(StepOutcome outcome);
   void deliver_token(Live& live, int32_t token);
   void finish(Live& live, FinishReason reason, const Error* error = nullptr,
               std::optional<int32_t> token = std::nullopt);
+  void end_waiting(Waiting& w, FinishReason reason, const Error& error);
   int32_t free_slot(const Waiting& w) const;
 
   Pipeline& pipeline_;
@@ -106,6 +111,7 @@ class Scheduler {
   std::deque<Waiting> waiting_;
   std::set<RequestId> cancels_;
   bool accepting_ = true;
+  std::optional<Error> failure_;  // set by fail_all: the engine cannot run steps any more
   RequestId next_id_ = 1;
   std::set<RequestId> live_ids_;  // holding a slot
 

@@ -118,8 +118,9 @@ void Pipeline::worker_loop(Worker& worker) {
       // cache out of step with the others, so the pipeline stops taking work.
       broken = std::make_exception_ptr(Error(
           ErrorCode::kInternal,
-          fmt::format("stage {} could not apply a {} ({}); the pipeline is unusable", worker.stage,
-                      job.kind == Job::Kind::kCommit     ? "commit"
+          fmt::format("stage {} could not run a {} ({}); the pipeline is unusable", worker.stage,
+                      job.kind == Job::Kind::kProgram    ? "step program"
+                      : job.kind == Job::Kind::kCommit   ? "commit"
                       : job.kind == Job::Kind::kRollback ? "rollback"
                                                          : "slot truncation",
                       e.what())));
@@ -187,7 +188,8 @@ void Pipeline::run_program(Worker& worker, Flight& flight) {
   for (size_t i = 0; i < program.size(); ++i) {
     const Instruction& ins = program[i];
     const auto start = Clock::now();
-    const MicroBatch* mb = ins.kind == OpKind::kCommit ? nullptr : by_id.at(ins.micro_batch);
+    // Validated plans name only their own micro-batches.
+    const MicroBatch* mb = ins.kind == OpKind::kCommit ? nullptr : by_id[ins.micro_batch];
     try {
       switch (ins.kind) {
         case OpKind::kRecv: {
@@ -292,6 +294,11 @@ void Pipeline::enqueue_all(const std::function<Job()>& make) {
   work_ready_.notify_all();
 }
 
+std::exception_ptr Pipeline::broken() const {
+  std::lock_guard lock(mutex_);
+  return broken_;
+}
+
 void Pipeline::check_healthy() const {
   std::lock_guard lock(mutex_);
   if (broken_) std::rethrow_exception(broken_);
@@ -342,7 +349,8 @@ StepOutcome Pipeline::wait_any() {
   progress_.wait(
       lock, [&] { return broken_ || (!completed_.empty() && !(links_cancelled_ && running())); });
   if (broken_) std::rethrow_exception(broken_);
-  const std::exception_ptr reset_error = links_cancelled_ ? reset_links() : nullptr;
+  // A reset that fails leaves the links cancelled; the next submit tries again and reports it.
+  if (links_cancelled_) reset_links();
   std::shared_ptr<Flight> f = std::move(completed_.front());
   completed_.pop_front();
   flights_.erase(std::find(flights_.begin(), flights_.end(), f));
@@ -358,7 +366,7 @@ StepOutcome Pipeline::wait_any() {
       cause = &e;
     }
   }
-  out.error = cause ? cause->error : reset_error;
+  out.error = cause ? cause->error : nullptr;
   out.collateral = out.error && f->cancelled && !f->caused_cancel;
   if (out.error) {
     enqueue_all([&] { return Job{.kind = Job::Kind::kRollback, .flight = f}; });

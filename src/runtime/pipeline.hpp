@@ -66,6 +66,9 @@ class Pipeline {
   uint64_t submit(StepPlan plan, const StepContext& ctx);
   // Steps submitted whose outcome has not been taken.
   size_t in_flight() const { return checker_.steps_in_flight(); }
+  // Set once a stage could not apply a commit, rollback or truncation: every later call throws
+  // it, and the stages' KV caches can no longer be trusted.
+  std::exception_ptr broken() const;
   // Blocks until a step in flight has finished on every stage and returns its outcome, in
   // completion order. All stages reached Commit: the step's KV writes are committed on every
   // stage before anything submitted later runs there. A failure anywhere: the step's writes are

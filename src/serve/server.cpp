@@ -255,14 +255,15 @@ void Server::Impl::generate(Endpoint endpoint, const httplib::Request& req,
   gen->tokenizer = tokenizer;
   if (tokenizer != nullptr) gen->decoder.emplace(*tokenizer, DecodeOptions{.skip_special = true});
   gen->arrival = arrival;
+  begin_response();  // before submit: stop() waits for this response from here on
   try {
     gen->id = engine.submit(std::move(api.request),
                             [events = gen->events](const RequestEvent& e) { events->push(e); });
   } catch (const Error& e) {
+    end_response();
     respond_error(error_for(e));
     return;
   }
-  begin_response();
 
   auto outcome = [](const RequestResult& r, const Generation& g) -> std::string {
     if (g.stop.stopped()) return "stop";
@@ -272,6 +273,10 @@ void Server::Impl::generate(Endpoint endpoint, const httplib::Request& req,
   };
 
   if (!api.stream) {
+    struct Done {  // the body is complete (or abandoned): stop() may close after it
+      Impl* impl;
+      ~Done() { impl->end_response(); }
+    } done{this};
     std::string text;
     bool finished = false;
     while (!finished) {
@@ -284,7 +289,6 @@ void Server::Impl::generate(Endpoint endpoint, const httplib::Request& req,
     const RequestResult result = gen->events->result();
     metrics.request_done(std::chrono::duration<double>(Clock::now() - arrival).count(),
                          outcome(result, *gen));
-    end_response();  // the body is complete; the server may close after it is sent
     if (!gen->stop.stopped() && result.finish == FinishReason::kError) {
       respond_error({.status = 500, .type = "server_error", .message = result.error});
       return;
@@ -460,6 +464,10 @@ void Server::start() {
   }
   d.engine.start_serving();
   d.listener = std::thread([&d] { d.http.listen_after_bind(); });
+  // cpp-httplib's stop() does nothing before the listener runs: wait for it.
+  while (!d.http.is_running() && d.listener.joinable()) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
 }
 
 int Server::port() const {

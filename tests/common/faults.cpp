@@ -21,7 +21,10 @@ class FaultyStage final : public StageBackend {
     faults_->before(stage_, mb.step);
     inner_->sample(mb, ctx, activations, tokens, logits);
   }
-  void commit(int64_t step, std::span<const int32_t> seqs) override { inner_->commit(step, seqs); }
+  void commit(int64_t step, std::span<const int32_t> seqs) override {
+    faults_->before_commit(stage_, step);
+    inner_->commit(step, seqs);
+  }
   void rollback(std::span<const int32_t> seqs) override { inner_->rollback(seqs); }
   void truncate(int32_t seq, int64_t length) override { inner_->truncate(seq, length); }
   int64_t committed(int32_t seq) const override { return inner_->committed(seq); }
@@ -73,9 +76,16 @@ void FaultInjector::before(int stage, int64_t step) {
   Count& count = counts_[stage];
   if (count.step != step) count = Count{step, 0};
   const int instruction = count.next++;
-  if (plan_.stage == stage && plan_.instruction == instruction &&
+  if (!plan_.commit && plan_.stage == stage && plan_.instruction == instruction &&
       (plan_.step < 0 || plan_.step == step)) {
     fail(ErrorCode::kInternal, "injected fault");
+  }
+}
+
+void FaultInjector::before_commit(int stage, int64_t step) {
+  std::lock_guard lock(mutex_);
+  if (plan_.commit && plan_.stage == stage && (plan_.step < 0 || plan_.step == step)) {
+    fail(ErrorCode::kInternal, "injected commit fault");
   }
 }
 

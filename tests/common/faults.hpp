@@ -22,6 +22,9 @@ struct FaultPlan {
   int stage = -1;  // disabled while < 0
   int64_t step = -1;
   int instruction = -1;
+  // Instead: `stage` fails to commit `step` (after every stage finished it), which leaves the
+  // stages' KV caches out of step: the pipeline is broken for good.
+  bool commit = false;
 };
 
 // Shared by the decorators of one pipeline: counts each stage's instructions per step (a stage's
@@ -34,6 +37,8 @@ class FaultInjector : public std::enable_shared_from_this<FaultInjector> {
   // Counts one instruction of `stage` in `step`; throws Error(kInternal, "injected fault") when
   // it is the planned one.
   void before(int stage, int64_t step);
+  // Throws Error(kInternal, "injected commit fault") when the plan is a commit fault here.
+  void before_commit(int stage, int64_t step);
 
   std::unique_ptr<StageBackend> wrap_stage(int stage, std::unique_ptr<StageBackend> inner);
   std::unique_ptr<Link> wrap_link(int from, std::unique_ptr<Link> inner);

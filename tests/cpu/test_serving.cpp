@@ -319,5 +319,31 @@ TEST_F(ServingTest, AFaultInOneCohortFailsOnlyItsRequests) {
   }
 }
 
+// A stage that cannot commit breaks the pipeline for good: every request ends with kError (none
+// is lost or left waiting), later submissions are refused with the cause, and the engine still
+// stops at once.
+TEST_F(ServingTest, ABrokenPipelineEndsEveryRequestAndRefusesNewOnes) {
+  auto faults = test::FaultInjector::create({.stage = 1, .step = 1, .commit = true});
+  Engine engine =
+      faults->hooks().open(dir_->path(), {.n_stages = 2,
+                                          .capacity = {.max_batch = 2},
+                                          .schedule = {.decode_mode = DecodeMode::kCohorts}});
+  engine.start_serving();
+  Inbox inbox;
+  std::vector<RequestId> ids;
+  for (const Request& r : requests())
+    ids.push_back(engine.submit(r, inbox.callback()));
+  for (RequestId id : ids) {
+    const RequestResult r = inbox.wait(id);
+    EXPECT_EQ(r.finish, FinishReason::kError) << r.error;
+  }
+  test::expect_error([&] { engine.submit(requests()[0], nullptr); }, ErrorCode::kInternal,
+                     {"injected commit fault", "unusable"});
+  const auto start = std::chrono::steady_clock::now();
+  engine.stop_serving(std::chrono::seconds(30));
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(5));
+  EXPECT_EQ(engine.metrics().kv_slots_used, 0);
+}
+
 }  // namespace
 }  // namespace conveyor
