@@ -31,7 +31,7 @@ run() {  # batch, options...
     --max-context 256 "$@" "${prompts[@]}" 2>&1 |
     awk '/decode [0-9]+ tok in/ { for (i = 1; i <= NF; ++i) if ($i == "tok/s") rate = $(i - 1) }
          /^decode stage balance/ { in_decode = 1 }
-         in_decode && /bubble fraction: measured/ { bubble = $4 }
+         in_decode && /bubble fraction: measured/ { bubble = $4; sub(/,/, "", bubble) }
          END { print rate, bubble }'
 }
 
