@@ -12,9 +12,9 @@
 #include <cstdio>
 #include <fstream>
 #include <mutex>
+#include <nlohmann/json.hpp>
 #include <numeric>
 #include <optional>
-#include <nlohmann/json.hpp>
 #include <regex>
 #include <thread>
 #include <vector>
@@ -30,9 +30,9 @@ struct Args {
   std::string url = "http://127.0.0.1:8000";
   std::string model;
   std::string label;
-  int clients = 16;    // concurrent requests (all-at-once mode)
-  int requests = 0;    // total (0: one per client)
-  double rate = 0.0;   // requests per second; 0: all at once with --clients in flight
+  int clients = 16;   // concurrent requests (all-at-once mode)
+  int requests = 0;   // total (0: one per client)
+  double rate = 0.0;  // requests per second; 0: all at once with --clients in flight
   int64_t max_tokens = 64;
   int prompt_words = 8;
   bool ignore_eos = true;
@@ -53,9 +53,9 @@ struct Sample {
 
 // A deterministic, varied prompt of about `words` words.
 std::string prompt_for(int i, int words) {
-  static const char* kWords[] = {"river", "mountain", "quiet", "ancient", "bright", "city",
-                                 "forest", "machine", "story", "winter", "harbor", "letter",
-                                 "garden", "signal", "echo", "lantern"};
+  static const char* kWords[] = {"river",  "mountain", "quiet", "ancient", "bright", "city",
+                                 "forest", "machine",  "story", "winter",  "harbor", "letter",
+                                 "garden", "signal",   "echo",  "lantern"};
   std::string text = fmt::format("Request {}: tell me about", i);
   for (int w = 0; w < words; ++w)
     text += fmt::format(" {}", kWords[(i * 7 + w * 3) % 16]);
@@ -222,7 +222,8 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--requests", args.requests, "requests in all (0: one per client)")
       ->capture_default_str();
-  app.add_option("--rate", args.rate, "arrivals per second (0: all at once)")->capture_default_str();
+  app.add_option("--rate", args.rate, "arrivals per second (0: all at once)")
+      ->capture_default_str();
   app.add_option("--max-tokens", args.max_tokens, "tokens per request")->capture_default_str();
   app.add_option("--prompt-words", args.prompt_words, "words per prompt")->capture_default_str();
   app.add_flag("!--stop-at-eos", args.ignore_eos, "let a request end at its end-of-text token");

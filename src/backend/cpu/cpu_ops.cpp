@@ -10,6 +10,7 @@
 #include <cstring>
 #include <vector>
 
+#include "backend/cpu/gemm_small.hpp"
 #include "core/check.hpp"
 
 namespace conveyor::cpu {
@@ -157,10 +158,17 @@ void linear_slice(const LinearArgs& a, int64_t o0, int64_t o1) {
     }
   }
   const float* w = a.w + o0 * a.in;
-  if (a.n == 1) {
-    // Decode: memory-bound on reading w once.
-    cblas_sgemv(CblasRowMajor, CblasNoTrans, static_cast<int>(m), static_cast<int>(a.in), 1.0f, w,
-                static_cast<int>(a.in), a.x, 1, 1.0f, a.y + o0, 1);
+  if (a.n <= kSmallGemmMaxRows) {
+    // Decode and short chunks: memory-bound on reading w once; a packed GEMM would copy w first.
+    small_gemm({.x = a.x,
+                .w = a.w,
+                .wtype = WeightType::kF32,
+                .y = a.y,
+                .n = a.n,
+                .in = a.in,
+                .ldy = a.out,
+                .o0 = o0,
+                .o1 = o1});
   } else {
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(a.n), static_cast<int>(m),
                 static_cast<int>(a.in), 1.0f, a.x, static_cast<int>(a.in), w,
