@@ -5,12 +5,14 @@
 // sgemm FLOP/s. Usage: bench_engine_cpu [model_dir] [out.json]
 #include <fmt/format.h>
 
+#include "backend/cpu/blas_kernels.hpp"
 #include "bench_common.hpp"
 #include "conveyor/engine.hpp"
 
 using namespace conveyor;
 
 int main(int argc, char** argv) {
+  conveyor::cpu::reexec_for_blas_kernels(argv);  // before OpenBLAS does any work
   const std::filesystem::path dir =
       argc > 1 ? argv[1] : std::filesystem::temp_directory_path() / "conveyor-bench-small";
   const std::filesystem::path out = argc > 2 ? argv[2] : "bench_engine_cpu.json";

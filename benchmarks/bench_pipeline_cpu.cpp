@@ -5,6 +5,7 @@
 // Usage: bench_pipeline_cpu [model_dir] [out.json] [timeline.svg]
 #include <fmt/format.h>
 
+#include "backend/cpu/blas_kernels.hpp"
 #include "bench_common.hpp"
 #include "conveyor/engine.hpp"
 #include "conveyor/observe.hpp"
@@ -51,6 +52,7 @@ PrefillRun run_prefill(const std::filesystem::path& dir, int stages, int micro, 
 }  // namespace
 
 int main(int argc, char** argv) {
+  conveyor::cpu::reexec_for_blas_kernels(argv);  // before OpenBLAS does any work
   const std::filesystem::path dir =
       argc > 1 ? argv[1] : std::filesystem::temp_directory_path() / "conveyor-bench-small";
   const std::filesystem::path out = argc > 2 ? argv[2] : "bench_pipeline_cpu.json";

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 #include <CLI/CLI.hpp>
+#include "backend/cpu/blas_kernels.hpp"
 #include "cli_errors.hpp"
 
 #include <algorithm>
@@ -483,6 +484,7 @@ int run(const Args& args) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  conveyor::cpu::reexec_for_blas_kernels(argv);  // before OpenBLAS does any work
   Args args;
   CLI::App app{"conveyor-bench: pipeline stage-balance sweeps, measured vs predicted"};
   app.add_option("--model", args.model, "model directory with real weights");

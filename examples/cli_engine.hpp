@@ -23,7 +23,7 @@ struct EngineArgs {
   std::string model;
   std::string layers_per_stage;
   std::string devices;
-  std::string dtype = "bf16";
+  std::string dtype;      // empty: the backend's default
   std::string tokenizer;  // tokenizer.json for a model directory without one
   std::string chunking = "auto";
   std::string decode_mode = "strict";
@@ -54,8 +54,8 @@ inline void add_engine_options(CLI::App& app, EngineArgs& args) {
           CLI::CheckedTransformer(std::map<std::string, Transport>{{"local", Transport::kLocal},
                                                                    {"nccl", Transport::kNccl}},
                                   CLI::ignore_case));
-  app.add_option("--dtype", args.dtype, "weights/activations on a GPU: bf16 or f16")
-      ->capture_default_str();
+  app.add_option("--dtype", args.dtype,
+                 "weights: f32 (cpu default) or bf16 on the cpu; bf16 (default) or f16 on a GPU");
   app.add_flag("!--no-cuda-graphs", args.engine.device.cuda_graphs,
                "launch decode kernels one by one instead of replaying CUDA graphs");
   app.add_option("--threads", args.engine.device.threads_per_stage, "threads per stage (cpu)")
@@ -137,9 +137,13 @@ inline EngineOptions engine_options(EngineArgs& args) {
   }
   for (int64_t device : parse_int_list(args.devices, "--devices", "CUDA device id", 0, INT32_MAX))
     options.device.cuda_devices.push_back(static_cast<int>(device));
-  if (!parse_dtype(args.dtype, options.device.dtype) || options.device.dtype == DType::kF32) {
-    throw Error(ErrorCode::kInvalidArgument,
-                fmt::format("--dtype {} is not a GPU dtype; use bf16 or f16", args.dtype));
+  if (!args.dtype.empty()) {
+    DType dtype = DType::kF32;
+    if (!parse_dtype(args.dtype, dtype)) {
+      throw Error(ErrorCode::kInvalidArgument,
+                  fmt::format("--dtype {} is not f32, bf16 or f16", args.dtype));
+    }
+    options.device.dtype = dtype;
   }
   options.schedule.chunking = Chunking::parse(args.chunking);
   options.schedule.decode_mode = parse_decode_mode(args.decode_mode);

@@ -14,6 +14,7 @@
 #include <optional>
 #include <thread>
 
+#include "backend/cpu/blas_kernels.hpp"
 #include "cli_engine.hpp"
 #include "cli_errors.hpp"
 #include "conveyor/chat_template.hpp"
@@ -101,6 +102,7 @@ int run(Args& args) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  conveyor::cpu::reexec_for_blas_kernels(argv);  // before OpenBLAS does any work
   Args args;
   CLI::App app{"conveyor-serve: an OpenAI-compatible server for a Llama-family model"};
   conveyor::cli::add_engine_options(app, args.engine_args);

@@ -62,7 +62,10 @@ struct DeviceOptions {
   // CUDA device of each stage (empty: 0, 1, ..., n_stages-1). A device may repeat
   // (e.g. {0, 0, 0, 0}: four stages on one GPU, each with its own streams).
   std::vector<int> cuda_devices;
-  DType dtype = DType::kBF16;  // weights and activations on a GPU: kBF16 or kF16
+  // Weights (and, on a GPU, activations): unset takes the backend's default, kF32 on the CPU
+  // (the reference) and kBF16 on a GPU. The CPU stores kF32 or kBF16 weights (kBF16: widened in
+  // registers, fp32 accumulation, half the memory and bandwidth); a GPU takes kBF16 or kF16.
+  std::optional<DType> dtype;
   Transport transport = Transport::kLocal;
   // CUDA: capture each stage's decode micro-batches (every chunk one token) in CUDA graphs, one
   // per batch size and context bucket, and replay them instead of launching kernel by kernel.

@@ -22,6 +22,18 @@ std::string_view dtype_name(DType dtype) noexcept {
   return "?";
 }
 
+std::string_view dtype_flag(DType dtype) noexcept {
+  switch (dtype) {
+    case DType::kF32:
+      return "f32";
+    case DType::kF16:
+      return "f16";
+    case DType::kBF16:
+      break;
+  }
+  return "bf16";
+}
+
 bool parse_dtype(std::string_view text, DType& out) noexcept {
   if (text == "F32" || text == "f32" || text == "float32") {
     out = DType::kF32;

@@ -77,7 +77,7 @@ Partition make_partition(const ModelConfig& config, const EngineOptions& options
   // Balanced: per-unit costs in the precision the backend runs; the ratios between the layers
   // and the head are what matter, so the device preset only needs the right kind of machine.
   const bool gpu = backend == BackendKind::kCuda;
-  const DType dtype = gpu ? options.device.dtype : DType::kF32;
+  const DType dtype = options.device.dtype.value_or(gpu ? DType::kBF16 : DType::kF32);
   const CostModel model(config,
                         {.weight_dtype = dtype, .kv_dtype = dtype, .activation_dtype = dtype});
   PartitionerOptions partitioner;
@@ -218,7 +218,18 @@ Engine Engine::open(const std::filesystem::path& model, const EngineOptions& opt
          max_context, *config.sliding_window, *config.sliding_window);
   }
   const BackendKind backend = resolve_backend(options.device.backend);
-  if (backend == BackendKind::kCpu) check_host_memory(config);
+  if (const std::optional<DType> dtype = options.device.dtype) {
+    const bool gpu = backend == BackendKind::kCuda;
+    const bool ok = gpu ? (*dtype == DType::kBF16 || *dtype == DType::kF16)
+                        : (*dtype == DType::kF32 || *dtype == DType::kBF16);
+    if (!ok) {
+      fail(ErrorCode::kInvalidArgument, "dtype {} is not one the {} backend computes with; use {}",
+           dtype_flag(*dtype), gpu ? "cuda" : "cpu", gpu ? "bf16 or f16" : "f32 or bf16");
+    }
+  }
+  if (backend == BackendKind::kCpu) {
+    check_host_memory(config, options.device.dtype.value_or(DType::kF32));
+  }
   Partition partition = make_partition(config, options, backend, max_context);
   auto impl = std::make_unique<Impl>(config, options, std::move(partition));
   impl->max_context = max_context;

@@ -88,7 +88,8 @@ Profile measure_profile(const std::filesystem::path& model, const ProfilerOption
   Profile p;
   p.device =
       backend == BackendKind::kCuda
-          ? fmt::format("cuda device {}, {}", device, dtype_name(options.device.dtype))
+          ? fmt::format("cuda device {}, {}", device,
+                        dtype_name(options.device.dtype.value_or(DType::kBF16)))
           : fmt::format("cpu fp32, {} thread(s) per stage, {} hardware threads",
                         options.device.threads_per_stage, std::thread::hardware_concurrency());
   p.model_shape = model_shape_key(config);

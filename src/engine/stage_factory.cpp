@@ -78,20 +78,23 @@ double gib(double bytes) {
 
 }  // namespace
 
-void check_host_memory(const ModelConfig& config) {
+void check_host_memory(const ModelConfig& config, DType weight_dtype) {
   const double available = available_host_bytes();
   if (available <= 0.0) return;
-  // fp32 everywhere; a tied head holds its own copy of the embedding on the last stage.
-  const double weights =
-      4.0 * static_cast<double>(config.n_params() + (config.tie_word_embeddings
-                                                         ? config.vocab_size * config.hidden_size
-                                                         : 0));
+  // Loading holds a stage's fp32 weights before bf16 ones are made from them, tensor by tensor;
+  // the whole model in the stored dtype is the floor. A tied head on a stage without the
+  // embedding holds its own copy.
+  const double params = static_cast<double>(
+      config.n_params() +
+      (config.tie_word_embeddings ? config.vocab_size * config.hidden_size : 0));
+  const double weights = static_cast<double>(dtype_size(weight_dtype)) * params;
   if (weights > available) {
     fail(ErrorCode::kOutOfMemory,
-         "the cpu backend needs {:.1f} GiB of host memory for this model's fp32 weights ({:.2f}B "
-         "parameters), before any KV cache, but {:.1f} GiB is available; use --backend cuda or "
-         "a smaller model",
-         gib(weights), static_cast<double>(config.n_params()) / 1e9, gib(available));
+         "the cpu backend needs {:.1f} GiB of host memory for this model's {} weights ({:.2f}B "
+         "parameters), before any KV cache, but {:.1f} GiB is available; use --dtype bf16, "
+         "--backend cuda or a smaller model",
+         gib(weights), weight_dtype == DType::kF32 ? "fp32" : dtype_flag(weight_dtype),
+         static_cast<double>(config.n_params()) / 1e9, gib(available));
   }
 }
 
@@ -155,7 +158,7 @@ std::unique_ptr<StageBackend> make_stage_backend(BackendKind backend, const Mode
   if (backend == BackendKind::kCuda) {
 #if CONVEYOR_WITH_CUDA
     const cuda::CudaStageOptions cuda_options{.device = resources.device,
-                                              .dtype = options.device.dtype,
+                                              .dtype = options.device.dtype.value_or(DType::kBF16),
                                               .max_seqs = options.capacity.max_batch,
                                               .max_context = resources.max_context,
                                               .cuda_graphs = options.device.cuda_graphs};
@@ -175,7 +178,8 @@ std::unique_ptr<StageBackend> make_stage_backend(BackendKind backend, const Mode
       config, std::move(host),
       cpu::CpuStageOptions{.n_threads = options.device.threads_per_stage,
                            .max_seqs = options.capacity.max_batch,
-                           .max_context = resources.max_context});
+                           .max_context = resources.max_context,
+                           .weight_dtype = options.device.dtype.value_or(DType::kF32)});
 }
 
 }  // namespace conveyor

@@ -16,11 +16,11 @@ namespace conveyor {
 // requested backend is available, with an error naming the fix when it is not.
 BackendKind resolve_backend(BackendKind requested);
 
-// CPU backend: refuses, before anything is allocated, a model whose fp32 weights do not fit the
-// host's available memory (MemAvailable), so a model too large for the host is an error naming
-// the sizes rather than the out-of-memory killer. (KV caches grow with use and are not counted.)
-// Skipped when the available memory cannot be read.
-void check_host_memory(const ModelConfig& config);
+// CPU backend: refuses, before anything is allocated, a model whose weights in `weight_dtype` do
+// not fit the host's available memory (MemAvailable), so a model too large for the host is an
+// error naming the sizes rather than the out-of-memory killer. (KV caches grow with use and are
+// not counted.) Skipped when the available memory cannot be read.
+void check_host_memory(const ModelConfig& config, DType weight_dtype);
 
 // CUDA device of each of `n_stages` stages: options.cuda_devices, or 0..S-1 when empty. Checks
 // the count and that each id exists; stages may share a device.

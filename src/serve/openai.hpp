@@ -47,7 +47,7 @@ struct ModelInfo {
   const Tokenizer* tokenizer = nullptr;  // null: token-id prompts only, no text out
   const ChatTemplate* chat = nullptr;    // null: no /v1/chat/completions
   int64_t max_context = 0;
-  int32_t vocab_size = 0;
+  int64_t vocab_size = 0;
 };
 
 // A checked request: the engine request plus what only the server acts on.

@@ -211,7 +211,7 @@ TEST(CpuOps, LinearRejectsBadArguments) {
   args.out = 4;
   EXPECT_THROW(linear(args, pool), Error);
   args.in = 4;
-  args.w = nullptr;
+  args.w = WeightView();
   EXPECT_THROW(linear(args, pool), Error);
 }
 

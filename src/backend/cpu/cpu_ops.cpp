@@ -3,6 +3,7 @@
 #include "backend/cpu/cpu_ops.hpp"
 
 #include <cblas.h>
+#include <spdlog/spdlog.h>
 
 #include <algorithm>
 #include <climits>
@@ -10,8 +11,10 @@
 #include <cstring>
 #include <vector>
 
+#include "backend/cpu/blas_kernels.hpp"
 #include "backend/cpu/gemm_small.hpp"
 #include "core/check.hpp"
+#include "core/dtype_convert.hpp"
 
 namespace conveyor::cpu {
 namespace {
@@ -32,6 +35,17 @@ void ensure_blas_single_threaded() {
 
 void warm_up(ThreadPool& pool) {
   ensure_blas_single_threaded();
+  static const bool warned = [] {
+    if (const std::string hint = blas_core_hint(); !hint.empty()) {
+      spdlog::warn(
+          "OpenBLAS runs its {} kernels on this CPU, which can run {}: large GEMMs (prefill) "
+          "will be about 3x slower; set OPENBLAS_CORETYPE={} in the environment (conveyor's "
+          "binaries do it themselves)",
+          blas_core(), hint, hint);
+    }
+    return true;
+  }();
+  (void)warned;
   // OpenBLAS sets up per-thread buffers on a thread's first call; pay for it at load time.
   const int n = pool.n_threads();
   pool.parallel_for(n, 1, [](int64_t, int64_t) {
@@ -157,40 +171,62 @@ void linear_slice(const LinearArgs& a, int64_t o0, int64_t o1) {
         y[j] += b[j];
     }
   }
-  const float* w = a.w + o0 * a.in;
   if (a.n <= kSmallGemmMaxRows) {
     // Decode and short chunks: memory-bound on reading w once; a packed GEMM would copy w first.
     small_gemm({.x = a.x,
-                .w = a.w,
-                .wtype = WeightType::kF32,
+                .w = a.w.data,
+                .wtype = a.w.type,
                 .y = a.y,
                 .n = a.n,
                 .in = a.in,
                 .ldy = a.out,
                 .o0 = o0,
                 .o1 = o1});
-  } else {
+  } else if (a.w.type == WeightType::kF32) {
+    const float* w = static_cast<const float*>(a.w.data) + o0 * a.in;
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(a.n), static_cast<int>(m),
                 static_cast<int>(a.in), 1.0f, a.x, static_cast<int>(a.in), w,
                 static_cast<int>(a.in), 1.0f, a.y + o0, static_cast<int>(a.out));
+  } else {
+    // bf16 weights and many rows: widen a block of weight rows at a time into a per-thread
+    // buffer (its cost spread over the n rows) and multiply it as fp32.
+    constexpr int64_t kBlock = 64;
+    thread_local std::vector<float> widened;
+    widened.resize(static_cast<size_t>(kBlock * a.in));
+    const auto* w16 = static_cast<const uint16_t*>(a.w.data);
+    for (int64_t b0 = o0; b0 < o1; b0 += kBlock) {
+      const int64_t rows = std::min(kBlock, o1 - b0);
+      for (int64_t i = 0; i < rows * a.in; ++i)
+        widened[static_cast<size_t>(i)] = bf16_to_f32(w16[b0 * a.in + i]);
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(a.n),
+                  static_cast<int>(rows), static_cast<int>(a.in), 1.0f, a.x, static_cast<int>(a.in),
+                  widened.data(), static_cast<int>(a.in), 1.0f, a.y + b0, static_cast<int>(a.out));
+    }
   }
 }
 
 }  // namespace
 
-void embedding(const float* table, const int32_t* ids, int64_t n, int64_t hidden, float* out,
+void embedding(WeightView table, const int32_t* ids, int64_t n, int64_t hidden, float* out,
                ThreadPool& pool) {
   check_non_negative(n, "embedding", "n");
   check_non_negative(hidden, "embedding", "hidden");
   if (n == 0 || hidden == 0) return;
-  check_pointer(table, "embedding", "table");
+  check_pointer(table.data, "embedding", "table");
   check_pointer(ids, "embedding", "ids");
   check_pointer(out, "embedding", "out");
   const int64_t grain = std::max<int64_t>(1, 16384 / hidden);
   pool.parallel_for(n, grain, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
-      std::memcpy(out + i * hidden, table + static_cast<int64_t>(ids[i]) * hidden,
-                  static_cast<size_t>(hidden) * sizeof(float));
+      const int64_t row = static_cast<int64_t>(ids[i]) * hidden;
+      if (table.type == WeightType::kF32) {
+        std::memcpy(out + i * hidden, static_cast<const float*>(table.data) + row,
+                    static_cast<size_t>(hidden) * sizeof(float));
+      } else {
+        const uint16_t* src = static_cast<const uint16_t*>(table.data) + row;
+        for (int64_t j = 0; j < hidden; ++j)
+          out[i * hidden + j] = bf16_to_f32(src[j]);
+      }
     }
   });
 }
@@ -225,7 +261,7 @@ void linear(const LinearArgs& args, ThreadPool& pool) {
   }
   if (args.n == 0) return;
   check_pointer(args.x, "linear", "x");
-  check_pointer(args.w, "linear", "w");
+  check_pointer(args.w.data, "linear", "w");
   check_pointer(args.y, "linear", "y");
   check_blas_dim(args.n, "n");
   check_blas_dim(args.in, "in");

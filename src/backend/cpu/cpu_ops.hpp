@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <span>
 
+#include "backend/cpu/gemm_small.hpp"
 #include "backend/cpu/thread_pool.hpp"
 
 namespace conveyor::cpu {
@@ -14,8 +15,8 @@ namespace conveyor::cpu {
 // every thread of `pool` make its first BLAS call, so one-time setup is not timed as compute.
 void warm_up(ThreadPool& pool);
 
-// out[i, :] = table[ids[i], :]. Ids are validated by the caller.
-void embedding(const float* table,  // [vocab, hidden]
+// out[i, :] = table[ids[i], :] (bf16 rows widened). Ids are validated by the caller.
+void embedding(WeightView table,    // [vocab, hidden]
                const int32_t* ids,  // [n]
                int64_t n, int64_t hidden,
                float* out,  // [n, hidden]
@@ -28,10 +29,12 @@ void rmsnorm(const float* x,       // [n, hidden]
              float* out,  // [n, hidden]
              ThreadPool& pool);
 
-// y = x * w^T (+ bias) (+ y when accumulate). Hugging Face [out, in] weight orientation.
+// y = x * w^T (+ bias) (+ y when accumulate). Hugging Face [out, in] weight orientation; bf16
+// weights are widened to fp32 (in registers for up to kSmallGemmMaxRows rows, through a small
+// per-thread buffer above that) and accumulated in fp32.
 struct LinearArgs {
   const float* x = nullptr;     // [n, in]
-  const float* w = nullptr;     // [out, in]
+  WeightView w;                 // [out, in]
   const float* bias = nullptr;  // [out] or nullptr
   float* y = nullptr;           // [n, out]
   int64_t n = 0, in = 0, out = 0;

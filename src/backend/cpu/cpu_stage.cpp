@@ -8,6 +8,7 @@
 #include "backend/cpu/cpu_ops.hpp"
 #include "backend/sampler.hpp"
 #include "core/check.hpp"
+#include "core/dtype_convert.hpp"
 #include "model/rope.hpp"
 
 namespace conveyor::cpu {
@@ -20,11 +21,63 @@ T* grow(std::vector<T>& buffer, int64_t count) {
   return buffer.data();
 }
 
+// A tensor held as given (fp32), or rounded to bf16 with its fp32 values released at once.
+CpuTensor take(std::vector<float>&& values, bool to_bf16) {
+  CpuTensor t;
+  if (!to_bf16) {
+    t.f32 = std::move(values);
+    return t;
+  }
+  t.bf16.resize(values.size());
+  for (size_t i = 0; i < values.size(); ++i)
+    t.bf16[i] = f32_to_bf16(values[i]);
+  std::vector<float>().swap(values);
+  return t;
+}
+
+// The stage's tensors in the form it computes with: matrices in `dtype`, norms and biases fp32.
+// A tied lm_head on a stage that also embeds is dropped (the embedding serves both).
+CpuWeights convert(StageWeights&& w, const ModelConfig& config, DType dtype) {
+  if (dtype != DType::kF32 && dtype != DType::kBF16) {
+    fail(ErrorCode::kInvalidArgument,
+         "the cpu backend stores weights as f32 or bf16, not {}; use --dtype f32 or bf16",
+         dtype_flag(dtype));
+  }
+  const bool bf16 = dtype == DType::kBF16;
+  CpuWeights out;
+  out.spec = w.spec;
+  out.embedding = take(std::move(w.embedding), bf16);
+  for (LayerWeights& layer : w.layers) {
+    zip_layer_tensors(layer, out.layers.emplace_back(),
+                      [&](size_t index, std::vector<float>& from, CpuTensor& to) {
+                        const bool matrix = layer_tensor_shape(config, index).size() == 2;
+                        to = take(std::move(from), bf16 && matrix);
+                      });
+  }
+  out.final_norm = take(std::move(w.final_norm), false);
+  const bool shared = config.tie_word_embeddings && w.spec.embedding && w.spec.head;
+  if (shared) {
+    std::vector<float>().swap(w.lm_head);
+  } else {
+    out.lm_head = take(std::move(w.lm_head), bf16);
+  }
+  return out;
+}
+
+int64_t total_bytes(const CpuWeights& w) {
+  int64_t bytes = w.embedding.bytes() + w.final_norm.bytes() + w.lm_head.bytes();
+  for (const CpuLayer& layer : w.layers)
+    for_each_layer_tensor(layer, [&](size_t, const CpuTensor& t) { bytes += t.bytes(); });
+  return bytes;
+}
+
 }  // namespace
 
 CpuStage::CpuStage(const ModelConfig& config, StageWeights weights, const CpuStageOptions& options)
     : config_(config),
-      weights_(std::move(weights)),
+      weight_dtype_(options.weight_dtype),
+      weights_(convert(std::move(weights), config, options.weight_dtype)),
+      weight_bytes_(total_bytes(weights_)),
       inv_freq_(rope_inv_freq(config)),
       pool_(options.n_threads),
       kv_(KvCacheShape{
@@ -40,11 +93,17 @@ CpuStage::CpuStage(const ModelConfig& config, StageWeights weights, const CpuSta
 std::string CpuStage::describe() const {
   const KvCacheShape& kv = kv_.shape();
   return fmt::format(
-      "cpu ({} thread{}): weights {:.1f} MiB fp32, KV capacity {} tokens ({} slots x {}) at {:.1f} "
-      "KiB/token, allocated on demand",
-      pool_.n_threads(), pool_.n_threads() == 1 ? "" : "s",
-      static_cast<double>(weights_.bytes()) / (1 << 20), kv.max_seqs * kv.max_context, kv.max_seqs,
-      kv.max_context, static_cast<double>(kv.bytes_per_token()) / 1024);
+      "cpu ({} thread{}, {} kernels): weights {:.1f} MiB {}, KV capacity {} tokens ({} slots x {}) "
+      "at {:.1f} KiB/token, allocated on demand",
+      pool_.n_threads(), pool_.n_threads() == 1 ? "" : "s", to_string(small_gemm_isa()),
+      static_cast<double>(weight_bytes_) / (1 << 20),
+      weight_dtype_ == DType::kBF16 ? "bf16 (norms fp32)" : "fp32", kv.max_seqs * kv.max_context,
+      kv.max_seqs, kv.max_context, static_cast<double>(kv.bytes_per_token()) / 1024);
+}
+
+WeightView CpuStage::lm_head() const {
+  const bool shared = config_.tie_word_embeddings && weights_.spec.embedding;
+  return shared ? weights_.embedding.view() : weights_.lm_head.view();
 }
 
 void CpuStage::compute(const MicroBatch& mb, const StepContext& ctx, Activations& in_out) {
@@ -76,7 +135,7 @@ void CpuStage::compute(const MicroBatch& mb, const StepContext& ctx, Activations
       for (int64_t p = chunk.begin; p < chunk.end; ++p)
         ids[static_cast<size_t>(row++)] = tokens[static_cast<size_t>(p)];
     }
-    embedding(weights_.embedding.data(), ids.data(), n, hidden, activations.data(), pool_);
+    embedding(weights_.embedding.view(), ids.data(), n, hidden, activations.data(), pool_);
   } else if (static_cast<int64_t>(activations.size()) != n * hidden) {
     fail(ErrorCode::kCommunication,
          "stage received {} activation values for micro-batch {} but expected {} ({} tokens x "
@@ -89,7 +148,7 @@ void CpuStage::compute(const MicroBatch& mb, const StepContext& ctx, Activations
   }
 }
 
-void CpuStage::run_layer(const LayerWeights& w, int64_t local_layer, const MicroBatch& mb,
+void CpuStage::run_layer(const CpuLayer& w, int64_t local_layer, const MicroBatch& mb,
                          float* hidden) {
   const ModelConfig& c = config_;
   const int64_t n = mb.n_tokens();
@@ -98,18 +157,18 @@ void CpuStage::run_layer(const LayerWeights& w, int64_t local_layer, const Micro
 
   // Attention block: hidden += o_proj(attention(rope(q), rope(k), v)).
   float* normed = grow(normed_, n * h);
-  rmsnorm(hidden, w.attn_norm.data(), n, h, c.rms_norm_eps, normed, pool_);
+  rmsnorm(hidden, w.attn_norm.values(), n, h, c.rms_norm_eps, normed, pool_);
   float* q = grow(q_, n * q_dim);
   float* k = grow(k_, n * kv_dim);
   float* v = grow(v_, n * kv_dim);
-  auto bias = [](const std::vector<float>& b) { return b.empty() ? nullptr : b.data(); };
-  linear({.x = normed, .w = w.wq.data(), .bias = bias(w.bq), .y = q, .n = n, .in = h, .out = q_dim},
+  auto bias = [](const CpuTensor& b) { return b.values(); };
+  linear({.x = normed, .w = w.wq.view(), .bias = bias(w.bq), .y = q, .n = n, .in = h, .out = q_dim},
          pool_);
   linear(
-      {.x = normed, .w = w.wk.data(), .bias = bias(w.bk), .y = k, .n = n, .in = h, .out = kv_dim},
+      {.x = normed, .w = w.wk.view(), .bias = bias(w.bk), .y = k, .n = n, .in = h, .out = kv_dim},
       pool_);
   linear(
-      {.x = normed, .w = w.wv.data(), .bias = bias(w.bv), .y = v, .n = n, .in = h, .out = kv_dim},
+      {.x = normed, .w = w.wv.view(), .bias = bias(w.bv), .y = v, .n = n, .in = h, .out = kv_dim},
       pool_);
   rope(q, positions_.data(), n, c.n_heads, c.head_dim, inv_freq_.data(), pool_);
   rope(k, positions_.data(), n, c.n_kv_heads, c.head_dim, inv_freq_.data(), pool_);
@@ -135,18 +194,18 @@ void CpuStage::run_layer(const LayerWeights& w, int64_t local_layer, const Micro
     row += len;
   }
   linear(
-      {.x = attn, .w = w.wo.data(), .y = hidden, .n = n, .in = q_dim, .out = h, .accumulate = true},
+      {.x = attn, .w = w.wo.view(), .y = hidden, .n = n, .in = q_dim, .out = h, .accumulate = true},
       pool_);
 
   // MLP block: hidden += down(silu(gate(x)) * up(x)).
-  rmsnorm(hidden, w.mlp_norm.data(), n, h, c.rms_norm_eps, normed, pool_);
+  rmsnorm(hidden, w.mlp_norm.values(), n, h, c.rms_norm_eps, normed, pool_);
   float* gate = grow(gate_, n * inter);
   float* up = grow(up_, n * inter);
-  linear({.x = normed, .w = w.w_gate.data(), .y = gate, .n = n, .in = h, .out = inter}, pool_);
-  linear({.x = normed, .w = w.w_up.data(), .y = up, .n = n, .in = h, .out = inter}, pool_);
+  linear({.x = normed, .w = w.w_gate.view(), .y = gate, .n = n, .in = h, .out = inter}, pool_);
+  linear({.x = normed, .w = w.w_up.view(), .y = up, .n = n, .in = h, .out = inter}, pool_);
   swiglu(gate, up, n * inter, gate, pool_);
   linear({.x = gate,
-          .w = w.w_down.data(),
+          .w = w.w_down.view(),
           .y = hidden,
           .n = n,
           .in = inter,
@@ -171,15 +230,9 @@ void CpuStage::sample(const MicroBatch& mb, const StepContext& ctx, const Activa
     std::memcpy(normed + r * h, activations.data() + rows[static_cast<size_t>(r)].index * h,
                 sizeof(float) * h);
   }
-  rmsnorm(normed, weights_.final_norm.data(), n_rows, h, config_.rms_norm_eps, normed, pool_);
+  rmsnorm(normed, weights_.final_norm.values(), n_rows, h, config_.rms_norm_eps, normed, pool_);
   std::vector<float> out(static_cast<size_t>(n_rows * vocab));
-  linear({.x = normed,
-          .w = weights_.lm_head.data(),
-          .y = out.data(),
-          .n = n_rows,
-          .in = h,
-          .out = vocab},
-         pool_);
+  linear({.x = normed, .w = lm_head(), .y = out.data(), .n = n_rows, .in = h, .out = vocab}, pool_);
 
   for (int64_t r = 0; r < n_rows; ++r) {
     const HeadRow& row = rows[static_cast<size_t>(r)];

@@ -1,13 +1,15 @@
-// CpuStage: the fp32 CPU implementation of StageBackend — one pipeline stage's layers, its KV
-// cache slice and its own thread pool.
+// CpuStage: the CPU implementation of StageBackend — one pipeline stage's layers, its KV cache
+// slice and its own thread pool. Computes in fp32; weight matrices are fp32 or bf16.
 #pragma once
 
 #include <memory>
 #include <vector>
 
+#include "backend/cpu/gemm_small.hpp"
 #include "backend/cpu/thread_pool.hpp"
 #include "backend/kv_cache.hpp"
 #include "backend/stage_backend.hpp"
+#include "conveyor/dtype.hpp"
 #include "conveyor/model_config.hpp"
 #include "model/weights.hpp"
 
@@ -17,7 +19,26 @@ struct CpuStageOptions {
   int n_threads = 1;        // this stage's thread budget
   int32_t max_seqs = 1;     // KV slots
   int64_t max_context = 0;  // KV positions per slot
+  // kF32, or kBF16: the projection matrices, embedding and lm_head are rounded to bf16 once
+  // (half the memory and bandwidth), norms and biases stay fp32.
+  DType weight_dtype = DType::kF32;
 };
+
+// A tensor as the stage holds it: fp32 values, or bf16 ones for a matrix under bf16.
+struct CpuTensor {
+  std::vector<float> f32;
+  std::vector<uint16_t> bf16;
+
+  WeightView view() const {
+    return bf16.empty() ? WeightView(f32.data()) : WeightView(bf16.data());
+  }
+  const float* values() const { return f32.empty() ? nullptr : f32.data(); }  // norms, biases
+  int64_t bytes() const {
+    return static_cast<int64_t>(f32.size() * sizeof(float) + bf16.size() * sizeof(uint16_t));
+  }
+};
+using CpuLayer = LayerTensors<CpuTensor>;
+using CpuWeights = StageTensors<CpuTensor>;
 
 class CpuStage final : public StageBackend {
  public:
@@ -33,10 +54,14 @@ class CpuStage final : public StageBackend {
   int64_t committed(int32_t seq) const override { return kv_.committed(seq); }
 
  private:
-  void run_layer(const LayerWeights& w, int64_t local_layer, const MicroBatch& mb, float* hidden);
+  void run_layer(const CpuLayer& w, int64_t local_layer, const MicroBatch& mb, float* hidden);
+  // The lm_head, or the embedding it is tied to on a stage that holds both (one copy).
+  WeightView lm_head() const;
 
   ModelConfig config_;
-  StageWeights weights_;
+  DType weight_dtype_;
+  CpuWeights weights_;
+  int64_t weight_bytes_ = 0;
   std::vector<float> inv_freq_;  // [head_dim / 2]
   ThreadPool pool_;
   KvCache kv_;

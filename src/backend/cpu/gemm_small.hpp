@@ -12,6 +12,16 @@ namespace conveyor::cpu {
 
 enum class WeightType : uint8_t { kF32, kBF16 };
 
+// A weight matrix as the CPU kernels read it: fp32 values, or bf16 widened on the fly.
+struct WeightView {
+  const void* data = nullptr;
+  WeightType type = WeightType::kF32;
+
+  WeightView() = default;
+  WeightView(const float* p) : data(p), type(WeightType::kF32) {}      // NOLINT: implicit by design
+  WeightView(const uint16_t* p) : data(p), type(WeightType::kBF16) {}  // NOLINT
+};
+
 struct SmallGemmArgs {
   const float* x = nullptr;  // [n, in], rows `in` apart
   const void* w = nullptr;   // [out, in] of `wtype`, rows `in` apart

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #include "backend/cpu/gemm_small.hpp"
 
@@ -21,6 +22,12 @@ inline float weight_at(const SmallGemmArgs& a, int64_t o, int64_t k) {
   return f;
 }
 
+// How far ahead of the reads each weight row is prefetched. The rows of one tile are a few KiB
+// each and read side by side, which the hardware prefetchers follow poorly; 16 KiB ahead (into
+// the next tiles' rows) measured fastest on a Xeon with AVX-512 (~17 GB/s on one core, against
+// ~12.5 without).
+constexpr int64_t kPrefetchBytes = 16 * 1024;
+
 // A tile of NR rows x NO outputs: NR*NO vector accumulators over the vector-width part of k,
 // then one horizontal sum each, plus the scalar tail. The k order of every (row, output) sum is
 // the same for every tile shape.
@@ -36,13 +43,18 @@ inline void tile(const SmallGemmArgs& a, int64_t r0, int64_t o0) {
       acc[i][j] = Isa::zero();
   }
   const float* x = a.x + r0 * in;
+  using T = std::conditional_t<kBf16, uint16_t, float>;
+  const T* rows = static_cast<const T*>(a.w) + o0 * in;
   for (int64_t k = 0; k < vec_end; k += W) {
     V w[NO];
     for (int j = 0; j < NO; ++j) {
+      const T* p = rows + j * in + k;
+      // A hint only: addresses past the matrix do not fault.
+      __builtin_prefetch(reinterpret_cast<const char*>(p) + kPrefetchBytes, 0, 3);
       if constexpr (kBf16) {
-        w[j] = Isa::load_bf16(static_cast<const uint16_t*>(a.w) + (o0 + j) * in + k);
+        w[j] = Isa::load_bf16(p);
       } else {
-        w[j] = Isa::load(static_cast<const float*>(a.w) + (o0 + j) * in + k);
+        w[j] = Isa::load(p);
       }
     }
     for (int i = 0; i < NR; ++i) {

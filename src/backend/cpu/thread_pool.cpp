@@ -1,5 +1,6 @@
 // ThreadPool: persistent workers woken per parallel_for by a generation counter; a short spin
-// before sleeping keeps back-to-back ops (one decode step) from paying a futex wake each time.
+// before sleeping on a futex keeps back-to-back ops (one decode step) from paying a system call
+// each time.
 #include "backend/cpu/thread_pool.hpp"
 
 #include <algorithm>
@@ -10,9 +11,10 @@
 namespace conveyor::cpu {
 namespace {
 
-// How long a thread spins on an atomic before it sleeps on a condition variable. Short: the
-// machine may be shared with other stages, and idle workers must not burn their cores.
-constexpr auto kSpin = std::chrono::microseconds(20);
+// How long a thread spins on an atomic before it sleeps. Long enough to span the gaps between
+// the ops of one step (a few small serial pieces), short enough that a pool whose stage waits
+// for its next micro-batch soon stops using its cores.
+constexpr auto kSpin = std::chrono::microseconds(200);
 
 inline void cpu_relax() {
 #if defined(__x86_64__) || defined(__i386__)
@@ -39,10 +41,14 @@ thread_local const ThreadPool* t_active_pool = nullptr;
 
 }  // namespace
 
+constexpr uint64_t kRangeBits = 8;
+constexpr uint64_t kRangeMask = (uint64_t{1} << kRangeBits) - 1;
+
 ThreadPool::ThreadPool(int n_threads) : n_threads_(n_threads) {
-  if (n_threads < 1) {
+  if (n_threads < 1 || n_threads > static_cast<int>(kRangeMask)) {
     fail(ErrorCode::kInvalidArgument,
-         "ThreadPool needs at least 1 thread but n_threads is {}; pass n_threads >= 1", n_threads);
+         "ThreadPool needs 1 to {} threads but n_threads is {}; pass a count in that range",
+         kRangeMask, n_threads);
   }
   workers_.reserve(static_cast<size_t>(n_threads - 1));
   for (int i = 0; i < n_threads - 1; ++i) {
@@ -51,12 +57,10 @@ ThreadPool::ThreadPool(int n_threads) : n_threads_(n_threads) {
 }
 
 ThreadPool::~ThreadPool() {
-  {
-    std::lock_guard lock(mutex_);
-    stopping_ = true;
-    generation_.fetch_add(1, std::memory_order_release);
-  }
-  work_ready_.notify_all();
+  stopping_.store(true);
+  const uint64_t state = state_.fetch_add(uint64_t{1} << kRangeBits);  // no ranges
+  wake_.store(static_cast<uint32_t>((state >> kRangeBits) + 1));
+  wake_.notify_all();
   for (auto& worker : workers_)
     worker.join();
 }
@@ -84,36 +88,38 @@ void ThreadPool::parallel_for(int64_t n, int64_t grain,
   }
 
   // Even split: every range gets floor(n / n_ranges) >= grain items or one more.
-  std::pair<int64_t, int64_t> own;
-  {
-    std::lock_guard lock(mutex_);
-    ranges_.resize(static_cast<size_t>(n_ranges));
-    for (int64_t r = 0; r < n_ranges; ++r) {
-      ranges_[static_cast<size_t>(r)] = {n * r / n_ranges, n * (r + 1) / n_ranges};
-    }
-    own = ranges_[0];
-    job_ = &fn;
-    error_ = nullptr;
-    pending_.store(static_cast<int>(n_ranges - 1), std::memory_order_relaxed);
-    generation_.fetch_add(1, std::memory_order_release);
-  }
-  work_ready_.notify_all();
+  ranges_.resize(static_cast<size_t>(n_ranges));
+  for (int64_t r = 0; r < n_ranges; ++r)
+    ranges_[static_cast<size_t>(r)] = {n * r / n_ranges, n * (r + 1) / n_ranges};
+  job_ = &fn;
+  pending_.store(static_cast<int>(n_ranges - 1));
+  const uint64_t state = state_.load();
+  // Publish: the next generation, with its range count. Sequentially consistent with the
+  // sleepers' count: either a worker sees the new state before it sleeps, or we see it asleep.
+  const uint64_t generation = (state >> kRangeBits) + 1;
+  state_.store((generation << kRangeBits) | static_cast<uint64_t>(n_ranges));
+  wake_.store(static_cast<uint32_t>(generation));
+  if (sleeping_workers_.load() > 0) wake_.notify_all();
 
   std::exception_ptr own_error;
   t_active_pool = this;
   try {
-    fn(own.first, own.second);
+    fn(ranges_[0].first, ranges_[0].second);
   } catch (...) {
     own_error = std::current_exception();
   }
   t_active_pool = nullptr;
 
-  spin_until([this] { return pending_.load(std::memory_order_acquire) == 0; });
+  if (!spin_until([this] { return pending_.load(std::memory_order_acquire) == 0; })) {
+    caller_sleeping_.store(true);
+    for (int p; (p = pending_.load()) != 0;)
+      pending_.wait(p);
+    caller_sleeping_.store(false);
+  }
+  job_ = nullptr;
   std::exception_ptr error;
   {
-    std::unique_lock lock(mutex_);
-    work_done_.wait(lock, [this] { return pending_.load(std::memory_order_relaxed) == 0; });
-    job_ = nullptr;
+    std::lock_guard lock(error_mutex_);
     error = own_error ? own_error : error_;
     error_ = nullptr;
   }
@@ -122,38 +128,38 @@ void ThreadPool::parallel_for(int64_t n, int64_t grain,
 
 void ThreadPool::worker_loop(int index) {
   t_active_pool = this;
+  const uint64_t my_range = static_cast<uint64_t>(index) + 1;
+  // Generation 0 is the pool's state at construction; a worker that starts late must still
+  // see the generations published before it ran.
   uint64_t seen = 0;
-  const size_t my_range = static_cast<size_t>(index) + 1;
   for (;;) {
-    spin_until([&] { return generation_.load(std::memory_order_acquire) != seen; });
-    std::unique_lock lock(mutex_);
-    work_ready_.wait(
-        lock, [&] { return stopping_ || generation_.load(std::memory_order_relaxed) != seen; });
-    if (stopping_) return;
-    seen = generation_.load(std::memory_order_relaxed);
-    // A generation with fewer ranges than threads leaves this worker out; skipping it is safe
-    // because the caller only waits for the workers it gave a range.
-    if (my_range >= ranges_.size()) continue;
+    uint64_t state = state_.load(std::memory_order_acquire);
+    if ((state >> kRangeBits) == seen && !spin_until([&] {
+          return (state_.load(std::memory_order_acquire) >> kRangeBits) != seen;
+        })) {
+      sleeping_workers_.fetch_add(1);
+      while ((state_.load() >> kRangeBits) == seen)
+        wake_.wait(static_cast<uint32_t>(seen));
+      sleeping_workers_.fetch_sub(1);
+    }
+    state = state_.load(std::memory_order_acquire);
+    seen = state >> kRangeBits;
+    if (stopping_.load()) return;
+    // A generation with fewer ranges than threads leaves this worker out; the caller only
+    // waits for the workers it gave a range.
+    if (my_range >= (state & kRangeMask)) continue;
     const auto [begin, end] = ranges_[my_range];
-    const auto* job = job_;
-    lock.unlock();
-
     std::exception_ptr error;
     try {
-      (*job)(begin, end);
+      (*job_)(begin, end);
     } catch (...) {
       error = std::current_exception();
     }
-
-    lock.lock();
-    // Drop this thread's reference before reporting done: the caller may rethrow and free
-    // the exception as soon as pending_ reaches zero.
-    if (error && !error_) error_ = std::move(error);
-    error = nullptr;
-    if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
-      lock.unlock();
-      work_done_.notify_one();
+    if (error) {
+      std::lock_guard lock(error_mutex_);
+      if (!error_) error_ = std::move(error);
     }
+    if (pending_.fetch_sub(1) == 1 && caller_sleeping_.load()) pending_.notify_one();
   }
 }
 

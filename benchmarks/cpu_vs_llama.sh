@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# conveyor's CPU backend against llama.cpp on this machine, in one run, on the same weights:
+# SmolLM2-135M-Instruct as an F32 GGUF (made from the Q4_1 file with llama-quantize) for both.
+# Prints prefill and decode tokens/s at 1 and 2 threads (128-token prompt, 64 new tokens), one
+# 2048-token prompt at 1 thread, a batch of 8 sequences (llama-batched-bench), conveyor with
+# bf16 weights, and peak resident memory and system time of each process, with the ratios.
+#
+# llama.cpp is built from the sources inside PyPI's llama-cpp-python sdist, in a scratch folder
+# outside the repository (LLAMA_DIR, default /tmp/conveyor-llama; shared with
+# serving_vs_llama.sh). CI does not run this.
+#
+# Usage: benchmarks/cpu_vs_llama.sh [BUILD_DIR]
+# Environment: LLAMA_DIR, LLAMA_CPP_PYTHON_VERSION (0.3.36), REPEATS (3).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+build=${1:-build}
+llama_dir=${LLAMA_DIR:-/tmp/conveyor-llama}
+version=${LLAMA_CPP_PYTHON_VERSION:-0.3.36}
+repeats=${REPEATS:-3}
+cache=${CONVEYOR_CACHE:-$HOME/.cache/conveyor}
+q4=$cache/SmolLM2-135M-Instruct.Q4_1.gguf
+generate=$build/examples/conveyor-generate
+[ -f "$q4" ] || scripts/fetch-assets.sh smollm2
+[ -x "$generate" ] || { echo "missing $generate: build conveyor first"; exit 1; }
+mkdir -p "$llama_dir"
+
+bin=$llama_dir/build/bin
+if [ ! -x "$bin/llama-bench" ] || [ ! -x "$bin/llama-batched-bench" ] || [ ! -x "$bin/llama-quantize" ]; then
+  if [ ! -d "$llama_dir/src" ]; then
+    (cd "$llama_dir" && pip download -q --no-deps --no-binary :all: "llama-cpp-python==$version" &&
+      tar xzf "llama_cpp_python-$version.tar.gz" && mv "llama_cpp_python-$version" src)
+  fi
+  cmake -S "$llama_dir/src/vendor/llama.cpp" -B "$llama_dir/build" -G Ninja \
+    -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF \
+    -DLLAMA_BUILD_EXAMPLES=ON -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_TOOLS=ON -DGGML_NATIVE=ON \
+    -DBUILD_SHARED_LIBS=OFF >/dev/null
+  cmake --build "$llama_dir/build" -j "$(nproc)" --target llama-bench llama-batched-bench llama-quantize
+fi
+f32=$llama_dir/SmolLM2-135M-Instruct.F32.gguf
+[ -f "$f32" ] || "$bin/llama-quantize" --allow-requantize "$q4" "$f32" F32 >/dev/null 2>&1
+
+# Runs a command; prints "peak_rss_MiB system_seconds" of it (its children included).
+measure() {
+  python3 - "$@" <<'EOF'
+import resource, subprocess, sys
+subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+r = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(f"{r.ru_maxrss / 1024:.0f} {r.ru_stime:.2f}")
+EOF
+}
+median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+ids() { seq 1 "$1" | awk '{ printf "%s%d", (NR > 1 ? "," : ""), ($1 * 7919) % 49000 + 100 }'; }
+
+# conveyor: "prefill_tok_s decode_tok_s" of one run.
+conveyor_run() {  # threads, prompt tokens, new tokens, batch, extra options...
+  local threads=$1 prompt=$2 new=$3 batch=$4
+  shift 4
+  local prompts=()
+  for b in $(seq 1 "$batch"); do prompts+=(--prompt-ids "$(ids "$prompt")"); done
+  "$generate" --model "$f32" --stages 1 --threads "$threads" --max-new-tokens "$new" \
+    --ignore-eos --max-batch "$batch" --max-context $((prompt + new + 8)) --chunking never "$@" \
+    "${prompts[@]}" 2>&1 |
+    awk '/prefill [0-9]+ tok in/ { for (i = 1; i <= NF; ++i) if ($i == "tok/s") r[++n] = $(i - 1) }
+         END { print r[1], (n > 1 ? r[2] : 0) }'
+}
+conveyor_median() {  # column (1 prefill, 2 decode), args of conveyor_run
+  local col=$1
+  shift
+  for _ in $(seq 1 "$repeats"); do conveyor_run "$@" | cut -d' ' -f"$col"; done | median
+}
+# llama-bench: tokens/s of one test (pp or tg) at some threads.
+llama_bench() {  # threads, -p N | -n N
+  "$bin/llama-bench" -m "$f32" -t "$1" "$2" "$3" -r "$repeats" -o json 2>/dev/null |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["avg_ts"])'
+}
+
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
+echo "weights: $f32 (both); llama.cpp vendored in llama-cpp-python $version; median of $repeats"
+printf "%-34s %12s %12s %8s\n" "" "conveyor" "llama.cpp" "ratio"
+row() { awk -v n="$1" -v c="$2" -v l="$3" 'BEGIN { printf "%-34s %12.1f %12.1f %8.2f\n", n, c, l, c / l }'; }
+for t in 1 2; do
+  row "prefill 128 tok, $t thread(s)" "$(conveyor_median 1 "$t" 128 1 1)" "$(llama_bench "$t" -p 128)"
+  row "decode 64 tok, $t thread(s)" "$(conveyor_median 2 "$t" 128 65 1)" "$(llama_bench "$t" -n 64)"
+  row "decode bf16 weights, $t thread(s)" "$(conveyor_median 2 "$t" 128 65 1 --dtype bf16)" \
+    "$(llama_bench "$t" -n 64)"
+done
+row "prefill 2048 tok, 1 thread" "$(conveyor_median 1 1 2048 1 1)" "$(llama_bench 1 -p 2048)"
+batched=$("$bin/llama-batched-bench" -m "$f32" -t "$(nproc)" -c 4096 -npp 128 -ntg 64 -npl 8 2>/dev/null |
+  awk -F'|' '/^\|[ ]+128/ { gsub(/ /, "", $9); print $9 }' | head -n 1)
+row "batch 8 decode, $(nproc) threads" "$(conveyor_median 2 "$(nproc)" 128 65 8)" "${batched:-0}"
+
+echo
+echo "memory and system time (one run: 128-token prompt, 64 new tokens, 2 threads)"
+read -r c_rss c_sys < <(measure "$generate" --model "$f32" --threads 2 --max-new-tokens 64 \
+  --ignore-eos --prompt-ids "$(ids 128)")
+read -r b_rss b_sys < <(measure "$generate" --model "$f32" --threads 2 --max-new-tokens 64 \
+  --ignore-eos --dtype bf16 --prompt-ids "$(ids 128)")
+read -r l_rss l_sys < <(measure "$bin/llama-bench" -m "$f32" -t 2 -p 128 -n 64 -r 1)
+printf "%-20s %10s %10s\n" "" "peak MiB" "system s"
+printf "%-20s %10s %10s\n" "conveyor f32" "$c_rss" "$c_sys" "conveyor bf16" "$b_rss" "$b_sys" \
+  "llama.cpp" "$l_rss" "$l_sys"
