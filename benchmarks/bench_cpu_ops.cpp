@@ -6,6 +6,7 @@
 #include <random>
 #include <vector>
 
+#include "backend/cpu/blas_kernels.hpp"
 #include "backend/cpu/cpu_ops.hpp"
 
 namespace conveyor::cpu {
@@ -82,6 +83,34 @@ BENCHMARK(BM_Memcpy)
     ->Args({int64_t{768} * 32000 * 4, 2})
     ->UseRealTime();
 
+// Args: bytes, threads. Reads a buffer once (a lane-wise float sum): the bound for attention
+// over a KV cache of that size (BM_Attention n:1 pos0:4095 reads 32 MiB).
+void BM_ReadOnce(benchmark::State& state) {
+  const int64_t bytes = state.range(0);
+  ThreadPool pool(static_cast<int>(state.range(1)));
+  const std::vector<float> src = random_vector(static_cast<size_t>(bytes) / sizeof(float));
+  const auto n = static_cast<int64_t>(src.size());
+  for (auto _ : state) {
+    std::vector<float> sums(static_cast<size_t>(pool.n_threads()) * 16, 0.0f);
+    pool.parallel_for(n, 1 << 16, [&](int64_t begin, int64_t end) {
+      float acc[16] = {};
+      for (int64_t i = begin; i + 16 <= end; i += 16)
+        for (int l = 0; l < 16; ++l)
+          acc[l] += src[static_cast<size_t>(i + l)];
+      const auto slot = static_cast<size_t>(begin * pool.n_threads() / n) * 16;
+      for (int l = 0; l < 16; ++l)
+        sums[slot + static_cast<size_t>(l)] = acc[l];
+    });
+    benchmark::DoNotOptimize(sums.data());
+  }
+  state.SetBytesProcessed(state.iterations() * bytes);
+}
+BENCHMARK(BM_ReadOnce)
+    ->ArgNames({"bytes", "threads"})
+    ->Args({32 << 20, 1})
+    ->Args({32 << 20, 2})
+    ->UseRealTime();
+
 // Args: n, pos0, threads; Llama-2-7B-like heads with GQA 4 (32 query, 8 kv heads, head_dim 128).
 void BM_Attention(benchmark::State& state) {
   const int64_t n = state.range(0), pos0 = state.range(1);
@@ -102,6 +131,7 @@ void BM_Attention(benchmark::State& state) {
   args.n_heads = n_heads;
   args.n_kv_heads = n_kv_heads;
   args.head_dim = head_dim;
+  args.kv_head_stride = (pos0 + n) * head_dim;  // head-major, as the KV cache stores it
   for (auto _ : state) {
     attention(args, pool);
     benchmark::DoNotOptimize(out.data());
@@ -115,9 +145,18 @@ BENCHMARK(BM_Attention)
     ->Args({1, 4095, 1})
     ->Args({1, 4095, 2})
     ->Args({128, 0, 2})
+    ->Args({2048, 0, 1})
     ->UseRealTime();
 
 }  // namespace
 }  // namespace conveyor::cpu
 
-BENCHMARK_MAIN();
+int main(int argc, char** argv) {
+  // OpenBLAS's own kernel choice on this CPU can be 3x slower (blas_kernels.hpp).
+  conveyor::cpu::reexec_for_blas_kernels(argv);
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}

@@ -2,6 +2,7 @@
 #include "backend/kv_cache.hpp"
 
 #include <algorithm>
+#include <cstring>
 
 #include "core/check.hpp"
 
@@ -39,10 +40,21 @@ void KvCache::reserve(int32_t seq, int64_t begin, int64_t end) {
     // Grow geometrically so a decode loop reallocates O(log n) times.
     const int64_t capacity = std::max<int64_t>(
         end, std::min<int64_t>(shape_.max_context, std::max<int64_t>(64, 2 * s.capacity)));
-    const size_t floats = static_cast<size_t>(capacity * shape_.kv_dim());
+    // Head-major rows move when the capacity changes: copy each head's written rows.
+    const int64_t d = shape_.head_dim, heads = shape_.n_kv_heads;
+    auto regrow = [&](std::vector<float>& rows) {
+      std::vector<float> grown(static_cast<size_t>(heads * capacity * d));
+      if (!rows.empty()) {
+        for (int64_t h = 0; h < heads; ++h) {
+          std::memcpy(grown.data() + h * capacity * d, rows.data() + h * s.capacity * d,
+                      sizeof(float) * static_cast<size_t>(s.capacity * d));
+        }
+      }
+      rows = std::move(grown);
+    };
     for (int64_t l = 0; l < shape_.n_layers; ++l) {
-      s.k[static_cast<size_t>(l)].resize(floats);
-      s.v[static_cast<size_t>(l)].resize(floats);
+      regrow(s.k[static_cast<size_t>(l)]);
+      regrow(s.v[static_cast<size_t>(l)]);
     }
     s.capacity = capacity;
   }
@@ -59,6 +71,30 @@ const float* KvCache::keys(int64_t layer, int32_t seq) const {
 }
 const float* KvCache::values(int64_t layer, int32_t seq) const {
   return storage(seq).v.at(static_cast<size_t>(layer)).data();
+}
+
+int64_t KvCache::head_stride(int32_t seq) const {
+  return storage(seq).capacity * shape_.head_dim;
+}
+
+void KvCache::store(int64_t layer, int32_t seq, int64_t begin, int64_t n, const float* k,
+                    const float* v) {
+  if (begin < 0 || n < 0 || begin + n > pending(seq)) {
+    fail(ErrorCode::kInternal,
+         "KV store of positions [{}, {}) of sequence {} outside its reserved [0, {})", begin,
+         begin + n, seq, pending(seq));
+  }
+  Storage& s = storage(seq);
+  const int64_t d = shape_.head_dim, heads = shape_.n_kv_heads;
+  float* k_rows = s.k.at(static_cast<size_t>(layer)).data();
+  float* v_rows = s.v.at(static_cast<size_t>(layer)).data();
+  for (int64_t h = 0; h < heads; ++h) {
+    for (int64_t t = 0; t < n; ++t) {
+      const int64_t dst = h * s.capacity * d + (begin + t) * d, src = (t * heads + h) * d;
+      std::memcpy(k_rows + dst, k + src, sizeof(float) * static_cast<size_t>(d));
+      std::memcpy(v_rows + dst, v + src, sizeof(float) * static_cast<size_t>(d));
+    }
+  }
 }
 
 int64_t KvCache::allocated_bytes() const {

@@ -38,12 +38,19 @@ class KvCache {
   // KvLedger::reserve, then grows the slot's storage to hold [0, end).
   void reserve(int32_t seq, int64_t begin, int64_t end);
 
-  // Rows of one (local layer, sequence): [capacity, n_kv_heads, head_dim]; rows
-  // [0, pending(seq)) are valid.
+  // Keys and values of one (local layer, sequence), head-major: [n_kv_heads, capacity, head_dim]
+  // (kv head h starts at h * head_stride(seq)), so attention reads each head's rows
+  // contiguously. Rows [0, pending(seq)) are valid; pointers change when reserve() grows.
   float* keys(int64_t layer, int32_t seq);
   float* values(int64_t layer, int32_t seq);
   const float* keys(int64_t layer, int32_t seq) const;
   const float* values(int64_t layer, int32_t seq) const;
+  // Floats between consecutive kv heads of one (layer, sequence): capacity * head_dim.
+  int64_t head_stride(int32_t seq) const;
+
+  // Writes positions [begin, begin + n) of one (local layer, sequence) from token-major rows
+  // k, v: [n, n_kv_heads, head_dim]. The positions must be reserved.
+  void store(int64_t layer, int32_t seq, int64_t begin, int64_t n, const float* k, const float* v);
 
   void commit(int64_t step, std::span<const int32_t> seqs) { ledger_.commit(step, seqs); }
   void rollback(std::span<const int32_t> seqs) { ledger_.rollback(seqs); }
@@ -57,7 +64,7 @@ class KvCache {
  private:
   struct Storage {
     int64_t capacity = 0;               // rows allocated per layer
-    std::vector<std::vector<float>> k;  // per layer: [capacity, kv_dim]
+    std::vector<std::vector<float>> k;  // per layer: [n_kv_heads, capacity, head_dim]
     std::vector<std::vector<float>> v;
   };
   Storage& storage(int32_t seq);

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "backend/cpu/cpu_ops.hpp"
+#include "common/test_util.hpp"
 #include "conveyor/error.hpp"
 
 namespace conveyor::cpu {
@@ -311,9 +312,19 @@ void check_attention(const AttentionShape& s, float q_scale, std::mt19937_64& rn
   std::vector<float> k = random_vector(rng, n_rows * kv_row);
   std::vector<float> v = random_vector(rng, n_rows * kv_row);
   const std::vector<double> expected = attention_reference(s, q, k, v);
-  // Cache rows past pos0 + n (capacity not yet written) are poisoned: reading them is a bug.
-  k.resize(static_cast<size_t>((n_rows + 3) * kv_row), kPoison);
-  v.resize(static_cast<size_t>((n_rows + 3) * kv_row), kPoison);
+  // The cache is head-major with room for 3 more rows per head; rows past pos0 + n (capacity
+  // not yet written) are poisoned: reading them is a bug.
+  const int64_t d = s.head_dim, head_stride = (n_rows + 3) * d;
+  auto head_major = [&](const std::vector<float>& rows) {
+    std::vector<float> cache(static_cast<size_t>(s.n_kv_heads * head_stride), kPoison);
+    for (int64_t j = 0; j < n_rows; ++j)
+      for (int64_t h = 0; h < s.n_kv_heads; ++h)
+        std::copy_n(rows.begin() + (j * s.n_kv_heads + h) * d, d,
+                    cache.begin() + h * head_stride + j * d);
+    return cache;
+  };
+  k = head_major(k);
+  v = head_major(v);
 
   std::vector<float> first;
   for (int p = 0; p < n_pools; ++p) {
@@ -329,6 +340,7 @@ void check_attention(const AttentionShape& s, float q_scale, std::mt19937_64& rn
     args.n_heads = s.n_heads;
     args.n_kv_heads = s.n_kv_heads;
     args.head_dim = s.head_dim;
+    args.kv_head_stride = head_stride;
     attention(args, pools[p]);
     EXPECT_LE(rel_error(out, expected), kTolerance);
     if (first.empty()) {
@@ -366,6 +378,34 @@ TEST(CpuOps, AttentionLargeScoresStayFinite) {
   check_attention({7, 20, 8, 1, 64}, 60.0f, rng, pools, 1);
   // A long decode context.
   check_attention({1, 3000, 8, 2, 128}, 1.0f, rng, pools, 1);
+}
+
+// The blocked paths: several query and key tiles (the GEMM path), key splits whose last range
+// holds no visible key for some rows, and a kv head stride too small for the context.
+TEST(CpuOps, AttentionTiles) {
+  const uint64_t seed = test_seed();
+  SCOPED_TRACE(seed_note(seed));
+  std::mt19937_64 rng(seed);
+  ThreadPool pools[] = {ThreadPool(1), ThreadPool(2), ThreadPool(3)};
+  check_attention({300, 0, 8, 2, 64}, 1.0f, rng, pools, 3);
+  check_attention({130, 517, 6, 3, 32}, 1.0f, rng, pools, 3);
+  check_attention({70, 1000, 4, 1, 32}, 4.0f, rng, pools, 2);
+  check_attention({5, 2046, 8, 2, 64}, 1.0f, rng, pools, 3);
+  check_attention({1, 1024, 3, 1, 16}, 1.0f, rng, pools, 3);
+  check_attention({1, 1500, 3, 1, 64}, 1.0f, rng, pools, 3);  // an odd row count, split
+
+  std::vector<float> buf(64 * 16, 0.0f);
+  AttentionArgs args{.q = buf.data(),
+                     .k = buf.data(),
+                     .v = buf.data(),
+                     .out = buf.data(),
+                     .n = 2,
+                     .pos0 = 3,
+                     .n_heads = 2,
+                     .n_kv_heads = 1,
+                     .head_dim = 16,
+                     .kv_head_stride = 4 * 16};
+  test::expect_invalid([&] { attention(args, pools[0]); }, {"kv_head_stride (64)"});
 }
 
 // ---- swiglu ----------------------------------------------------------------------------------

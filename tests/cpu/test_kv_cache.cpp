@@ -23,7 +23,9 @@ TEST(KvCache, ReserveCommitRollback) {
   kv.reserve(0, 0, 5);
   EXPECT_EQ(kv.pending(0), 5);
   EXPECT_EQ(kv.committed(0), 0);
-  kv.keys(1, 0)[4 * 8 + 7] = 3.5f;  // row 4, last element of layer 1
+  // Layer 1, kv head 1, position 4, last element (head-major rows).
+  const int64_t at = kv.head_stride(0) + 4 * 4 + 3;
+  kv.keys(1, 0)[at] = 3.5f;
   kv.commit(0, kSeq0);
   EXPECT_EQ(kv.committed(0), 5);
   EXPECT_EQ(kv.last_committed_step(0), 0);
@@ -33,7 +35,7 @@ TEST(KvCache, ReserveCommitRollback) {
   kv.rollback(kSeqs01);
   EXPECT_EQ(kv.pending(0), 5);
   EXPECT_EQ(kv.pending(1), 0);
-  EXPECT_FLOAT_EQ(kv.keys(1, 0)[4 * 8 + 7], 3.5f);  // committed data survives a rollback
+  EXPECT_FLOAT_EQ(kv.keys(1, 0)[at], 3.5f);  // committed data survives a rollback
 }
 
 TEST(KvCache, ChunksMustArriveInPositionOrder) {
@@ -86,18 +88,45 @@ TEST(KvCache, StepsOfDisjointSequencesCommitAndRollBackApart) {
   EXPECT_EQ(kv.committed(1), 5);  // untouched by the other step's rollback
 }
 
+// Element c of kv head h at position p, read from the head-major rows.
+float at(const float* rows, const KvCache& kv, int32_t seq, int64_t h, int64_t p, int64_t c) {
+  return rows[h * kv.head_stride(seq) + p * kv.shape().head_dim + c];
+}
+
+TEST(KvCache, StoreWritesTokenMajorRowsHeadMajor) {
+  KvCache kv(small_shape());
+  kv.reserve(1, 0, 3);
+  // Token-major [3 tokens, 2 heads, 4]: value = 100 * token + 10 * head + element.
+  std::vector<float> k(24), v(24);
+  for (int64_t t = 0; t < 3; ++t)
+    for (int64_t h = 0; h < 2; ++h)
+      for (int64_t c = 0; c < 4; ++c) {
+        k[static_cast<size_t>((t * 2 + h) * 4 + c)] = static_cast<float>(100 * t + 10 * h + c);
+        v[static_cast<size_t>((t * 2 + h) * 4 + c)] = -static_cast<float>(100 * t + 10 * h + c);
+      }
+  kv.store(1, 1, 0, 3, k.data(), v.data());
+  for (int64_t t = 0; t < 3; ++t)
+    for (int64_t h = 0; h < 2; ++h)
+      for (int64_t c = 0; c < 4; ++c) {
+        EXPECT_EQ(at(kv.keys(1, 1), kv, 1, h, t, c), static_cast<float>(100 * t + 10 * h + c));
+        EXPECT_EQ(at(kv.values(1, 1), kv, 1, h, t, c), -static_cast<float>(100 * t + 10 * h + c));
+      }
+  EXPECT_THROW(kv.store(1, 1, 2, 2, k.data(), v.data()), Error);  // position 3 not reserved
+}
+
 TEST(KvCache, GrowthKeepsWrittenRows) {
   KvCache kv(small_shape());
-  kv.reserve(0, 0, 1);
-  kv.values(0, 0)[0] = 7.0f;
-  kv.commit(0, kSeq0);
-  for (int64_t p = 1; p < 100; ++p) {
+  for (int64_t p = 0; p < 100; ++p) {
     kv.reserve(0, p, p + 1);
-    kv.values(0, 0)[p * 8] = static_cast<float>(p);
+    const std::vector<float> k = {float(p), 1, 2, 3, float(-p), 5, 6, 7};
+    kv.store(0, 0, p, 1, k.data(), k.data());
     kv.commit(p, kSeq0);
   }
-  EXPECT_FLOAT_EQ(kv.values(0, 0)[0], 7.0f);
-  EXPECT_FLOAT_EQ(kv.values(0, 0)[99 * 8], 99.0f);
+  for (int64_t p = 0; p < 100; ++p) {
+    EXPECT_EQ(at(kv.values(0, 0), kv, 0, 0, p, 0), static_cast<float>(p));
+    EXPECT_EQ(at(kv.keys(0, 0), kv, 0, 1, p, 0), static_cast<float>(-p));
+    EXPECT_EQ(at(kv.keys(0, 0), kv, 0, 1, p, 3), 7.0f);
+  }
   EXPECT_EQ(kv.allocated_bytes(), 2 * 2 * 100 * 8 * 4);
   kv.release(0);
   EXPECT_EQ(kv.committed(0), 0);

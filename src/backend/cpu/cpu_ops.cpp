@@ -6,6 +6,8 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <atomic>
+#include <bit>
 #include <climits>
 #include <cmath>
 #include <cstring>
@@ -82,29 +84,6 @@ inline float dot(const float* a, const float* b, int64_t d) {
 inline void axpy(float alpha, const float* __restrict x, float* __restrict y, int64_t d) {
   for (int64_t j = 0; j < d; ++j)
     y[j] += alpha * x[j];
-}
-
-inline void prefetch_line(const float* p) {
-#if defined(__x86_64__) || defined(__i386__)
-  // GCC 12 deletes loops whose only statements are __builtin_prefetch; asm volatile stays.
-  asm volatile("prefetcht0 %0" : : "m"(*p));
-#else
-  __builtin_prefetch(p);
-#endif
-}
-
-// Rows of the KV cache prefetched ahead of the one being read: cache rows of one kv head are
-// n_kv_heads * head_dim floats apart (often a page or more), which the hardware prefetchers
-// do not follow.
-constexpr int64_t kPrefetchRows = 4;
-
-// Prefetches row `row` (d floats, rows `stride` apart) of one kv head if it is below n_rows.
-inline void prefetch_row(const float* base, int64_t row, int64_t n_rows, int64_t stride,
-                         int64_t d) {
-  if (row >= n_rows) return;
-  const float* p = base + row * stride;
-  for (int64_t c = 0; c < d; c += 16)
-    prefetch_line(p + c);
 }
 
 // sum_j x[j]^2 in double.
@@ -320,6 +299,165 @@ void rope(float* x, const int64_t* positions, int64_t n, int64_t n_heads, int64_
   });
 }
 
+namespace {
+
+// e^x for x <= 0 in fp32 (rel. error ~2e-7), written so the compiler vectorizes loops of it:
+// x = n ln2 + r with |r| <= ln2/2, e^r by Cephes' degree-6 polynomial, 2^n into the exponent.
+// Below -87.3 (where e^x leaves the normal range) and at -inf it returns 0.
+inline float exp_nonpositive(float x) {
+  const bool underflow = x < -87.3f;
+  x = std::max(x, -87.3f);
+  const float n = (x * 1.44269504f + 12582912.0f) - 12582912.0f;  // round to nearest
+  const float r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  return underflow ? 0.0f : p * std::bit_cast<float>(bits);
+}
+
+// s[j] = e^(s[j] - max) for j < n; returns their sum (lane-wise, fixed order).
+float exp_shifted_sum(float* s, int64_t n, float max) {
+  float acc[kLanes] = {};
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes) {
+    for (int64_t l = 0; l < kLanes; ++l) {
+      s[j + l] = exp_nonpositive(s[j + l] - max);
+      acc[l] += s[j + l];
+    }
+  }
+  float sum = 0.0f;
+  for (; j < n; ++j) {
+    s[j] = exp_nonpositive(s[j] - max);
+    sum += s[j];
+  }
+  for (int64_t l = 0; l < kLanes; ++l)
+    sum += acc[l];
+  return sum;
+}
+
+float max_of(const float* s, int64_t n) {
+  float acc[kLanes];
+  std::fill(acc, acc + kLanes, -INFINITY);
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes) {
+    for (int64_t l = 0; l < kLanes; ++l)
+      acc[l] = std::max(acc[l], s[j + l]);
+  }
+  float m = -INFINITY;
+  for (; j < n; ++j)
+    m = std::max(m, s[j]);
+  for (int64_t l = 0; l < kLanes; ++l)
+    m = std::max(m, acc[l]);
+  return m;
+}
+
+// Tiles of the blocked attention: a task is one kv head, a block of up to kQueryBlock tokens
+// (times the query heads sharing the kv head) and a range of keys, walked kKeyBlock keys at a
+// time with an online softmax, so no score matrix larger than a tile exists.
+constexpr int64_t kQueryBlock = 64;
+constexpr int64_t kKeyBlock = 256;
+// Short query blocks (decode, small chunks) over long contexts also split the keys into ranges
+// of kKeySplit, merged at the end (flash-decoding), so few kv heads still give every thread
+// work. The split depends only on the shape, never on the thread count.
+constexpr int64_t kKeySplit = 1024;
+// Tiles with at least this many rows use OpenBLAS for Q K^T and P V; smaller ones (decode)
+// use small_gemm and direct loops, which read K and V once without packing.
+constexpr int64_t kGemmRows = 16;
+
+// 16 floats as one value (a GCC/Clang vector extension): the compiler keeps an array of these
+// in vector registers where it would spill a plain float array, and lowers it to whatever
+// vector width the target has.
+using Float16 = float __attribute__((vector_size(64)));
+
+// How many value rows ahead the decode P V prefetches (8-16 KiB at head_dim 64-128).
+constexpr int64_t kPrefetchKeys = 32;
+
+// o[r, :] += sum_j p[r, j] v[j, :] for R rows (p rows bk apart), their outputs held in
+// registers (D a constant): V is read once per R rows. The first pass prefetches V ahead of
+// its reads (later passes find it in cache).
+template <int64_t D, int R>
+void probs_times_values_fixed(const float* p, int64_t bk, const float* v, float* o, bool prefetch) {
+  static_assert(D % 16 == 0);
+  constexpr int64_t kParts = D / 16;
+  Float16 acc[R][kParts];
+  for (int r = 0; r < R; ++r)
+    for (int64_t c = 0; c < kParts; ++c)
+      std::memcpy(&acc[r][c], o + r * D + 16 * c, sizeof(Float16));
+  for (int64_t j = 0; j < bk; ++j) {
+    if (prefetch) {
+      // A hint only: addresses past the block do not fault.
+      for (int64_t c = 0; c < kParts; ++c)
+        __builtin_prefetch(v + (j + kPrefetchKeys) * D + 16 * c, 0, 3);
+    }
+    Float16 pj[R];
+    for (int r = 0; r < R; ++r)
+      pj[r] = Float16{} + p[r * bk + j];
+    for (int64_t c = 0; c < kParts; ++c) {
+      Float16 vj;
+      std::memcpy(&vj, v + j * D + 16 * c, sizeof(Float16));
+      for (int r = 0; r < R; ++r)
+        acc[r][c] += pj[r] * vj;
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int64_t c = 0; c < kParts; ++c)
+      std::memcpy(o + r * D + 16 * c, &acc[r][c], sizeof(Float16));
+}
+
+// Rows in pairs (16 accumulators at D = 128 leave room for the loads), then a single one.
+template <int64_t D>
+void probs_times_values_rows(const float* p, int64_t bk, const float* v, float* o, int64_t rows) {
+  int64_t r = 0;
+  for (; r + 2 <= rows; r += 2)
+    probs_times_values_fixed<D, 2>(p + r * bk, bk, v, o + r * D, r == 0);
+  if (r < rows) probs_times_values_fixed<D, 1>(p + r * bk, bk, v, o + r * D, r == 0);
+}
+
+// P V for a few rows (decode): o[r, :] += sum_j p[r, j] v[j, :], p rows bk apart.
+void probs_times_values(const float* p, int64_t bk, const float* v, float* o, int64_t rows,
+                        int64_t d) {
+  switch (d) {
+    case 64:
+      probs_times_values_rows<64>(p, bk, v, o, rows);
+      return;
+    case 128:
+      probs_times_values_rows<128>(p, bk, v, o, rows);
+      return;
+    default:
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t j = 0; j < bk; ++j)
+          axpy(p[r * bk + j], v + j * d, o + r * d, d);
+  }
+}
+
+// Per-thread scratch, reused across calls.
+struct AttentionScratch {
+  std::vector<float> q, s, o, m, l;
+  void size(int64_t rows, int64_t d) {
+    auto fit = [](std::vector<float>& v, int64_t n) {
+      if (static_cast<int64_t>(v.size()) < n) v.resize(static_cast<size_t>(n));
+    };
+    fit(q, rows * d);
+    fit(s, rows * kKeyBlock);
+    fit(o, rows * d);
+    fit(m, rows);
+    fit(l, rows);
+  }
+};
+
+struct AttentionTask {
+  int64_t kvh, i0, i1, j0, j1;  // kv head, tokens [i0, i1), keys [j0, j1)
+  int64_t partial;              // index of its partial result, -1: writes out directly
+  int64_t cost;                 // keys x tokens, for scheduling
+};
+
+}  // namespace
+
 void attention(const AttentionArgs& a, ThreadPool& pool) {
   check_non_negative(a.n, "attention", "n");
   check_non_negative(a.pos0, "attention", "pos0");
@@ -330,73 +468,165 @@ void attention(const AttentionArgs& a, ThreadPool& pool) {
          a.n_heads, a.n_kv_heads, a.head_dim);
   }
   if (a.n == 0) return;
+  if (a.kv_head_stride < (a.pos0 + a.n) * a.head_dim) {
+    fail(ErrorCode::kInvalidArgument,
+         "attention: kv_head_stride ({}) is below the {} floats of one kv head's {} rows; pass "
+         "the cache's head stride (capacity x head_dim)",
+         a.kv_head_stride, (a.pos0 + a.n) * a.head_dim, a.pos0 + a.n);
+  }
   check_pointer(a.q, "attention", "q");
   check_pointer(a.k, "attention", "k");
   check_pointer(a.v, "attention", "v");
   check_pointer(a.out, "attention", "out");
+  ensure_blas_single_threaded();
 
-  const int64_t d = a.head_dim;
-  const int64_t group = a.n_heads / a.n_kv_heads;
-  const int64_t kv_stride = a.n_kv_heads * d;
+  const int64_t d = a.head_dim, group = a.n_heads / a.n_kv_heads;
+  const int64_t n_keys = a.pos0 + a.n;
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(d)));
-  // A task is one token and a chunk of the query heads that share one kv head: each key and
-  // value row is read once per task and reused from L1 by every head of the chunk (GQA). Heads
-  // are chunked only as far as needed to give every thread work, e.g. for decode with few kv
-  // heads. Each head's arithmetic is the same whatever the chunking, so results do not depend
-  // on the thread count.
-  const int64_t min_tasks = 2 * static_cast<int64_t>(pool.n_threads());
-  const int64_t wanted_chunks = (min_tasks + a.n_kv_heads * a.n - 1) / (a.n_kv_heads * a.n);
-  const int64_t chunk =
-      (group + std::min(group, wanted_chunks) - 1) / std::min(group, wanted_chunks);
-  const int64_t n_chunks = (group + chunk - 1) / chunk;
-  const int64_t n_rows = a.pos0 + a.n;
-  // Tasks are ordered (kv head, chunk, token) with the token fastest: under causal masking later
-  // tokens cost more, so contiguous ranges of whole heads balance prefill across threads.
-  pool.parallel_for(a.n_kv_heads * n_chunks * a.n, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> scores(static_cast<size_t>(chunk * n_rows));  // [chunk, n_keys]
-    std::vector<float> acc(static_cast<size_t>(chunk * d));          // [chunk, head_dim]
+  const int64_t n_qblocks = (a.n + kQueryBlock - 1) / kQueryBlock;
+  const int64_t n_splits = n_qblocks == 1 ? (n_keys + kKeySplit - 1) / kKeySplit : 1;
+
+  std::vector<AttentionTask> tasks;
+  tasks.reserve(static_cast<size_t>(a.n_kv_heads * n_qblocks * n_splits));
+  for (int64_t kvh = 0; kvh < a.n_kv_heads; ++kvh) {
+    for (int64_t b = 0; b < n_qblocks; ++b) {
+      const int64_t i0 = b * kQueryBlock, i1 = std::min(a.n, i0 + kQueryBlock);
+      const int64_t visible = a.pos0 + i1;  // keys seen by the block's last token
+      for (int64_t sp = 0; sp < n_splits; ++sp) {
+        const int64_t j0 = sp * kKeySplit,
+                      j1 = n_splits == 1 ? visible : std::min(visible, j0 + kKeySplit);
+        tasks.push_back({.kvh = kvh,
+                         .i0 = i0,
+                         .i1 = i1,
+                         .j0 = j0,
+                         .j1 = j1,
+                         .partial = n_splits == 1 ? -1 : kvh * n_splits + sp,
+                         .cost = (j1 - j0) * (i1 - i0)});
+      }
+    }
+  }
+  // Longest first, handed out one at a time: causal blocks differ in cost by up to n_qblocks
+  // times. Which thread runs a task never changes its arithmetic.
+  std::stable_sort(tasks.begin(), tasks.end(),
+                   [](const AttentionTask& x, const AttentionTask& y) { return x.cost > y.cost; });
+
+  // Partials of split tasks: per (kv head, split) and row, the running max, sum and output.
+  const int64_t rows_max = group * std::min(a.n, kQueryBlock);
+  std::vector<float> part_m, part_l, part_o;
+  if (n_splits > 1) {
+    const auto n_parts = static_cast<size_t>(a.n_kv_heads * n_splits * rows_max);
+    part_m.resize(n_parts);
+    part_l.resize(n_parts);
+    part_o.resize(n_parts * static_cast<size_t>(d));
+  }
+
+  std::atomic<int64_t> next{0};
+  const auto n_tasks = static_cast<int64_t>(tasks.size());
+  pool.parallel_for(std::min<int64_t>(n_tasks, pool.n_threads()), 1, [&](int64_t, int64_t) {
+    thread_local AttentionScratch scratch;
+    for (int64_t t; (t = next.fetch_add(1, std::memory_order_relaxed)) < n_tasks;) {
+      const AttentionTask& task = tasks[static_cast<size_t>(t)];
+      const int64_t nt = task.i1 - task.i0, rows = nt * group;
+      scratch.size(rows, d);
+      float* q = scratch.q.data();
+      float* s = scratch.s.data();
+      float* o = scratch.o.data();
+      float* m = scratch.m.data();
+      float* l = scratch.l.data();
+      // Row r = token (i0 + r / group), head (kvh * group + r % group): the group's heads of
+      // one token are contiguous in q, so the tile's rows are nt runs of group * d floats.
+      for (int64_t i = 0; i < nt; ++i) {
+        const float* src = a.q + ((task.i0 + i) * a.n_heads + task.kvh * group) * d;
+        for (int64_t c = 0; c < group * d; ++c)
+          q[i * group * d + c] = src[c] * scale;
+      }
+      std::fill(o, o + rows * d, 0.0f);
+      std::fill(m, m + rows, -INFINITY);
+      std::fill(l, l + rows, 0.0f);
+      const float* k = a.k + task.kvh * a.kv_head_stride;
+      const float* v = a.v + task.kvh * a.kv_head_stride;
+
+      for (int64_t j0 = task.j0; j0 < task.j1; j0 += kKeyBlock) {
+        const int64_t bk = std::min(kKeyBlock, task.j1 - j0);
+        // s[r, j] = q_r . k_(j0 + j)
+        if (rows >= kGemmRows) {
+          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(rows),
+                      static_cast<int>(bk), static_cast<int>(d), 1.0f, q, static_cast<int>(d),
+                      k + j0 * d, static_cast<int>(d), 0.0f, s, static_cast<int>(bk));
+        } else {
+          std::fill(s, s + rows * bk, 0.0f);
+          small_gemm({.x = q, .w = k + j0 * d, .y = s, .n = rows, .in = d, .ldy = bk, .o1 = bk});
+        }
+        // Causal mask, then the online softmax update of each row.
+        for (int64_t r = 0; r < rows; ++r) {
+          float* sr = s + r * bk;
+          const int64_t last = a.pos0 + task.i0 + r / group;  // the row's last visible key
+          const int64_t visible = std::clamp<int64_t>(last + 1 - j0, 0, bk);
+          std::fill(sr + visible, sr + bk, -INFINITY);
+          const float block_max = max_of(sr, visible);
+          const float m_new = std::max(m[r], block_max);
+          if (m_new == -INFINITY) {  // no visible key yet: nothing to add
+            std::fill(sr, sr + bk, 0.0f);
+            continue;
+          }
+          const float correction = exp_nonpositive(m[r] - m_new);
+          l[r] = l[r] * correction + exp_shifted_sum(sr, bk, m_new);
+          m[r] = m_new;
+          if (correction != 1.0f) {
+            for (int64_t c = 0; c < d; ++c)
+              o[r * d + c] *= correction;
+          }
+        }
+        // o[r] += sum_j s[r, j] v_(j0 + j)
+        if (rows >= kGemmRows) {
+          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(rows),
+                      static_cast<int>(d), static_cast<int>(bk), 1.0f, s, static_cast<int>(bk),
+                      v + j0 * d, static_cast<int>(d), 1.0f, o, static_cast<int>(d));
+        } else {
+          probs_times_values(s, bk, v + j0 * d, o, rows, d);
+        }
+      }
+
+      if (task.partial < 0) {
+        for (int64_t r = 0; r < rows; ++r) {
+          const int64_t i = task.i0 + r / group, h = task.kvh * group + r % group;
+          float* dst = a.out + (i * a.n_heads + h) * d;
+          const float inv = 1.0f / l[r];
+          for (int64_t c = 0; c < d; ++c)
+            dst[c] = o[r * d + c] * inv;
+        }
+      } else {
+        const int64_t base = task.partial * rows_max;
+        std::copy(m, m + rows, part_m.data() + base);
+        std::copy(l, l + rows, part_l.data() + base);
+        std::copy(o, o + rows * d, part_o.data() + base * d);
+      }
+    }
+  });
+  if (n_splits == 1) return;
+
+  // Merge the splits of each row: weights e^(m_s - max m), in split order.
+  const int64_t rows = group * a.n;
+  pool.parallel_for(a.n_kv_heads * rows, 1, [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
-      const int64_t i = t % a.n;
-      const int64_t kvh = t / a.n / n_chunks;
-      const int64_t h0 = kvh * group + (t / a.n % n_chunks) * chunk;
-      const int64_t hn = std::min(chunk, (kvh + 1) * group - h0);
-      const int64_t n_keys = a.pos0 + i + 1;
-      const float* q = a.q + (i * a.n_heads + h0) * d;  // hn heads, contiguous
-      const float* k = a.k + kvh * d;
-      const float* v = a.v + kvh * d;
-
-      for (int64_t j = 0; j < n_keys; ++j) {
-        prefetch_row(k, j + kPrefetchRows, n_keys, kv_stride, d);
-        const float* kj = k + j * kv_stride;
-        for (int64_t hl = 0; hl < hn; ++hl) {
-          scores[static_cast<size_t>(hl * n_rows + j)] = dot(q + hl * d, kj, d) * scale;
-        }
+      const int64_t kvh = t / rows, r = t % rows;
+      const int64_t i = r / group, h = kvh * group + r % group;
+      float max = -INFINITY;
+      for (int64_t sp = 0; sp < n_splits; ++sp)
+        max = std::max(max, part_m[static_cast<size_t>((kvh * n_splits + sp) * rows_max + r)]);
+      float* dst = a.out + (i * a.n_heads + h) * d;
+      std::fill(dst, dst + d, 0.0f);
+      float sum = 0.0f;
+      for (int64_t sp = 0; sp < n_splits; ++sp) {
+        const int64_t at = (kvh * n_splits + sp) * rows_max + r;
+        const float w = exp_nonpositive(part_m[static_cast<size_t>(at)] - max);
+        if (w == 0.0f) continue;
+        sum += w * part_l[static_cast<size_t>(at)];
+        axpy(w, part_o.data() + at * d, dst, d);
       }
-      for (int64_t hl = 0; hl < hn; ++hl) {
-        float* s = scores.data() + hl * n_rows;
-        float max_score = -INFINITY;
-        for (int64_t j = 0; j < n_keys; ++j)
-          max_score = std::max(max_score, s[j]);
-        float sum = 0.0f;
-        for (int64_t j = 0; j < n_keys; ++j) {
-          s[j] = std::exp(s[j] - max_score);
-          sum += s[j];
-        }
-        // Normalize the probabilities up front so the value sum needs no final division.
-        const float inv_sum = 1.0f / sum;
-        for (int64_t j = 0; j < n_keys; ++j)
-          s[j] *= inv_sum;
-      }
-
-      std::fill(acc.begin(), acc.end(), 0.0f);
-      for (int64_t j = 0; j < n_keys; ++j) {
-        prefetch_row(v, j + kPrefetchRows, n_keys, kv_stride, d);
-        const float* vj = v + j * kv_stride;
-        for (int64_t hl = 0; hl < hn; ++hl) {
-          axpy(scores[static_cast<size_t>(hl * n_rows + j)], vj, acc.data() + hl * d, d);
-        }
-      }
-      std::copy(acc.begin(), acc.begin() + hn * d, a.out + (i * a.n_heads + h0) * d);
+      const float inv = 1.0f / sum;
+      for (int64_t c = 0; c < d; ++c)
+        dst[c] *= inv;
     }
   });
 }

@@ -54,12 +54,16 @@ void rope(float* x,                  // [n, n_heads, head_dim]
 // Causal GQA attention of the n new tokens of one sequence, at positions [pos0, pos0 + n),
 // against that sequence's keys/values at positions [0, pos0 + n) (the new ones already written).
 // Query head h reads kv head h / (n_heads / n_kv_heads). Softmax scale 1/sqrt(head_dim).
+// Blocked (flash-style): tiles of queries x keys with an online softmax, never a full score
+// matrix; long contexts with few queries split the keys and merge. Results do not depend on the
+// thread count.
 struct AttentionArgs {
   const float* q = nullptr;  // [n, n_heads, head_dim]
-  const float* k = nullptr;  // [>= pos0 + n, n_kv_heads, head_dim] (cache rows of the sequence)
-  const float* v = nullptr;  // [>= pos0 + n, n_kv_heads, head_dim]
+  const float* k = nullptr;  // [n_kv_heads, rows >= pos0 + n, head_dim], heads kv_head_stride apart
+  const float* v = nullptr;  // like k
   float* out = nullptr;      // [n, n_heads, head_dim]
   int64_t n = 0, pos0 = 0, n_heads = 0, n_kv_heads = 0, head_dim = 0;
+  int64_t kv_head_stride = 0;  // floats from one kv head's rows to the next's
 };
 void attention(const AttentionArgs& args, ThreadPool& pool);
 

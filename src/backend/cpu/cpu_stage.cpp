@@ -177,19 +177,17 @@ void CpuStage::run_layer(const CpuLayer& w, int64_t local_layer, const MicroBatc
   int64_t row = 0;
   for (const SeqChunk& chunk : mb.chunks) {
     const int64_t len = chunk.end - chunk.begin;
-    float* k_cache = kv_.keys(local_layer, chunk.seq);
-    float* v_cache = kv_.values(local_layer, chunk.seq);
-    std::memcpy(k_cache + chunk.begin * kv_dim, k + row * kv_dim, sizeof(float) * len * kv_dim);
-    std::memcpy(v_cache + chunk.begin * kv_dim, v + row * kv_dim, sizeof(float) * len * kv_dim);
+    kv_.store(local_layer, chunk.seq, chunk.begin, len, k + row * kv_dim, v + row * kv_dim);
     attention({.q = q + row * q_dim,
-               .k = k_cache,
-               .v = v_cache,
+               .k = kv_.keys(local_layer, chunk.seq),
+               .v = kv_.values(local_layer, chunk.seq),
                .out = attn + row * q_dim,
                .n = len,
                .pos0 = chunk.begin,
                .n_heads = c.n_heads,
                .n_kv_heads = c.n_kv_heads,
-               .head_dim = c.head_dim},
+               .head_dim = c.head_dim,
+               .kv_head_stride = kv_.head_stride(chunk.seq)},
               pool_);
     row += len;
   }
