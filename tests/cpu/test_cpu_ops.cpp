@@ -9,6 +9,7 @@
 #include <limits>
 #include <random>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "backend/cpu/cpu_ops.hpp"
@@ -406,6 +407,45 @@ TEST(CpuOps, AttentionTiles) {
                      .head_dim = 16,
                      .kv_head_stride = 4 * 16};
   test::expect_invalid([&] { attention(args, pools[0]); }, {"kv_head_stride (64)"});
+}
+
+// A token's output is bit-identical whatever chunk it is computed in: block and split
+// boundaries sit at fixed key positions and no kernel's sums depend on the other rows (so a
+// request's greedy output does not change with the chunking or the load around it).
+TEST(CpuOps, AttentionDoesNotDependOnChunking) {
+  const uint64_t seed = test_seed();
+  SCOPED_TRACE(seed_note(seed));
+  std::mt19937_64 rng(seed);
+  ThreadPool pool(2);
+  for (const auto& [n_heads, n_kv_heads, head_dim] :
+       {std::tuple<int64_t, int64_t, int64_t>{9, 3, 64}, {8, 2, 128}, {4, 4, 16}}) {
+    SCOPED_TRACE(testing::Message()
+                 << "heads " << n_heads << "/" << n_kv_heads << " head_dim " << head_dim);
+    const int64_t n = 1300, q_row = n_heads * head_dim, head_stride = n * head_dim;
+    const std::vector<float> q = random_vector(rng, n * q_row, 3.0f);
+    const std::vector<float> k = random_vector(rng, n_kv_heads * head_stride);
+    const std::vector<float> v = random_vector(rng, n_kv_heads * head_stride);
+    auto run = [&](int64_t begin, int64_t end, std::vector<float>& out) {
+      attention({.q = q.data() + begin * q_row,
+                 .k = k.data(),
+                 .v = v.data(),
+                 .out = out.data() + begin * q_row,
+                 .n = end - begin,
+                 .pos0 = begin,
+                 .n_heads = n_heads,
+                 .n_kv_heads = n_kv_heads,
+                 .head_dim = head_dim,
+                 .kv_head_stride = head_stride},
+                pool);
+    };
+    std::vector<float> whole = poisoned(q.size()), chunked = poisoned(q.size());
+    run(0, n, whole);
+    // Chunks that cross query-block, key-block and split boundaries, then single tokens.
+    const int64_t cuts[] = {0, 7, 100, 101, 300, 1023, 1025, 1290, 1291, 1292, n};
+    for (size_t c = 0; c + 1 < std::size(cuts); ++c)
+      run(cuts[c], cuts[c + 1], chunked);
+    EXPECT_EQ(whole, chunked);
+  }
 }
 
 // ---- swiglu ----------------------------------------------------------------------------------

@@ -356,32 +356,20 @@ float max_of(const float* s, int64_t n) {
   return m;
 }
 
-// Tiles of the blocked attention: a task is one kv head, a block of up to kQueryBlock tokens
-// (times the query heads sharing the kv head) and a range of keys, walked kKeyBlock keys at a
-// time with an online softmax, so no score matrix larger than a tile exists.
-constexpr int64_t kQueryBlock = 64;
-constexpr int64_t kKeyBlock = 256;
-// Short query blocks (decode, small chunks) over long contexts also split the keys into ranges
-// of kKeySplit, merged at the end (flash-decoding), so few kv heads still give every thread
-// work. The split depends only on the shape, never on the thread count.
-constexpr int64_t kKeySplit = 1024;
-// Tiles with at least this many rows use OpenBLAS for Q K^T and P V; smaller ones (decode)
-// use small_gemm and direct loops, which read K and V once without packing.
-constexpr int64_t kGemmRows = 16;
-
 // 16 floats as one value (a GCC/Clang vector extension): the compiler keeps an array of these
 // in vector registers where it would spill a plain float array, and lowers it to whatever
 // vector width the target has.
 using Float16 = float __attribute__((vector_size(64)));
 
-// How many value rows ahead the decode P V prefetches (8-16 KiB at head_dim 64-128).
+// How many value rows ahead P V prefetches (8-16 KiB at head_dim 64-128).
 constexpr int64_t kPrefetchKeys = 32;
 
-// o[r, :] += sum_j p[r, j] v[j, :] for R rows (p rows bk apart), their outputs held in
+// o[r, :] += sum_j p[r, j] v[j, :] for R rows (p rows ldp apart), their outputs held in
 // registers (D a constant): V is read once per R rows. The first pass prefetches V ahead of
-// its reads (later passes find it in cache).
+// its reads (later passes find it in cache). Each row sums over j in order.
 template <int64_t D, int R>
-void probs_times_values_fixed(const float* p, int64_t bk, const float* v, float* o, bool prefetch) {
+void probs_times_values_fixed(const float* p, int64_t ldp, int64_t bk, const float* v, float* o,
+                              bool prefetch) {
   static_assert(D % 16 == 0);
   constexpr int64_t kParts = D / 16;
   Float16 acc[R][kParts];
@@ -396,7 +384,7 @@ void probs_times_values_fixed(const float* p, int64_t bk, const float* v, float*
     }
     Float16 pj[R];
     for (int r = 0; r < R; ++r)
-      pj[r] = Float16{} + p[r * bk + j];
+      pj[r] = Float16{} + p[r * ldp + j];
     for (int64_t c = 0; c < kParts; ++c) {
       Float16 vj;
       std::memcpy(&vj, v + j * D + 16 * c, sizeof(Float16));
@@ -411,50 +399,138 @@ void probs_times_values_fixed(const float* p, int64_t bk, const float* v, float*
 
 // Rows in pairs (16 accumulators at D = 128 leave room for the loads), then a single one.
 template <int64_t D>
-void probs_times_values_rows(const float* p, int64_t bk, const float* v, float* o, int64_t rows) {
+void probs_times_values_rows(const float* p, int64_t ldp, int64_t bk, const float* v, float* o,
+                             int64_t rows) {
   int64_t r = 0;
   for (; r + 2 <= rows; r += 2)
-    probs_times_values_fixed<D, 2>(p + r * bk, bk, v, o + r * D, r == 0);
-  if (r < rows) probs_times_values_fixed<D, 1>(p + r * bk, bk, v, o + r * D, r == 0);
+    probs_times_values_fixed<D, 2>(p + r * ldp, ldp, bk, v, o + r * D, r == 0);
+  if (r < rows) probs_times_values_fixed<D, 1>(p + r * ldp, ldp, bk, v, o + r * D, r == 0);
 }
 
-// P V for a few rows (decode): o[r, :] += sum_j p[r, j] v[j, :], p rows bk apart.
-void probs_times_values(const float* p, int64_t bk, const float* v, float* o, int64_t rows,
-                        int64_t d) {
+// o[r, :] += sum_j p[r, j] v[j, :] over keys j < bk, p rows ldp apart.
+void probs_times_values(const float* p, int64_t ldp, int64_t bk, const float* v, float* o,
+                        int64_t rows, int64_t d) {
   switch (d) {
     case 64:
-      probs_times_values_rows<64>(p, bk, v, o, rows);
+      probs_times_values_rows<64>(p, ldp, bk, v, o, rows);
       return;
     case 128:
-      probs_times_values_rows<128>(p, bk, v, o, rows);
+      probs_times_values_rows<128>(p, ldp, bk, v, o, rows);
       return;
     default:
       for (int64_t r = 0; r < rows; ++r)
         for (int64_t j = 0; j < bk; ++j)
-          axpy(p[r * bk + j], v + j * d, o + r * d, d);
+          axpy(p[r * ldp + j], v + j * d, o + r * d, d);
   }
 }
 
-// Per-thread scratch, reused across calls.
+// Tiles of the blocked attention. A task is one kv head and a block of up to kQueryBlock tokens
+// (times the query heads sharing the kv head); it walks the keys in blocks of kKeyBlock with an
+// online softmax, so no score matrix larger than a tile exists.
+constexpr int64_t kQueryBlock = 64;
+constexpr int64_t kKeyBlock = 256;
+// Keys are also cut into splits of kKeySplit, each softmax-ed on its own and merged in order.
+// A block of few queries (decode) over a long context runs its splits as separate tasks, so
+// few kv heads still give every thread work (flash-decoding); a long block runs them in turn.
+// Either way a row's arithmetic is the same.
+constexpr int64_t kKeySplit = 1024;
+static_assert(kKeySplit % kKeyBlock == 0 && kKeyBlock % kLanes == 0);
+
+// A row's arithmetic depends only on its query, its keys and values and its position: block
+// and split boundaries are at fixed key positions, products go through kernels whose sums do
+// not depend on the other rows of the tile, and scores past a row's last key add exact zeros.
+// So a token's attention output is the same whatever chunk, batch or thread count it is
+// computed with (greedy outputs do not change with load).
+
+// A softmax state per row: running max m, sum l and output o (unnormalized).
+struct SoftmaxRows {
+  float* m;
+  float* l;
+  float* o;  // rows x d
+};
+
+// Merges split state `src` into the running state `dst` for `rows` rows: the same function,
+// in split order, whether the splits ran in one task or several.
+void merge_rows(const SoftmaxRows& dst, const float* src_m, const float* src_l, const float* src_o,
+                int64_t rows, int64_t d) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float m_new = std::max(dst.m[r], src_m[r]);
+    if (m_new == -INFINITY) continue;  // no key seen by either
+    const float a = exp_nonpositive(dst.m[r] - m_new), b = exp_nonpositive(src_m[r] - m_new);
+    dst.m[r] = m_new;
+    dst.l[r] = dst.l[r] * a + src_l[r] * b;
+    float* o = dst.o + r * d;
+    const float* so = src_o + r * d;
+    for (int64_t c = 0; c < d; ++c)
+      o[c] = o[c] * a + so[c] * b;
+  }
+}
+
+void reset_rows(const SoftmaxRows& s, int64_t rows, int64_t d) {
+  std::fill(s.m, s.m + rows, -INFINITY);
+  std::fill(s.l, s.l + rows, 0.0f);
+  std::fill(s.o, s.o + rows * d, 0.0f);
+}
+
+// Per-thread scratch, reused across calls: the tile's scaled queries, one block of scores, the
+// state of the split being walked and the running merged state.
 struct AttentionScratch {
-  std::vector<float> q, s, o, m, l;
+  std::vector<float> q, s, split_m, split_l, split_o, m, l, o;
   void size(int64_t rows, int64_t d) {
     auto fit = [](std::vector<float>& v, int64_t n) {
       if (static_cast<int64_t>(v.size()) < n) v.resize(static_cast<size_t>(n));
     };
     fit(q, rows * d);
     fit(s, rows * kKeyBlock);
+    for (auto* v : {&split_m, &split_l, &m, &l})
+      fit(*v, rows);
+    fit(split_o, rows * d);
     fit(o, rows * d);
-    fit(m, rows);
-    fit(l, rows);
   }
 };
 
 struct AttentionTask {
-  int64_t kvh, i0, i1, j0, j1;  // kv head, tokens [i0, i1), keys [j0, j1)
-  int64_t partial;              // index of its partial result, -1: writes out directly
-  int64_t cost;                 // keys x tokens, for scheduling
+  int64_t kvh, i0, i1;  // kv head, tokens [i0, i1)
+  int64_t s0, s1;       // key splits [s0, s1)
+  int64_t partial;      // where its (single) split's state goes; -1: writes the output
+  int64_t cost;         // keys x tokens, for scheduling
 };
+
+// One split of keys [j0, j1) for the tile's rows (row r: token i0 + r / group); leaves the
+// split's softmax state in `state`.
+void attend_split(const AttentionArgs& a, const float* q, int64_t rows, int64_t group,
+                  int64_t first_last_key, const float* k, const float* v, int64_t j0, int64_t j1,
+                  float* s, const SoftmaxRows& state) {
+  const int64_t d = a.head_dim;
+  reset_rows(state, rows, d);
+  for (int64_t b0 = j0; b0 < j1; b0 += kKeyBlock) {
+    const int64_t bk = std::min(kKeyBlock, j1 - b0);
+    // Sums run over kLanes lanes of the whole block width, whatever bk is: columns past bk
+    // are masked like any key past a row's last.
+    const int64_t width = (bk + kLanes - 1) / kLanes * kLanes;
+    std::fill(s, s + rows * width, 0.0f);
+    small_gemm({.x = q, .w = k + b0 * d, .y = s, .n = rows, .in = d, .ldy = width, .o1 = bk});
+    for (int64_t r = 0; r < rows; ++r) {
+      float* sr = s + r * width;
+      const int64_t last = first_last_key + r / group;  // the row's last visible key
+      const int64_t visible = std::clamp<int64_t>(last + 1 - b0, 0, width);
+      std::fill(sr + visible, sr + width, -INFINITY);
+      const float m_new = std::max(state.m[r], max_of(sr, visible));
+      if (m_new == -INFINITY) {  // no visible key yet: nothing to add
+        std::fill(sr, sr + width, 0.0f);
+        continue;
+      }
+      const float correction = exp_nonpositive(state.m[r] - m_new);
+      state.l[r] = state.l[r] * correction + exp_shifted_sum(sr, width, m_new);
+      state.m[r] = m_new;
+      if (correction != 1.0f) {
+        for (int64_t c = 0; c < d; ++c)
+          state.o[r * d + c] *= correction;
+      }
+    }
+    probs_times_values(s, width, bk, v + b0 * d, state.o, rows, d);
+  }
+}
 
 }  // namespace
 
@@ -478,30 +554,26 @@ void attention(const AttentionArgs& a, ThreadPool& pool) {
   check_pointer(a.k, "attention", "k");
   check_pointer(a.v, "attention", "v");
   check_pointer(a.out, "attention", "out");
-  ensure_blas_single_threaded();
 
   const int64_t d = a.head_dim, group = a.n_heads / a.n_kv_heads;
-  const int64_t n_keys = a.pos0 + a.n;
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(d)));
   const int64_t n_qblocks = (a.n + kQueryBlock - 1) / kQueryBlock;
-  const int64_t n_splits = n_qblocks == 1 ? (n_keys + kKeySplit - 1) / kKeySplit : 1;
+  const int64_t n_splits = (a.pos0 + a.n + kKeySplit - 1) / kKeySplit;
+  const bool split_tasks = n_qblocks == 1 && n_splits > 1;
 
   std::vector<AttentionTask> tasks;
-  tasks.reserve(static_cast<size_t>(a.n_kv_heads * n_qblocks * n_splits));
   for (int64_t kvh = 0; kvh < a.n_kv_heads; ++kvh) {
     for (int64_t b = 0; b < n_qblocks; ++b) {
       const int64_t i0 = b * kQueryBlock, i1 = std::min(a.n, i0 + kQueryBlock);
       const int64_t visible = a.pos0 + i1;  // keys seen by the block's last token
-      for (int64_t sp = 0; sp < n_splits; ++sp) {
-        const int64_t j0 = sp * kKeySplit,
-                      j1 = n_splits == 1 ? visible : std::min(visible, j0 + kKeySplit);
-        tasks.push_back({.kvh = kvh,
-                         .i0 = i0,
-                         .i1 = i1,
-                         .j0 = j0,
-                         .j1 = j1,
-                         .partial = n_splits == 1 ? -1 : kvh * n_splits + sp,
-                         .cost = (j1 - j0) * (i1 - i0)});
+      const int64_t splits = (visible + kKeySplit - 1) / kKeySplit;
+      if (split_tasks) {
+        for (int64_t sp = 0; sp < splits; ++sp) {
+          const int64_t keys = std::min(visible, (sp + 1) * kKeySplit) - sp * kKeySplit;
+          tasks.push_back({kvh, i0, i1, sp, sp + 1, kvh * n_splits + sp, keys * (i1 - i0)});
+        }
+      } else {
+        tasks.push_back({kvh, i0, i1, 0, splits, -1, visible * (i1 - i0)});
       }
     }
   }
@@ -510,15 +582,25 @@ void attention(const AttentionArgs& a, ThreadPool& pool) {
   std::stable_sort(tasks.begin(), tasks.end(),
                    [](const AttentionTask& x, const AttentionTask& y) { return x.cost > y.cost; });
 
-  // Partials of split tasks: per (kv head, split) and row, the running max, sum and output.
-  const int64_t rows_max = group * std::min(a.n, kQueryBlock);
+  // States of split tasks, per (kv head, split): m, l and o of each of the block's rows.
+  const int64_t block_rows = group * a.n;
   std::vector<float> part_m, part_l, part_o;
-  if (n_splits > 1) {
-    const auto n_parts = static_cast<size_t>(a.n_kv_heads * n_splits * rows_max);
+  if (split_tasks) {
+    const auto n_parts = static_cast<size_t>(a.n_kv_heads * n_splits * block_rows);
     part_m.resize(n_parts);
     part_l.resize(n_parts);
     part_o.resize(n_parts * static_cast<size_t>(d));
   }
+  // Writes o / l of a tile's rows to the output.
+  auto write_out = [&](const SoftmaxRows& st, int64_t kvh, int64_t i0, int64_t rows) {
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t i = i0 + r / group, h = kvh * group + r % group;
+      float* dst = a.out + (i * a.n_heads + h) * d;
+      const float inv = 1.0f / st.l[r];
+      for (int64_t c = 0; c < d; ++c)
+        dst[c] = st.o[r * d + c] * inv;
+    }
+  };
 
   std::atomic<int64_t> next{0};
   const auto n_tasks = static_cast<int64_t>(tasks.size());
@@ -529,10 +611,6 @@ void attention(const AttentionArgs& a, ThreadPool& pool) {
       const int64_t nt = task.i1 - task.i0, rows = nt * group;
       scratch.size(rows, d);
       float* q = scratch.q.data();
-      float* s = scratch.s.data();
-      float* o = scratch.o.data();
-      float* m = scratch.m.data();
-      float* l = scratch.l.data();
       // Row r = token (i0 + r / group), head (kvh * group + r % group): the group's heads of
       // one token are contiguous in q, so the tile's rows are nt runs of group * d floats.
       for (int64_t i = 0; i < nt; ++i) {
@@ -540,93 +618,43 @@ void attention(const AttentionArgs& a, ThreadPool& pool) {
         for (int64_t c = 0; c < group * d; ++c)
           q[i * group * d + c] = src[c] * scale;
       }
-      std::fill(o, o + rows * d, 0.0f);
-      std::fill(m, m + rows, -INFINITY);
-      std::fill(l, l + rows, 0.0f);
       const float* k = a.k + task.kvh * a.kv_head_stride;
       const float* v = a.v + task.kvh * a.kv_head_stride;
-
-      for (int64_t j0 = task.j0; j0 < task.j1; j0 += kKeyBlock) {
-        const int64_t bk = std::min(kKeyBlock, task.j1 - j0);
-        // s[r, j] = q_r . k_(j0 + j)
-        if (rows >= kGemmRows) {
-          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(rows),
-                      static_cast<int>(bk), static_cast<int>(d), 1.0f, q, static_cast<int>(d),
-                      k + j0 * d, static_cast<int>(d), 0.0f, s, static_cast<int>(bk));
-        } else {
-          std::fill(s, s + rows * bk, 0.0f);
-          small_gemm({.x = q, .w = k + j0 * d, .y = s, .n = rows, .in = d, .ldy = bk, .o1 = bk});
-        }
-        // Causal mask, then the online softmax update of each row.
-        for (int64_t r = 0; r < rows; ++r) {
-          float* sr = s + r * bk;
-          const int64_t last = a.pos0 + task.i0 + r / group;  // the row's last visible key
-          const int64_t visible = std::clamp<int64_t>(last + 1 - j0, 0, bk);
-          std::fill(sr + visible, sr + bk, -INFINITY);
-          const float block_max = max_of(sr, visible);
-          const float m_new = std::max(m[r], block_max);
-          if (m_new == -INFINITY) {  // no visible key yet: nothing to add
-            std::fill(sr, sr + bk, 0.0f);
-            continue;
-          }
-          const float correction = exp_nonpositive(m[r] - m_new);
-          l[r] = l[r] * correction + exp_shifted_sum(sr, bk, m_new);
-          m[r] = m_new;
-          if (correction != 1.0f) {
-            for (int64_t c = 0; c < d; ++c)
-              o[r * d + c] *= correction;
-          }
-        }
-        // o[r] += sum_j s[r, j] v_(j0 + j)
-        if (rows >= kGemmRows) {
-          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(rows),
-                      static_cast<int>(d), static_cast<int>(bk), 1.0f, s, static_cast<int>(bk),
-                      v + j0 * d, static_cast<int>(d), 1.0f, o, static_cast<int>(d));
-        } else {
-          probs_times_values(s, bk, v + j0 * d, o, rows, d);
-        }
+      const int64_t visible = a.pos0 + task.i1;
+      const SoftmaxRows split{scratch.split_m.data(), scratch.split_l.data(),
+                              scratch.split_o.data()};
+      const SoftmaxRows total{scratch.m.data(), scratch.l.data(), scratch.o.data()};
+      reset_rows(total, rows, d);
+      for (int64_t sp = task.s0; sp < task.s1; ++sp) {
+        attend_split(a, q, rows, group, a.pos0 + task.i0, k, v, sp * kKeySplit,
+                     std::min(visible, (sp + 1) * kKeySplit), scratch.s.data(), split);
+        merge_rows(total, split.m, split.l, split.o, rows, d);
       }
-
       if (task.partial < 0) {
-        for (int64_t r = 0; r < rows; ++r) {
-          const int64_t i = task.i0 + r / group, h = task.kvh * group + r % group;
-          float* dst = a.out + (i * a.n_heads + h) * d;
-          const float inv = 1.0f / l[r];
-          for (int64_t c = 0; c < d; ++c)
-            dst[c] = o[r * d + c] * inv;
-        }
+        write_out(total, task.kvh, task.i0, rows);
       } else {
-        const int64_t base = task.partial * rows_max;
-        std::copy(m, m + rows, part_m.data() + base);
-        std::copy(l, l + rows, part_l.data() + base);
-        std::copy(o, o + rows * d, part_o.data() + base * d);
+        const int64_t base = task.partial * block_rows;
+        std::copy(total.m, total.m + rows, part_m.data() + base);
+        std::copy(total.l, total.l + rows, part_l.data() + base);
+        std::copy(total.o, total.o + rows * d, part_o.data() + base * d);
       }
     }
   });
-  if (n_splits == 1) return;
+  if (!split_tasks) return;
 
-  // Merge the splits of each row: weights e^(m_s - max m), in split order.
-  const int64_t rows = group * a.n;
-  pool.parallel_for(a.n_kv_heads * rows, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t t = begin; t < end; ++t) {
-      const int64_t kvh = t / rows, r = t % rows;
-      const int64_t i = r / group, h = kvh * group + r % group;
-      float max = -INFINITY;
-      for (int64_t sp = 0; sp < n_splits; ++sp)
-        max = std::max(max, part_m[static_cast<size_t>((kvh * n_splits + sp) * rows_max + r)]);
-      float* dst = a.out + (i * a.n_heads + h) * d;
-      std::fill(dst, dst + d, 0.0f);
-      float sum = 0.0f;
-      for (int64_t sp = 0; sp < n_splits; ++sp) {
-        const int64_t at = (kvh * n_splits + sp) * rows_max + r;
-        const float w = exp_nonpositive(part_m[static_cast<size_t>(at)] - max);
-        if (w == 0.0f) continue;
-        sum += w * part_l[static_cast<size_t>(at)];
-        axpy(w, part_o.data() + at * d, dst, d);
+  // Merge each kv head's splits in order, as one task would have.
+  pool.parallel_for(a.n_kv_heads, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> m(static_cast<size_t>(block_rows)), l(m.size()), o(m.size() * d);
+    const SoftmaxRows total{m.data(), l.data(), o.data()};
+    for (int64_t kvh = begin; kvh < end; ++kvh) {
+      reset_rows(total, block_rows, d);
+      const int64_t splits = (a.pos0 + a.n + kKeySplit - 1) / kKeySplit;
+      for (int64_t sp = 0; sp < splits; ++sp) {
+        const int64_t base = (kvh * n_splits + sp) * block_rows;
+        merge_rows(total, part_m.data() + base, part_l.data() + base, part_o.data() + base * d,
+                   block_rows, d);
       }
-      const float inv = 1.0f / sum;
-      for (int64_t c = 0; c < d; ++c)
-        dst[c] *= inv;
+      write_out(total, kvh, 0, block_rows);
     }
   });
 }
