@@ -24,20 +24,11 @@ generate=$build/examples/conveyor-generate
 [ -x "$generate" ] || { echo "missing $generate: build conveyor first"; exit 1; }
 mkdir -p "$llama_dir"
 
+. benchmarks/llama_cpp.sh
+llama_cpp_build "$llama_dir" "$version" llama-bench llama-batched-bench llama-quantize
 bin=$llama_dir/build/bin
-if [ ! -x "$bin/llama-bench" ] || [ ! -x "$bin/llama-batched-bench" ] || [ ! -x "$bin/llama-quantize" ]; then
-  if [ ! -d "$llama_dir/src" ]; then
-    (cd "$llama_dir" && pip download -q --no-deps --no-binary :all: "llama-cpp-python==$version" &&
-      tar xzf "llama_cpp_python-$version.tar.gz" && mv "llama_cpp_python-$version" src)
-  fi
-  cmake -S "$llama_dir/src/vendor/llama.cpp" -B "$llama_dir/build" -G Ninja \
-    -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF \
-    -DLLAMA_BUILD_EXAMPLES=ON -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_TOOLS=ON -DGGML_NATIVE=ON \
-    -DBUILD_SHARED_LIBS=OFF >/dev/null
-  cmake --build "$llama_dir/build" -j "$(nproc)" --target llama-bench llama-batched-bench llama-quantize
-fi
 f32=$llama_dir/SmolLM2-135M-Instruct.F32.gguf
-[ -f "$f32" ] || "$bin/llama-quantize" --allow-requantize "$q4" "$f32" F32 >/dev/null 2>&1
+llama_cpp_f32 "$llama_dir" "$q4" "$f32"
 
 # Runs a command; prints "peak_rss_MiB system_seconds" of it (its children included).
 measure() {
@@ -68,9 +59,12 @@ conveyor_median() {  # column (1 prefill, 2 decode), args of conveyor_run
   shift
   for _ in $(seq 1 "$repeats"); do conveyor_run "$@" | cut -d' ' -f"$col"; done | median
 }
-# llama-bench: tokens/s of one test (pp or tg) at some threads.
+# llama-bench: tokens/s of one test (pp or tg) at some threads. llama-bench runs its default
+# pp512 and tg128 unless told otherwise, so the other test is set to 0.
 llama_bench() {  # threads, -p N | -n N
-  "$bin/llama-bench" -m "$f32" -t "$1" "$2" "$3" -r "$repeats" -o json 2>/dev/null |
+  local other=-n
+  [ "$2" = -n ] && other=-p
+  "$bin/llama-bench" -m "$f32" -t "$1" "$2" "$3" "$other" 0 -r "$repeats" -o json 2>/dev/null |
     python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["avg_ts"])'
 }
 

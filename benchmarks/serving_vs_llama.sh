@@ -30,23 +30,12 @@ for binary in "$build/examples/conveyor-serve" "$build/benchmarks/bench_serving"
   [ -x "$binary" ] || { echo "missing $binary: build conveyor first"; exit 1; }
 done
 
-# ---- llama-server from the llama-cpp-python sdist ------------------------------------------
+# ---- llama-server from the llama-cpp-python sdist, and the F32 weights both servers load ------
+. benchmarks/llama_cpp.sh
+llama_cpp_build "$llama_dir" "$version" llama-server llama-quantize
 server=$llama_dir/build/bin/llama-server
-quantize=$llama_dir/build/bin/llama-quantize
-if [ ! -x "$server" ] || [ ! -x "$quantize" ]; then
-  if [ ! -d "$llama_dir/src" ]; then
-    (cd "$llama_dir" && pip download -q --no-deps --no-binary :all: "llama-cpp-python==$version" &&
-      tar xzf "llama_cpp_python-$version.tar.gz" && mv "llama_cpp_python-$version" src)
-  fi
-  cmake -S "$llama_dir/src/vendor/llama.cpp" -B "$llama_dir/build" -G Ninja \
-    -DCMAKE_BUILD_TYPE=Release -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF \
-    -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_TOOLS=ON -DGGML_NATIVE=ON \
-    -DBUILD_SHARED_LIBS=OFF >/dev/null
-  cmake --build "$llama_dir/build" -j "$(nproc)" --target llama-server llama-quantize
-fi
-# ---- the F32 weights both servers load ---------------------------------------------------------
 f32=$llama_dir/SmolLM2-135M-Instruct.F32.gguf
-[ -f "$f32" ] || "$quantize" --allow-requantize "$q4" "$f32" F32 >/dev/null 2>&1
+llama_cpp_f32 "$llama_dir" "$q4" "$f32"
 
 port=18400
 wait_ready() {  # url, pid
