@@ -38,9 +38,11 @@ void KvCache::reserve(int32_t seq, int64_t begin, int64_t end) {
   Storage& s = slots_[static_cast<size_t>(seq)];
   if (end > s.capacity) {
     // Grow geometrically so a decode loop reallocates O(log n) times.
-    const int64_t capacity = std::max<int64_t>(
+    const int64_t wanted = std::max<int64_t>(
         end, std::min<int64_t>(shape_.max_context, std::max<int64_t>(64, 2 * s.capacity)));
-    // Head-major rows move when the capacity changes: copy each head's written rows.
+    const int64_t capacity = (wanted + kKeyTile - 1) / kKeyTile * kKeyTile;
+    // Each head's keys (whole tiles) and value rows move when the capacity changes: copy the
+    // old capacity's worth of each head.
     const int64_t d = shape_.head_dim, heads = shape_.n_kv_heads;
     auto regrow = [&](std::vector<float>& rows) {
       std::vector<float> grown(static_cast<size_t>(heads * capacity * d));
@@ -89,10 +91,13 @@ void KvCache::store(int64_t layer, int32_t seq, int64_t begin, int64_t n, const 
   float* k_rows = s.k.at(static_cast<size_t>(layer)).data();
   float* v_rows = s.v.at(static_cast<size_t>(layer)).data();
   for (int64_t h = 0; h < heads; ++h) {
+    float* k_head = k_rows + h * s.capacity * d;
     for (int64_t t = 0; t < n; ++t) {
-      const int64_t dst = h * s.capacity * d + (begin + t) * d, src = (t * heads + h) * d;
-      std::memcpy(k_rows + dst, k + src, sizeof(float) * static_cast<size_t>(d));
-      std::memcpy(v_rows + dst, v + src, sizeof(float) * static_cast<size_t>(d));
+      const int64_t pos = begin + t, src = (t * heads + h) * d;
+      for (int64_t c = 0; c < d; ++c)
+        k_head[key_offset(pos, c, d)] = k[src + c];
+      std::memcpy(v_rows + h * s.capacity * d + pos * d, v + src,
+                  sizeof(float) * static_cast<size_t>(d));
     }
   }
 }

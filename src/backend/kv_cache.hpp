@@ -9,6 +9,15 @@
 
 namespace conveyor {
 
+// Keys are stored transposed in tiles of kKeyTile positions, so attention's score kernel reads
+// element c of 16 consecutive keys as one vector: one kv head's keys are
+// [capacity / kKeyTile][head_dim][kKeyTile]. Values are rows: [capacity][head_dim].
+inline constexpr int64_t kKeyTile = 16;
+// Offset of element c of the key at position pos within one kv head's key tiles.
+inline int64_t key_offset(int64_t pos, int64_t c, int64_t head_dim) {
+  return (pos / kKeyTile) * kKeyTile * head_dim + c * kKeyTile + pos % kKeyTile;
+}
+
 struct KvCacheShape {
   int64_t n_layers = 0;  // layers held by this stage
   int64_t n_kv_heads = 0;
@@ -38,9 +47,10 @@ class KvCache {
   // KvLedger::reserve, then grows the slot's storage to hold [0, end).
   void reserve(int32_t seq, int64_t begin, int64_t end);
 
-  // Keys and values of one (local layer, sequence), head-major: [n_kv_heads, capacity, head_dim]
-  // (kv head h starts at h * head_stride(seq)), so attention reads each head's rows
-  // contiguously. Rows [0, pending(seq)) are valid; pointers change when reserve() grows.
+  // Keys and values of one (local layer, sequence), head-major: kv head h starts at
+  // h * head_stride(seq); its keys are tiles (key_offset), its values rows [capacity, head_dim],
+  // so attention reads each head contiguously. Positions [0, pending(seq)) are valid; capacity
+  // is a multiple of kKeyTile; pointers change when reserve() grows.
   float* keys(int64_t layer, int32_t seq);
   float* values(int64_t layer, int32_t seq);
   const float* keys(int64_t layer, int32_t seq) const;
@@ -64,7 +74,7 @@ class KvCache {
  private:
   struct Storage {
     int64_t capacity = 0;               // rows allocated per layer
-    std::vector<std::vector<float>> k;  // per layer: [n_kv_heads, capacity, head_dim]
+    std::vector<std::vector<float>> k;  // per layer: n_kv_heads x key tiles (key_offset)
     std::vector<std::vector<float>> v;
   };
   Storage& storage(int32_t seq);

@@ -272,9 +272,9 @@ Engine Engine::open(const std::filesystem::path& model, const EngineOptions& opt
                           .head = impl->partition.has_head(s)};
     StageSource weights =
         random_weights ? StageSource(random_stage_draws(config, spec, *options.random_weights_seed))
-                       : StageSource(load_stage_weights(*tensors, config, spec));
-    if (const auto* host = std::get_if<StageWeights>(&weights)) {
-      impl->load_stats.weight_bytes += static_cast<uint64_t>(host->bytes());
+                       : StageSource(StageCheckpoint{.tensors = &*tensors, .spec = spec});
+    if (!random_weights) {
+      impl->load_stats.weight_bytes += static_cast<uint64_t>(stage_f32_bytes(config, spec));
     }
     stages.push_back(make_stage_backend(impl->backend, config, std::move(weights), options,
                                         StageResources{.stage = s,

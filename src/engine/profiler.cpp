@@ -78,8 +78,9 @@ Profile measure_profile(const std::filesystem::path& model, const ProfilerOption
   const int device = options.device.cuda_devices.empty() ? 0 : options.device.cuda_devices.front();
   auto make_stage = [&](StageWeightsSpec spec) {
     StageSource weights =
-        checkpoint ? StageSource(load_stage_weights(*checkpoint->tensors, config, spec))
-                   : StageSource(random_stage_draws(config, spec, *options.random_weights_seed));
+        checkpoint
+            ? StageSource(StageCheckpoint{.tensors = checkpoint->tensors.get(), .spec = spec})
+            : StageSource(random_stage_draws(config, spec, *options.random_weights_seed));
     return make_stage_backend(
         backend, config, std::move(weights), engine_options,
         StageResources{.stage = 0, .device = device, .max_context = max_context});

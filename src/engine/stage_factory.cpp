@@ -162,24 +162,35 @@ std::unique_ptr<StageBackend> make_stage_backend(BackendKind backend, const Mode
                                               .max_seqs = options.capacity.max_batch,
                                               .max_context = resources.max_context,
                                               .cuda_graphs = options.device.cuda_graphs};
-    return std::visit(
-        [&](auto& source) {
-          return cuda::make_cuda_stage(config, std::move(source), cuda_options);
-        },
-        weights);
+    if (const auto* checkpoint = std::get_if<StageCheckpoint>(&weights)) {
+      return cuda::make_cuda_stage(
+          config, load_stage_weights(*checkpoint->tensors, config, checkpoint->spec), cuda_options);
+    }
+    if (const auto* draws = std::get_if<StageDraws>(&weights)) {
+      return cuda::make_cuda_stage(config, *draws, cuda_options);
+    }
+    return cuda::make_cuda_stage(config, std::move(std::get<StageWeights>(weights)), cuda_options);
 #else
     CONVEYOR_ASSERT(false);  // resolve_backend refuses kCuda in a build without it
 #endif
   }
+  const cpu::CpuStageOptions cpu_options{
+      .n_threads = options.device.threads_per_stage,
+      .max_seqs = options.capacity.max_batch,
+      .max_context = resources.max_context,
+      .weight_dtype = options.device.dtype.value_or(DType::kF32)};
+  if (const auto* checkpoint = std::get_if<StageCheckpoint>(&weights)) {
+    // Each tensor is converted as it is read: the stage never holds itself twice.
+    return std::make_unique<cpu::CpuStage>(
+        config,
+        cpu::load_cpu_weights(*checkpoint->tensors, config, checkpoint->spec,
+                              cpu_options.weight_dtype),
+        cpu_options);
+  }
   StageWeights host = std::holds_alternative<StageDraws>(weights)
                           ? draw_stage_weights(std::get<StageDraws>(weights))
                           : std::move(std::get<StageWeights>(weights));
-  return std::make_unique<cpu::CpuStage>(
-      config, std::move(host),
-      cpu::CpuStageOptions{.n_threads = options.device.threads_per_stage,
-                           .max_seqs = options.capacity.max_batch,
-                           .max_context = resources.max_context,
-                           .weight_dtype = options.device.dtype.value_or(DType::kF32)});
+  return std::make_unique<cpu::CpuStage>(config, std::move(host), cpu_options);
 }
 
 }  // namespace conveyor

@@ -13,7 +13,7 @@
 #include "model/make_model.hpp"
 
 namespace conveyor {
-namespace {
+namespace weights_detail {
 
 std::string layer_prefix(int64_t layer) {
   return fmt::format("model.layers.{}.", layer);
@@ -29,11 +29,7 @@ void check_spec(const ModelConfig& config, const StageWeightsSpec& spec) {
   }
 }
 
-constexpr std::string_view kEmbedding = "model.embed_tokens.weight";
-constexpr std::string_view kFinalNorm = "model.norm.weight";
-constexpr std::string_view kLmHead = "lm_head.weight";
-
-}  // namespace
+}  // namespace weights_detail
 
 std::vector<int64_t> layer_tensor_shape(const ModelConfig& config, size_t index) {
   const int64_t hidden = config.hidden_size;
@@ -67,8 +63,9 @@ std::vector<int64_t> layer_tensor_shape(const ModelConfig& config, size_t index)
 }
 
 std::vector<int64_t> tensor_shape(const ModelConfig& config, std::string_view name) {
-  if (name == kEmbedding || name == kLmHead) return {config.vocab_size, config.hidden_size};
-  if (name == kFinalNorm) return {config.hidden_size};
+  if (name == weights_detail::kEmbedding || name == weights_detail::kLmHead)
+    return {config.vocab_size, config.hidden_size};
+  if (name == weights_detail::kFinalNorm) return {config.hidden_size};
   constexpr std::string_view kLayers = "model.layers.";
   if (name.starts_with(kLayers)) {
     const size_t dot = name.find('.', kLayers.size());
@@ -86,44 +83,10 @@ std::vector<int64_t> tensor_shape(const ModelConfig& config, std::string_view na
        architecture_name(config.architecture));
 }
 
-namespace {
-
-// Builds the tensors `spec` holds in model order, each from make(name, shape). A tied head
-// copies the stage's embedding, or makes the embedding's tensor when the stage does not embed.
-template <typename T, typename Make>
-StageTensors<T> build_stage(const ModelConfig& config, const StageWeightsSpec& spec, Make&& make) {
-  check_spec(config, spec);
-  const std::vector<int64_t> table{config.vocab_size, config.hidden_size};
-  StageTensors<T> stage;
-  stage.spec = spec;
-  if (spec.embedding) stage.embedding = make(kEmbedding, table);
-  stage.layers.reserve(static_cast<size_t>(spec.last_layer - spec.first_layer));
-  for (int64_t layer = spec.first_layer; layer < spec.last_layer; ++layer) {
-    const std::string prefix = layer_prefix(layer);
-    for_each_layer_tensor(stage.layers.emplace_back(), [&](size_t index, T& tensor) {
-      const std::vector<int64_t> shape = layer_tensor_shape(config, index);
-      if (!shape.empty()) tensor = make(prefix + std::string(kLayerTensorSuffixes[index]), shape);
-    });
-  }
-  if (spec.head) {
-    stage.final_norm = make(kFinalNorm, {config.hidden_size});
-    if (!config.tie_word_embeddings) {
-      stage.lm_head = make(kLmHead, table);
-    } else if (spec.embedding) {
-      stage.lm_head = stage.embedding;
-    } else {
-      stage.lm_head = make(kEmbedding, table);
-    }
-  }
-  return stage;
-}
-
-}  // namespace
-
 std::vector<std::string> required_tensor_names(const ModelConfig& config,
                                                const StageWeightsSpec& spec) {
   std::vector<std::string> names;
-  build_stage<int>(config, spec, [&](std::string_view name, const std::vector<int64_t>&) {
+  build_stage_tensors<int>(config, spec, [&](std::string_view name, const std::vector<int64_t>&) {
     names.emplace_back(name);
     return 0;
   });
@@ -132,10 +95,22 @@ std::vector<std::string> required_tensor_names(const ModelConfig& config,
 
 StageWeights load_stage_weights(const TensorSource& tensors, const ModelConfig& config,
                                 const StageWeightsSpec& spec) {
-  return build_stage<std::vector<float>>(
+  return build_stage_tensors<std::vector<float>>(
       config, spec, [&](std::string_view name, const std::vector<int64_t>& shape) {
         return tensors.load_f32(name, shape);
       });
+}
+
+int64_t stage_f32_bytes(const ModelConfig& config, const StageWeightsSpec& spec) {
+  int64_t bytes = 0;
+  build_stage_tensors<int>(config, spec, [&](std::string_view, const std::vector<int64_t>& shape) {
+    int64_t numel = 1;
+    for (int64_t dim : shape)
+      numel *= dim;
+    bytes += numel * static_cast<int64_t>(sizeof(float));
+    return 0;
+  });
+  return bytes;
 }
 
 StageDraws random_stage_draws(const ModelConfig& config, const StageWeightsSpec& spec,
@@ -144,7 +119,7 @@ StageDraws random_stage_draws(const ModelConfig& config, const StageWeightsSpec&
   for (TensorRecipe& recipe : model_tensor_recipes(config))
     recipes.emplace(recipe.name, std::move(recipe));
   const uint64_t seed_key = splitmix64(seed);
-  return build_stage<TensorDraw>(
+  return build_stage_tensors<TensorDraw>(
       config, spec, [&](std::string_view name, const std::vector<int64_t>& shape) {
         const auto it = recipes.find(std::string(name));
         CONVEYOR_ASSERT(it != recipes.end());

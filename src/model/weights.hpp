@@ -6,6 +6,7 @@
 #include <array>
 #include <concepts>
 #include <cstdint>
+#include <string>
 #include <string_view>
 #include <tuple>
 #include <utility>
@@ -99,7 +100,9 @@ struct StageTensors {
   T embedding{};                        // [vocab, hidden] when spec.embedding
   std::vector<LayerTensors<T>> layers;  // last_layer - first_layer entries
   T final_norm{};                       // [hidden] when spec.head
-  T lm_head{};                          // [vocab, hidden] when spec.head (a copy when tied)
+  // [vocab, hidden] when spec.head; empty when the model ties it to the embedding and this stage
+  // holds the embedding (one copy serves both)
+  T lm_head{};
 
   int64_t bytes() const requires std::same_as<T, std::vector<float>> {
     auto total = static_cast<int64_t>((embedding.size() + final_norm.size() + lm_head.size()) *
@@ -109,6 +112,46 @@ struct StageTensors {
     return total;
   }
 };
+
+namespace weights_detail {
+std::string layer_prefix(int64_t layer);  // "model.layers.{layer}."
+void check_spec(const ModelConfig& config, const StageWeightsSpec& spec);
+inline constexpr std::string_view kEmbedding = "model.embed_tokens.weight";
+inline constexpr std::string_view kFinalNorm = "model.norm.weight";
+inline constexpr std::string_view kLmHead = "lm_head.weight";
+}  // namespace weights_detail
+
+// Builds the tensors `spec` holds in model order, each from make(name, shape) as it comes, so a
+// backend that stores another form (bf16) converts one tensor at a time and never holds the
+// stage twice. A tied head is not made again on a stage that embeds (lm_head stays empty); on a
+// stage that does not, it is made from the embedding's tensor.
+template <typename T, typename Make>
+StageTensors<T> build_stage_tensors(const ModelConfig& config, const StageWeightsSpec& spec,
+                                    Make&& make) {
+  using namespace weights_detail;
+  check_spec(config, spec);
+  const std::vector<int64_t> table{config.vocab_size, config.hidden_size};
+  StageTensors<T> stage;
+  stage.spec = spec;
+  if (spec.embedding) stage.embedding = make(kEmbedding, table);
+  stage.layers.reserve(static_cast<size_t>(spec.last_layer - spec.first_layer));
+  for (int64_t layer = spec.first_layer; layer < spec.last_layer; ++layer) {
+    const std::string prefix = layer_prefix(layer);
+    for_each_layer_tensor(stage.layers.emplace_back(), [&](size_t index, T& tensor) {
+      const std::vector<int64_t> shape = layer_tensor_shape(config, index);
+      if (!shape.empty()) tensor = make(prefix + std::string(kLayerTensorSuffixes[index]), shape);
+    });
+  }
+  if (spec.head) {
+    stage.final_norm = make(kFinalNorm, {config.hidden_size});
+    if (!config.tie_word_embeddings) {
+      stage.lm_head = make(kLmHead, table);
+    } else if (!spec.embedding) {
+      stage.lm_head = make(kEmbedding, table);
+    }
+  }
+  return stage;
+}
 
 // Host fp32 weights, read from a checkpoint or drawn.
 using LayerWeights = LayerTensors<std::vector<float>>;
@@ -149,7 +192,17 @@ StageDraws random_stage_draws(const ModelConfig& config, const StageWeightsSpec&
 StageWeights draw_stage_weights(const StageDraws& draws);
 std::vector<float> draw_tensor(const TensorDraw& draw);
 
+// A stage's tensors still in the checkpoint: the backend loads them itself, one at a time, into
+// the form it stores (tensors must outlive the call that builds the stage).
+struct StageCheckpoint {
+  const TensorSource* tensors = nullptr;
+  StageWeightsSpec spec;
+};
+
+// Bytes of the fp32 tensors `spec` loads (a tied head on a stage that embeds counted once).
+int64_t stage_f32_bytes(const ModelConfig& config, const StageWeightsSpec& spec);
+
 // What a stage backend is built from.
-using StageSource = std::variant<StageWeights, StageDraws>;
+using StageSource = std::variant<StageWeights, StageDraws, StageCheckpoint>;
 
 }  // namespace conveyor

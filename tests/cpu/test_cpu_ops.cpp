@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "backend/cpu/cpu_ops.hpp"
+#include "backend/kv_cache.hpp"
 #include "common/test_util.hpp"
 #include "conveyor/error.hpp"
 
@@ -315,17 +316,19 @@ void check_attention(const AttentionShape& s, float q_scale, std::mt19937_64& rn
   const std::vector<double> expected = attention_reference(s, q, k, v);
   // The cache is head-major with room for 3 more rows per head; rows past pos0 + n (capacity
   // not yet written) are poisoned: reading them is a bug.
-  const int64_t d = s.head_dim, head_stride = (n_rows + 3) * d;
-  auto head_major = [&](const std::vector<float>& rows) {
+  const int64_t d = s.head_dim, head_stride = (n_rows + 3 + kKeyTile - 1) / kKeyTile * kKeyTile * d;
+  // Keys in transposed tiles (key_offset), values as rows, as the KV cache stores them.
+  auto head_major = [&](const std::vector<float>& rows, bool keys) {
     std::vector<float> cache(static_cast<size_t>(s.n_kv_heads * head_stride), kPoison);
     for (int64_t j = 0; j < n_rows; ++j)
       for (int64_t h = 0; h < s.n_kv_heads; ++h)
-        std::copy_n(rows.begin() + (j * s.n_kv_heads + h) * d, d,
-                    cache.begin() + h * head_stride + j * d);
+        for (int64_t c = 0; c < d; ++c)
+          cache[static_cast<size_t>(h * head_stride + (keys ? key_offset(j, c, d) : j * d + c))] =
+              rows[static_cast<size_t>((j * s.n_kv_heads + h) * d + c)];
     return cache;
   };
-  k = head_major(k);
-  v = head_major(v);
+  k = head_major(k, true);
+  v = head_major(v, false);
 
   std::vector<float> first;
   for (int p = 0; p < n_pools; ++p) {
@@ -417,11 +420,14 @@ TEST(CpuOps, AttentionDoesNotDependOnChunking) {
   SCOPED_TRACE(seed_note(seed));
   std::mt19937_64 rng(seed);
   ThreadPool pool(2);
-  for (const auto& [n_heads, n_kv_heads, head_dim] :
+  for (const auto& shape :
        {std::tuple<int64_t, int64_t, int64_t>{9, 3, 64}, {8, 2, 128}, {4, 4, 16}}) {
+    // Plain variables: clang cannot capture structured bindings in a lambda before C++20's P1091.
+    const int64_t n_heads = std::get<0>(shape), n_kv_heads = std::get<1>(shape),
+                  head_dim = std::get<2>(shape);
     SCOPED_TRACE(testing::Message()
                  << "heads " << n_heads << "/" << n_kv_heads << " head_dim " << head_dim);
-    const int64_t n = 1300, q_row = n_heads * head_dim, head_stride = n * head_dim;
+    const int64_t n = 1300, q_row = n_heads * head_dim, head_stride = 1312 * head_dim;
     const std::vector<float> q = random_vector(rng, n * q_row, 3.0f);
     const std::vector<float> k = random_vector(rng, n_kv_heads * head_stride);
     const std::vector<float> v = random_vector(rng, n_kv_heads * head_stride);

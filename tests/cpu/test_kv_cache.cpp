@@ -23,8 +23,8 @@ TEST(KvCache, ReserveCommitRollback) {
   kv.reserve(0, 0, 5);
   EXPECT_EQ(kv.pending(0), 5);
   EXPECT_EQ(kv.committed(0), 0);
-  // Layer 1, kv head 1, position 4, last element (head-major rows).
-  const int64_t at = kv.head_stride(0) + 4 * 4 + 3;
+  // Layer 1, kv head 1, position 4, last element.
+  const int64_t at = kv.head_stride(0) + key_offset(4, 3, 4);
   kv.keys(1, 0)[at] = 3.5f;
   kv.commit(0, kSeq0);
   EXPECT_EQ(kv.committed(0), 5);
@@ -88,9 +88,12 @@ TEST(KvCache, StepsOfDisjointSequencesCommitAndRollBackApart) {
   EXPECT_EQ(kv.committed(1), 5);  // untouched by the other step's rollback
 }
 
-// Element c of kv head h at position p, read from the head-major rows.
-float at(const float* rows, const KvCache& kv, int32_t seq, int64_t h, int64_t p, int64_t c) {
-  return rows[h * kv.head_stride(seq) + p * kv.shape().head_dim + c];
+// Element c of kv head h at position p: keys in transposed tiles, values in rows.
+float key_at(const KvCache& kv, int64_t layer, int32_t seq, int64_t h, int64_t p, int64_t c) {
+  return kv.keys(layer, seq)[h * kv.head_stride(seq) + key_offset(p, c, kv.shape().head_dim)];
+}
+float value_at(const KvCache& kv, int64_t layer, int32_t seq, int64_t h, int64_t p, int64_t c) {
+  return kv.values(layer, seq)[h * kv.head_stride(seq) + p * kv.shape().head_dim + c];
 }
 
 TEST(KvCache, StoreWritesTokenMajorRowsHeadMajor) {
@@ -108,8 +111,8 @@ TEST(KvCache, StoreWritesTokenMajorRowsHeadMajor) {
   for (int64_t t = 0; t < 3; ++t)
     for (int64_t h = 0; h < 2; ++h)
       for (int64_t c = 0; c < 4; ++c) {
-        EXPECT_EQ(at(kv.keys(1, 1), kv, 1, h, t, c), static_cast<float>(100 * t + 10 * h + c));
-        EXPECT_EQ(at(kv.values(1, 1), kv, 1, h, t, c), -static_cast<float>(100 * t + 10 * h + c));
+        EXPECT_EQ(key_at(kv, 1, 1, h, t, c), static_cast<float>(100 * t + 10 * h + c));
+        EXPECT_EQ(value_at(kv, 1, 1, h, t, c), -static_cast<float>(100 * t + 10 * h + c));
       }
   EXPECT_THROW(kv.store(1, 1, 2, 2, k.data(), v.data()), Error);  // position 3 not reserved
 }
@@ -123,11 +126,13 @@ TEST(KvCache, GrowthKeepsWrittenRows) {
     kv.commit(p, kSeq0);
   }
   for (int64_t p = 0; p < 100; ++p) {
-    EXPECT_EQ(at(kv.values(0, 0), kv, 0, 0, p, 0), static_cast<float>(p));
-    EXPECT_EQ(at(kv.keys(0, 0), kv, 0, 1, p, 0), static_cast<float>(-p));
-    EXPECT_EQ(at(kv.keys(0, 0), kv, 0, 1, p, 3), 7.0f);
+    EXPECT_EQ(value_at(kv, 0, 0, 0, p, 0), static_cast<float>(p));
+    EXPECT_EQ(key_at(kv, 0, 0, 1, p, 0), static_cast<float>(-p));
+    EXPECT_EQ(key_at(kv, 0, 0, 1, p, 3), 7.0f);
+    EXPECT_EQ(key_at(kv, 0, 0, 0, p, 0), static_cast<float>(p));
   }
-  EXPECT_EQ(kv.allocated_bytes(), 2 * 2 * 100 * 8 * 4);
+  // Capacity is whole key tiles: max_context 100 rounds up to 112.
+  EXPECT_EQ(kv.allocated_bytes(), 2 * 2 * 112 * 8 * 4);
   kv.release(0);
   EXPECT_EQ(kv.committed(0), 0);
 }

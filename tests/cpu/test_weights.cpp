@@ -148,9 +148,14 @@ TEST(LoadStageWeights, Qwen2BiasesAndTiedHead) {
   EXPECT_EQ(last.lm_head, expected(model, "model.embed_tokens.weight"));
   EXPECT_TRUE(last.embedding.empty());
 
+  EXPECT_EQ(conveyor::stage_f32_bytes(c, {1, 2, false, true}), last.bytes());
+
+  // A stage holding both ends loads the tied table once: its lm_head stays empty.
   const StageWeights whole = conveyor::load_stage_weights(tensors, c, {0, 2, true, true});
-  EXPECT_EQ(whole.lm_head, whole.embedding);
-  EXPECT_EQ(whole.bytes(), (c.n_params() + c.vocab_size * c.hidden_size) * 4);
+  EXPECT_EQ(whole.embedding, expected(model, "model.embed_tokens.weight"));
+  EXPECT_TRUE(whole.lm_head.empty());
+  EXPECT_EQ(whole.bytes(), c.n_params() * 4);
+  EXPECT_EQ(conveyor::stage_f32_bytes(c, {0, 2, true, true}), whole.bytes());
 }
 
 TEST(LoadStageWeights, MissingTensorAndShapeMismatchNameTheTensor) {

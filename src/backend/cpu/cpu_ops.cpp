@@ -15,6 +15,7 @@
 
 #include "backend/cpu/blas_kernels.hpp"
 #include "backend/cpu/gemm_small.hpp"
+#include "backend/kv_cache.hpp"
 #include "core/check.hpp"
 #include "core/dtype_convert.hpp"
 
@@ -62,23 +63,6 @@ namespace {
 // Lanes of the independent partial sums in reductions: without -ffast-math the compiler may
 // not reorder a single running sum, but it vectorizes these lane-wise updates.
 constexpr int64_t kLanes = 16;
-
-// sum_j a[j] * b[j] in fp32.
-inline float dot(const float* a, const float* b, int64_t d) {
-  float acc[kLanes] = {};
-  int64_t j = 0;
-  for (; j + kLanes <= d; j += kLanes) {
-    for (int64_t l = 0; l < kLanes; ++l)
-      acc[l] += a[j + l] * b[j + l];
-  }
-  float tail = 0.0f;
-  for (; j < d; ++j)
-    tail += a[j] * b[j];
-  float sum = 0.0f;
-  for (int64_t l = 0; l < kLanes; ++l)
-    sum += acc[l];
-  return sum + tail;
-}
 
 // y[j] += alpha * x[j].
 inline void axpy(float alpha, const float* __restrict x, float* __restrict y, int64_t d) {
@@ -424,6 +408,45 @@ void probs_times_values(const float* p, int64_t ldp, int64_t bk, const float* v,
   }
 }
 
+// How many key tiles ahead the score kernel prefetches (16-32 KiB at head_dim 64-128).
+constexpr int64_t kPrefetchTiles = 4;
+
+// s[r, 16 t + l] = q_r . key (16 t + l) for R rows, one tile of 16 keys stored transposed
+// ([head_dim][16]): one vector accumulator per row, no horizontal sums. Each (row, key) sums
+// over c in order, whatever R is.
+template <int R>
+void score_tile(const float* q, int64_t d, const float* tile, float* s, int64_t lds,
+                bool prefetch) {
+  Float16 acc[R] = {};
+  for (int64_t c = 0; c < d; ++c) {
+    // A hint only: addresses past the cache do not fault.
+    if (prefetch) __builtin_prefetch(tile + (kPrefetchTiles * d + c) * kKeyTile, 0, 3);
+    Float16 kc;
+    std::memcpy(&kc, tile + c * kKeyTile, sizeof(Float16));
+    for (int r = 0; r < R; ++r)
+      acc[r] += kc * q[r * d + c];
+  }
+  for (int r = 0; r < R; ++r)
+    std::memcpy(s + r * lds, &acc[r], sizeof(Float16));
+}
+
+// s[r, j] = q_r . k_j for j < width (a multiple of kKeyTile) from the key tiles at `tiles`.
+void scores(const float* q, int64_t rows, int64_t d, const float* tiles, int64_t width, float* s) {
+  static_assert(kKeyTile == 16, "score_tile holds one tile in a Float16");
+  for (int64_t t = 0; t < width / kKeyTile; ++t) {
+    const float* tile = tiles + t * kKeyTile * d;
+    float* st = s + t * kKeyTile;
+    // The first row group prefetches the tiles ahead; the others find this one in cache.
+    int64_t r = 0;
+    for (; r + 8 <= rows; r += 8)
+      score_tile<8>(q + r * d, d, tile, st + r * width, width, r == 0);
+    for (; r + 4 <= rows; r += 4)
+      score_tile<4>(q + r * d, d, tile, st + r * width, width, r == 0);
+    for (; r < rows; ++r)
+      score_tile<1>(q + r * d, d, tile, st + r * width, width, r == 0);
+  }
+}
+
 // Tiles of the blocked attention. A task is one kv head and a block of up to kQueryBlock tokens
 // (times the query heads sharing the kv head); it walks the keys in blocks of kKeyBlock with an
 // online softmax, so no score matrix larger than a tile exists.
@@ -434,7 +457,7 @@ constexpr int64_t kKeyBlock = 256;
 // few kv heads still give every thread work (flash-decoding); a long block runs them in turn.
 // Either way a row's arithmetic is the same.
 constexpr int64_t kKeySplit = 1024;
-static_assert(kKeySplit % kKeyBlock == 0 && kKeyBlock % kLanes == 0);
+static_assert(kKeySplit % kKeyBlock == 0 && kKeyBlock % kKeyTile == 0 && kKeyTile % kLanes == 0);
 
 // A row's arithmetic depends only on its query, its keys and values and its position: block
 // and split boundaries are at fixed key positions, products go through kernels whose sums do
@@ -505,11 +528,11 @@ void attend_split(const AttentionArgs& a, const float* q, int64_t rows, int64_t 
   reset_rows(state, rows, d);
   for (int64_t b0 = j0; b0 < j1; b0 += kKeyBlock) {
     const int64_t bk = std::min(kKeyBlock, j1 - b0);
-    // Sums run over kLanes lanes of the whole block width, whatever bk is: columns past bk
-    // are masked like any key past a row's last.
-    const int64_t width = (bk + kLanes - 1) / kLanes * kLanes;
-    std::fill(s, s + rows * width, 0.0f);
-    small_gemm({.x = q, .w = k + b0 * d, .y = s, .n = rows, .in = d, .ldy = width, .o1 = bk});
+    // Whole key tiles, and sums over kLanes lanes of the whole width, whatever bk is: columns
+    // past bk (keys past the tile's last token, inside the cache's capacity) are masked like any
+    // key past a row's last.
+    const int64_t width = (bk + kKeyTile - 1) / kKeyTile * kKeyTile;
+    scores(q, rows, d, k + b0 * d, width, s);
     for (int64_t r = 0; r < rows; ++r) {
       float* sr = s + r * width;
       const int64_t last = first_last_key + r / group;  // the row's last visible key
@@ -544,11 +567,12 @@ void attention(const AttentionArgs& a, ThreadPool& pool) {
          a.n_heads, a.n_kv_heads, a.head_dim);
   }
   if (a.n == 0) return;
-  if (a.kv_head_stride < (a.pos0 + a.n) * a.head_dim) {
+  const int64_t rows_needed = (a.pos0 + a.n + kKeyTile - 1) / kKeyTile * kKeyTile;
+  if (a.kv_head_stride < rows_needed * a.head_dim) {
     fail(ErrorCode::kInvalidArgument,
-         "attention: kv_head_stride ({}) is below the {} floats of one kv head's {} rows; pass "
-         "the cache's head stride (capacity x head_dim)",
-         a.kv_head_stride, (a.pos0 + a.n) * a.head_dim, a.pos0 + a.n);
+         "attention: kv_head_stride ({}) is below the {} floats of one kv head's {} positions "
+         "(whole key tiles of {}); pass the cache's head stride (capacity x head_dim)",
+         a.kv_head_stride, rows_needed * a.head_dim, rows_needed, kKeyTile);
   }
   check_pointer(a.q, "attention", "q");
   check_pointer(a.k, "attention", "k");

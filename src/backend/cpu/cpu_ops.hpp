@@ -59,9 +59,12 @@ void rope(float* x,                  // [n, n_heads, head_dim]
 // thread count.
 struct AttentionArgs {
   const float* q = nullptr;  // [n, n_heads, head_dim]
-  const float* k = nullptr;  // [n_kv_heads, rows >= pos0 + n, head_dim], heads kv_head_stride apart
-  const float* v = nullptr;  // like k
-  float* out = nullptr;      // [n, n_heads, head_dim]
+  // Per kv head (kv_head_stride floats apart): keys in transposed tiles of kKeyTile positions
+  // (key_offset in backend/kv_cache.hpp), values as rows [positions, head_dim]; positions
+  // [0, pos0 + n) written, up to the next multiple of kKeyTile allocated.
+  const float* k = nullptr;
+  const float* v = nullptr;
+  float* out = nullptr;  // [n, n_heads, head_dim]
   int64_t n = 0, pos0 = 0, n_heads = 0, n_kv_heads = 0, head_dim = 0;
   int64_t kv_head_stride = 0;  // floats from one kv head's rows to the next's
 };

@@ -35,32 +35,37 @@ CpuTensor take(std::vector<float>&& values, bool to_bf16) {
   return t;
 }
 
-// The stage's tensors in the form it computes with: matrices in `dtype`, norms and biases fp32.
-// A tied lm_head on a stage that also embeds is dropped (the embedding serves both).
-CpuWeights convert(StageWeights&& w, const ModelConfig& config, DType dtype) {
+void check_weight_dtype(DType dtype) {
   if (dtype != DType::kF32 && dtype != DType::kBF16) {
     fail(ErrorCode::kInvalidArgument,
          "the cpu backend stores weights as f32 or bf16, not {}; use --dtype f32 or bf16",
          dtype_flag(dtype));
   }
-  const bool bf16 = dtype == DType::kBF16;
+}
+
+// Matrices (2-D tensors) are stored in the stage's dtype; norms and biases stay fp32.
+CpuTensor keep(std::vector<float>&& values, const std::vector<int64_t>& shape, DType dtype) {
+  return take(std::move(values), dtype == DType::kBF16 && shape.size() == 2);
+}
+
+// The stage's tensors in the form it computes with. A tied lm_head is left empty on a stage
+// that also embeds (the embedding serves both).
+CpuWeights convert(StageWeights&& w, const ModelConfig& config, DType dtype) {
+  check_weight_dtype(dtype);
+  const std::vector<int64_t> table{config.vocab_size, config.hidden_size};
   CpuWeights out;
   out.spec = w.spec;
-  out.embedding = take(std::move(w.embedding), bf16);
+  out.embedding = keep(std::move(w.embedding), table, dtype);
   for (LayerWeights& layer : w.layers) {
     zip_layer_tensors(layer, out.layers.emplace_back(),
                       [&](size_t index, std::vector<float>& from, CpuTensor& to) {
-                        const bool matrix = layer_tensor_shape(config, index).size() == 2;
-                        to = take(std::move(from), bf16 && matrix);
+                        to = keep(std::move(from), layer_tensor_shape(config, index), dtype);
                       });
   }
-  out.final_norm = take(std::move(w.final_norm), false);
+  out.final_norm = keep(std::move(w.final_norm), {config.hidden_size}, dtype);
+  // Weights built by hand may still carry the tied copy: drop it.
   const bool shared = config.tie_word_embeddings && w.spec.embedding && w.spec.head;
-  if (shared) {
-    std::vector<float>().swap(w.lm_head);
-  } else {
-    out.lm_head = take(std::move(w.lm_head), bf16);
-  }
+  if (!shared) out.lm_head = keep(std::move(w.lm_head), table, dtype);
   return out;
 }
 
@@ -73,10 +78,22 @@ int64_t total_bytes(const CpuWeights& w) {
 
 }  // namespace
 
+CpuWeights load_cpu_weights(const TensorSource& tensors, const ModelConfig& config,
+                            const StageWeightsSpec& spec, DType dtype) {
+  check_weight_dtype(dtype);
+  return build_stage_tensors<CpuTensor>(
+      config, spec, [&](std::string_view name, const std::vector<int64_t>& shape) {
+        return keep(tensors.load_f32(name, shape), shape, dtype);
+      });
+}
+
 CpuStage::CpuStage(const ModelConfig& config, StageWeights weights, const CpuStageOptions& options)
+    : CpuStage(config, convert(std::move(weights), config, options.weight_dtype), options) {}
+
+CpuStage::CpuStage(const ModelConfig& config, CpuWeights weights, const CpuStageOptions& options)
     : config_(config),
       weight_dtype_(options.weight_dtype),
-      weights_(convert(std::move(weights), config, options.weight_dtype)),
+      weights_(std::move(weights)),
       weight_bytes_(total_bytes(weights_)),
       inv_freq_(rope_inv_freq(config)),
       pool_(options.n_threads),

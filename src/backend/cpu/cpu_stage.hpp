@@ -40,9 +40,16 @@ struct CpuTensor {
 using CpuLayer = LayerTensors<CpuTensor>;
 using CpuWeights = StageTensors<CpuTensor>;
 
+// Loads a stage's tensors from a checkpoint straight into the form the stage stores (`dtype`:
+// kF32 or kBF16), one tensor at a time.
+CpuWeights load_cpu_weights(const TensorSource& tensors, const ModelConfig& config,
+                            const StageWeightsSpec& spec, DType dtype);
+
 class CpuStage final : public StageBackend {
  public:
+  // From fp32 weights (converted to options.weight_dtype here) or already converted ones.
   CpuStage(const ModelConfig& config, StageWeights weights, const CpuStageOptions& options);
+  CpuStage(const ModelConfig& config, CpuWeights weights, const CpuStageOptions& options);
 
   std::string describe() const override;
   void compute(const MicroBatch& mb, const StepContext& ctx, Activations& activations) override;

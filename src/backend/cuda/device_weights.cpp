@@ -101,6 +101,7 @@ DeviceWeights::DeviceWeights(int device, const StageWeights& weights, DType dtyp
     slot = destination;
   });
   CONVEYOR_CUDA_CHECK(cudaStreamSynchronize(stream));
+  share_tied_head();
 }
 
 DeviceWeights::DeviceWeights(int device, const StageDraws& draws, DType dtype, cudaStream_t stream)
@@ -120,6 +121,11 @@ DeviceWeights::DeviceWeights(int device, const StageDraws& draws, DType dtype, c
     slot = destination;
   });
   CONVEYOR_CUDA_CHECK(cudaStreamSynchronize(stream));
+  share_tied_head();
+}
+
+void DeviceWeights::share_tied_head() {
+  if (tensors_.spec.head && tensors_.lm_head == nullptr) tensors_.lm_head = tensors_.embedding;
 }
 
 }  // namespace conveyor::cuda

@@ -38,6 +38,9 @@ class DeviceWeights {
   int64_t bytes() const { return static_cast<int64_t>(memory_.bytes()); }
 
  private:
+  // A tied head on a stage that also embeds has no tensor of its own: it reads the embedding.
+  void share_tied_head();
+
   DeviceBuffer memory_;
   StageTensors<const void*> tensors_;
 };
