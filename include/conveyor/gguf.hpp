@@ -143,6 +143,8 @@ class GgufFile {
   // Tells the kernel the pages of `info` are no longer needed (they are read from the file
   // again if touched), so a loader that converted a tensor does not keep both copies resident.
   void release_pages(const GgufTensorInfo& info) const;
+  // The same for bytes [offset, offset + length) of the tensor's data (whole pages inside it).
+  void release_pages(const GgufTensorInfo& info, uint64_t offset, uint64_t length) const;
 
  private:
   GgufFile() = default;

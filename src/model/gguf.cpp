@@ -689,4 +689,10 @@ void GgufFile::release_pages(const GgufTensorInfo& info) const {
   map_->release(contents_.data_offset + info.offset, info.n_bytes);
 }
 
+void GgufFile::release_pages(const GgufTensorInfo& info, uint64_t offset, uint64_t length) const {
+  if (offset >= info.n_bytes) return;
+  map_->release(contents_.data_offset + info.offset + offset,
+                std::min<uint64_t>(length, info.n_bytes - offset));
+}
+
 }  // namespace conveyor

@@ -444,7 +444,7 @@ class GgufTensors final : public TensorSource {
     }
     std::vector<float> values(static_cast<size_t>(info->numel()));
     try {
-      dequantize_row(info->type, file_->bytes(*info), values);
+      dequantize_releasing(*info, values);
     } catch (const Error& e) {
       fail(ErrorCode::kModelFormat, "{}: tensor \"{}\": {}", c.origin, *gguf, e.what());
     }
@@ -462,6 +462,33 @@ class GgufTensors final : public TensorSource {
   uint64_t bytes_read() const override { return bytes_read_.load(); }
 
  private:
+  // Dequantizes a tensor in pieces of about kPieceBytes of file data, releasing each piece's
+  // pages once converted: the file's pages of a large tensor (an F32 embedding is 113 MiB for
+  // SmolLM2) are never resident all at once beside the converted values.
+  void dequantize_releasing(const GgufTensorInfo& info, std::span<float> values) const {
+    constexpr uint64_t kPieceBytes = uint64_t{4} << 20;
+    const std::span<const std::byte> bytes = file_->bytes(info);
+    const GgmlTypeTraits* traits = ggml_type_traits(info.type);
+    if (traits == nullptr || traits->block_bytes <= 0 || traits->block_elems <= 0) {
+      dequantize_row(info.type, bytes, values);  // names the type it cannot read
+      return;
+    }
+    const auto block_bytes = static_cast<uint64_t>(traits->block_bytes);
+    const auto block_elems = static_cast<uint64_t>(traits->block_elems);
+    const uint64_t blocks_per_piece = std::max<uint64_t>(1, kPieceBytes / block_bytes);
+    const uint64_t n_blocks = values.size() / block_elems;
+    if (n_blocks * block_bytes != bytes.size() || n_blocks * block_elems != values.size()) {
+      dequantize_row(info.type, bytes, values);  // names the size mismatch
+      return;
+    }
+    for (uint64_t b0 = 0; b0 < n_blocks; b0 += blocks_per_piece) {
+      const uint64_t nb = std::min(blocks_per_piece, n_blocks - b0);
+      dequantize_row(info.type, bytes.subspan(b0 * block_bytes, nb * block_bytes),
+                     values.subspan(b0 * block_elems, nb * block_elems));
+      file_->release_pages(info, b0 * block_bytes, nb * block_bytes);
+    }
+  }
+
   std::shared_ptr<const GgufFile> file_;
   ModelConfig config_;
   mutable std::atomic<uint64_t> bytes_read_{0};
