@@ -60,6 +60,8 @@ inline void add_engine_options(CLI::App& app, EngineArgs& args) {
                "launch decode kernels one by one instead of replaying CUDA graphs");
   app.add_option("--threads", args.engine.device.threads_per_stage, "threads per stage (cpu)")
       ->capture_default_str();
+  app.add_flag("--batch-invariant", args.engine.device.batch_invariant,
+               "cpu: each token's result independent of what shares its step (slower prefill)");
   app.add_option("--stages", args.engine.n_stages,
                  "pipeline stages (default: as --partition implies; 1 for even and balanced)");
   app.add_option("--partition", args.engine.partition,

@@ -72,6 +72,11 @@ struct DeviceOptions {
   // Off: every kernel is launched each step (the same kernels and sums: the same results).
   bool cuda_graphs = true;
   int threads_per_stage = 1;  // cpu: each stage has its own pool, S stages use S * T cores
+  // cpu: every token's result is bitwise the same whatever else shares its step (the batch, the
+  // chunking, the load on a server): linear layers use the row-independent kernel for any row
+  // count instead of OpenBLAS past 16 rows. Costs prefill speed (about 0.6x at 128 rows on one
+  // thread, docs/benchmarks.md); decode is unchanged. Attention is row-independent either way.
+  bool batch_invariant = false;
 };
 
 // How much the engine holds: sequences at once, positions per sequence, requests waiting.

@@ -97,6 +97,11 @@ void EngineOptions::validate() const {
          "n_stages is {} but must be >= 1 (or 0: as the partition implies, one for \"even\")",
          n_stages);
   }
+  if (device.batch_invariant && device.backend == BackendKind::kCuda) {
+    fail(ErrorCode::kInvalidArgument,
+         "batch_invariant is implemented by the cpu backend only; use --backend cpu or drop "
+         "--batch-invariant");
+  }
   if (device.threads_per_stage < 1) {
     fail(ErrorCode::kInvalidArgument, "device.threads_per_stage is {} but must be at least 1",
          device.threads_per_stage);

@@ -174,11 +174,11 @@ std::unique_ptr<StageBackend> make_stage_backend(BackendKind backend, const Mode
     CONVEYOR_ASSERT(false);  // resolve_backend refuses kCuda in a build without it
 #endif
   }
-  const cpu::CpuStageOptions cpu_options{
-      .n_threads = options.device.threads_per_stage,
-      .max_seqs = options.capacity.max_batch,
-      .max_context = resources.max_context,
-      .weight_dtype = options.device.dtype.value_or(DType::kF32)};
+  const cpu::CpuStageOptions cpu_options{.n_threads = options.device.threads_per_stage,
+                                         .max_seqs = options.capacity.max_batch,
+                                         .max_context = resources.max_context,
+                                         .weight_dtype = options.device.dtype.value_or(DType::kF32),
+                                         .batch_invariant = options.device.batch_invariant};
   if (const auto* checkpoint = std::get_if<StageCheckpoint>(&weights)) {
     // Each tensor is converted as it is read: the stage never holds itself twice.
     return std::make_unique<cpu::CpuStage>(

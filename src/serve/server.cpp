@@ -452,6 +452,9 @@ void Server::start() {
     return new httplib::ThreadPool(static_cast<size_t>(threads));
   };
   d.http.set_payload_max_length(d.options.max_body_bytes);
+  d.http.set_read_timeout(static_cast<time_t>(d.options.request_timeout.count()), 0);
+  // A connection's first request is awaited with the keep-alive timeout: the same allowance.
+  d.http.set_keep_alive_timeout(static_cast<time_t>(d.options.request_timeout.count()));
   d.routes();
   d.port = d.options.port == 0
                ? d.http.bind_to_any_port(d.options.host)

@@ -24,6 +24,10 @@ struct ServerOptions {
   // timing out and tells the server when the client has gone.
   std::chrono::milliseconds heartbeat{1000};
   size_t max_body_bytes = size_t{16} << 20;
+  // How long a connection may take to deliver its request (and, kept alive, the next one).
+  // cpp-httplib's 5 s closed connections whose request was delayed by its full listen queue
+  // (backlog 5) on a loaded machine, which the client saw as a read error with no response.
+  std::chrono::seconds request_timeout{30};
 };
 
 class Server {

@@ -202,6 +202,39 @@ TEST(CpuOps, Linear) {
   }
 }
 
+// row_invariant: a row's result is bit-identical whatever rows share the call (40 rows at once,
+// the same rows 3 or 17 at a time); without it, more than 16 rows go through OpenBLAS.
+TEST(CpuOps, LinearRowInvariant) {
+  const uint64_t seed = test_seed();
+  SCOPED_TRACE(seed_note(seed));
+  std::mt19937_64 rng(seed);
+  ThreadPool pool(2);
+  const int64_t n = 40, in = 200, out = 90;
+  const std::vector<float> x = random_vector(rng, n * in);
+  const std::vector<float> w = random_vector(rng, out * in);
+  const std::vector<float> bias = random_vector(rng, out);
+  auto run = [&](int64_t r0, int64_t rows, std::vector<float>& y) {
+    linear({.x = x.data() + r0 * in,
+            .w = w.data(),
+            .bias = bias.data(),
+            .y = y.data() + r0 * out,
+            .n = rows,
+            .in = in,
+            .out = out,
+            .row_invariant = true},
+           pool);
+  };
+  std::vector<float> whole = poisoned(static_cast<size_t>(n * out));
+  std::vector<float> pieces = poisoned(whole.size());
+  run(0, n, whole);
+  for (int64_t r0 = 0; r0 < n;) {
+    const int64_t rows = std::min<int64_t>(r0 % 2 == 0 ? 3 : 17, n - r0);
+    run(r0, rows, pieces);
+    r0 += rows;
+  }
+  EXPECT_EQ(whole, pieces);
+}
+
 TEST(CpuOps, LinearRejectsBadArguments) {
   ThreadPool pool(1);
   std::vector<float> buffer(64, 0.0f);

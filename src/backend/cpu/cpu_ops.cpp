@@ -134,7 +134,7 @@ void linear_slice(const LinearArgs& a, int64_t o0, int64_t o1) {
         y[j] += b[j];
     }
   }
-  if (a.n <= kSmallGemmMaxRows) {
+  if (a.n <= kSmallGemmMaxRows || a.row_invariant) {
     // Decode and short chunks: memory-bound on reading w once; a packed GEMM would copy w first.
     small_gemm({.x = a.x,
                 .w = a.w.data,

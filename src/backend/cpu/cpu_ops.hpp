@@ -39,6 +39,9 @@ struct LinearArgs {
   float* y = nullptr;           // [n, out]
   int64_t n = 0, in = 0, out = 0;
   bool accumulate = false;  // y += x w^T (residual add fused into the GEMM)
+  // Use the row-independent small-GEMM kernel for every row count (not OpenBLAS past
+  // kSmallGemmMaxRows): each row's result is then the same whatever rows come with it.
+  bool row_invariant = false;
 };
 void linear(const LinearArgs& args, ThreadPool& pool);
 

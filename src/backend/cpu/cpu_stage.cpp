@@ -93,6 +93,7 @@ CpuStage::CpuStage(const ModelConfig& config, StageWeights weights, const CpuSta
 CpuStage::CpuStage(const ModelConfig& config, CpuWeights weights, const CpuStageOptions& options)
     : config_(config),
       weight_dtype_(options.weight_dtype),
+      batch_invariant_(options.batch_invariant),
       weights_(std::move(weights)),
       weight_bytes_(total_bytes(weights_)),
       inv_freq_(rope_inv_freq(config)),
@@ -110,10 +111,11 @@ CpuStage::CpuStage(const ModelConfig& config, CpuWeights weights, const CpuStage
 std::string CpuStage::describe() const {
   const KvCacheShape& kv = kv_.shape();
   return fmt::format(
-      "cpu ({} thread{}, {} kernels): weights {:.1f} MiB {}, KV capacity {} tokens ({} slots x {}) "
+      "cpu ({} thread{}, {} kernels{}): weights {:.1f} MiB {}, KV capacity {} tokens ({} slots x "
+      "{}) "
       "at {:.1f} KiB/token, allocated on demand",
       pool_.n_threads(), pool_.n_threads() == 1 ? "" : "s", to_string(small_gemm_isa()),
-      static_cast<double>(weight_bytes_) / (1 << 20),
+      batch_invariant_ ? ", batch-invariant" : "", static_cast<double>(weight_bytes_) / (1 << 20),
       weight_dtype_ == DType::kBF16 ? "bf16 (norms fp32)" : "fp32", kv.max_seqs * kv.max_context,
       kv.max_seqs, kv.max_context, static_cast<double>(kv.bytes_per_token()) / 1024);
 }

@@ -5,6 +5,7 @@
 #include <memory>
 #include <vector>
 
+#include "backend/cpu/cpu_ops.hpp"
 #include "backend/cpu/gemm_small.hpp"
 #include "backend/cpu/thread_pool.hpp"
 #include "backend/kv_cache.hpp"
@@ -22,6 +23,7 @@ struct CpuStageOptions {
   // kF32, or kBF16: the projection matrices, embedding and lm_head are rounded to bf16 once
   // (half the memory and bandwidth), norms and biases stay fp32.
   DType weight_dtype = DType::kF32;
+  bool batch_invariant = false;  // DeviceOptions::batch_invariant
 };
 
 // A tensor as the stage holds it: fp32 values, or bf16 ones for a matrix under bf16.
@@ -64,9 +66,15 @@ class CpuStage final : public StageBackend {
   void run_layer(const CpuLayer& w, int64_t local_layer, const MicroBatch& mb, float* hidden);
   // The lm_head, or the embedding it is tied to on a stage that holds both (one copy).
   WeightView lm_head() const;
+  // cpu::linear with this stage's batch-invariance setting (hides the free function here).
+  void linear(LinearArgs args, ThreadPool& pool) const {
+    args.row_invariant = batch_invariant_;
+    cpu::linear(args, pool);
+  }
 
   ModelConfig config_;
   DType weight_dtype_;
+  bool batch_invariant_;
   CpuWeights weights_;
   int64_t weight_bytes_ = 0;
   std::vector<float> inv_freq_;  // [head_dim / 2]
