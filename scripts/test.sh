@@ -60,7 +60,8 @@ tsan_targets=$(cd tests/cpu && ls test_pipeline*.cpp test_engine*.cpp test_servi
 cmake --build build-tsan -j "$jobs" --target $tsan_targets
 for t in $tsan_targets; do
   echo "-- $t (tsan)"
-  TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" "build-tsan/tests/$t" --gtest_brief=1
+  TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 suppressions=$PWD/.ci/tsan.supp" \
+    "build-tsan/tests/$t" --gtest_brief=1
 done
 
 echo "== fuzz: safetensors, config.json and GGUF parsers (15 s each) =="
