@@ -672,8 +672,7 @@ void attention(const AttentionArgs& a, ThreadPool& pool) {
     const SoftmaxRows total{m.data(), l.data(), o.data()};
     for (int64_t kvh = begin; kvh < end; ++kvh) {
       reset_rows(total, block_rows, d);
-      const int64_t splits = (a.pos0 + a.n + kKeySplit - 1) / kKeySplit;
-      for (int64_t sp = 0; sp < splits; ++sp) {
+      for (int64_t sp = 0; sp < n_splits; ++sp) {
         const int64_t base = (kvh * n_splits + sp) * block_rows;
         merge_rows(total, part_m.data() + base, part_l.data() + base, part_o.data() + base * d,
                    block_rows, d);

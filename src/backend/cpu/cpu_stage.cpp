@@ -21,20 +21,6 @@ T* grow(std::vector<T>& buffer, int64_t count) {
   return buffer.data();
 }
 
-// A tensor held as given (fp32), or rounded to bf16 with its fp32 values released at once.
-CpuTensor take(std::vector<float>&& values, bool to_bf16) {
-  CpuTensor t;
-  if (!to_bf16) {
-    t.f32 = std::move(values);
-    return t;
-  }
-  t.bf16.resize(values.size());
-  for (size_t i = 0; i < values.size(); ++i)
-    t.bf16[i] = f32_to_bf16(values[i]);
-  std::vector<float>().swap(values);
-  return t;
-}
-
 void check_weight_dtype(DType dtype) {
   if (dtype != DType::kF32 && dtype != DType::kBF16) {
     fail(ErrorCode::kInvalidArgument,
@@ -43,9 +29,19 @@ void check_weight_dtype(DType dtype) {
   }
 }
 
-// Matrices (2-D tensors) are stored in the stage's dtype; norms and biases stay fp32.
+// A tensor as the stage stores it: matrices (2-D) in the stage's dtype, rounded to bf16 with
+// their fp32 values released at once; norms and biases kept fp32.
 CpuTensor keep(std::vector<float>&& values, const std::vector<int64_t>& shape, DType dtype) {
-  return take(std::move(values), dtype == DType::kBF16 && shape.size() == 2);
+  CpuTensor t;
+  if (dtype != DType::kBF16 || shape.size() != 2) {
+    t.f32 = std::move(values);
+    return t;
+  }
+  t.bf16.resize(values.size());
+  for (size_t i = 0; i < values.size(); ++i)
+    t.bf16[i] = f32_to_bf16(values[i]);
+  std::vector<float>().swap(values);
+  return t;
 }
 
 // The stage's tensors in the form it computes with. A tied lm_head is left empty on a stage

@@ -2,6 +2,7 @@
 #include "backend/cpu/gemm_small.hpp"
 
 #include "core/check.hpp"
+#include "core/dtype_convert.hpp"
 
 namespace conveyor::cpu {
 
@@ -13,11 +14,7 @@ namespace {
 
 float weight_f32(const SmallGemmArgs& a, int64_t o, int64_t k) {
   if (a.wtype == WeightType::kF32) return static_cast<const float*>(a.w)[o * a.in + k];
-  const uint32_t bits = static_cast<uint32_t>(static_cast<const uint16_t*>(a.w)[o * a.in + k])
-                        << 16;
-  float f;
-  __builtin_memcpy(&f, &bits, sizeof f);
-  return f;
+  return bf16_to_f32(static_cast<const uint16_t*>(a.w)[o * a.in + k]);
 }
 
 // Portable: 8 lanes of partial sums per (row, output), combined in a fixed order.
