@@ -63,6 +63,7 @@ int run(Args& args) {
   const conveyor::ChatTemplate chat =
       conveyor::ChatTemplate::for_tokenizer(tokenizer, args.chat_template);
   conveyor::Engine engine = conveyor::Engine::open(args.engine_args.model, options);
+  if (conveyor::cli::follow_unless_leader(engine)) return 0;
   const bool terminal = ::isatty(STDOUT_FILENO) != 0;
   fmt::print("{} | {} stage(s), layers {} | chat format {}\n",
              conveyor::cli::load_summary(engine.load_stats()), engine.partition().n_stages(),

@@ -11,8 +11,10 @@
 #include <optional>
 #include <string>
 
+#include "cli_errors.hpp"
 #include "conveyor/engine.hpp"
 #include "conveyor/error.hpp"
+#include "conveyor/process_group.hpp"
 #include "conveyor/tokenizer.hpp"
 #include "core/int_list.hpp"
 #include "text/unicode.hpp"
@@ -150,7 +152,21 @@ inline EngineOptions engine_options(EngineArgs& args) {
   options.schedule.chunking = Chunking::parse(args.chunking);
   options.schedule.decode_mode = parse_decode_mode(args.decode_mode);
   if (!options.on_load_progress) options.on_load_progress = load_progress_printer();
+  // Started by mpirun: this process runs its share of the stages (EngineOptions::processes).
+  if (launched_by_mpi()) {
+    cli_process_group() = mpi_world();
+    options.processes = cli_process_group();
+    if (options.processes->rank() != 0) options.on_load_progress = nullptr;
+  }
   return options;
+}
+
+// Across MPI ranks, every rank but 0 runs the leader's steps here until it closes its engine;
+// true when this process was such a follower (its binary then ends).
+inline bool follow_unless_leader(Engine& engine) {
+  if (engine.leader()) return false;
+  engine.follow();
+  return true;
 }
 
 // The tokenizer of --model (or --tokenizer).

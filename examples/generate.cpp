@@ -152,6 +152,7 @@ int run(Args& args) {
   }
 
   conveyor::Engine engine = conveyor::Engine::open(args.engine_args.model, options);
+  if (conveyor::cli::follow_unless_leader(engine)) return 0;
   const conveyor::ModelConfig& config = engine.config();
   const auto& partition = engine.partition();
   fmt::print("model {}: {}, {} layers, hidden {}, vocab {}, {:.1f}M params\n",

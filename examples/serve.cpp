@@ -69,6 +69,7 @@ int run(Args& args) {
                  e.what());
   }
   conveyor::Engine engine = conveyor::Engine::open(args.engine_args.model, options);
+  if (conveyor::cli::follow_unless_leader(engine)) return 0;
   if (args.server.model_name.empty()) {
     args.server.model_name = std::filesystem::path(args.engine_args.model).filename().string();
   }

@@ -15,6 +15,7 @@
 #include "conveyor/error.hpp"
 #include "conveyor/model_config.hpp"
 #include "conveyor/partition.hpp"
+#include "conveyor/process_group.hpp"
 #include "conveyor/sampling.hpp"
 #include "conveyor/schedule.hpp"
 #include "conveyor/step_plan.hpp"
@@ -110,6 +111,12 @@ struct EngineOptions {
   std::optional<uint64_t> random_weights_seed;
   // Called on the opening thread after each tensor is loaded (progress bars for large models).
   std::function<void(const LoadProgress&)> on_load_progress;
+  // Stages in several processes (conveyor::mpi_world(): MPI ranks, on one machine or many).
+  // Every process opens the engine with the same options; of S stages (n_stages, 0: one per
+  // process; a multiple of the process count) rank r runs [r*S/N, (r+1)*S/N) and loads only
+  // their weights. Rank 0, the leader, plans every step, takes every request and gets every
+  // token; the others call follow(). cpu backend only for now. Unset: all stages run here.
+  std::shared_ptr<ProcessGroup> processes;
 
   // Throws conveyor::Error(kInvalidArgument) naming the field, value, limit and fix.
   void validate() const;
@@ -245,8 +252,18 @@ class Engine {
   const LoadStats& load_stats() const;
   // Backend the stages run on (kAuto resolved).
   BackendKind backend() const;
-  // One line per stage: device, layers, weight bytes, KV capacity in tokens, workspace.
+  // One line per stage: device, layers, weight bytes, KV capacity in tokens, workspace (and,
+  // across processes, the rank and host that run it: every stage's line on the leader).
   std::vector<std::string> stage_reports() const;
+
+  // Across processes (EngineOptions::processes): false on every rank but 0, whose engine alone
+  // runs requests. True without processes.
+  bool leader() const;
+  // A follower (rank > 0): runs the steps the leader sends on this process' stages until the
+  // leader's engine is destroyed. Throws when this process cannot go on (a link to a neighbour
+  // failed or timed out: the error names the rank, stage and step); the caller should then end
+  // the job (ProcessGroup::abort). kInvalidArgument on the leader.
+  void follow();
 
   // Runs `requests` (at most max_batch) to completion: request i in KV slot i, one prefill step
   // for all prompts (chunked as the schedule says), then decode steps. Not while serving.

@@ -19,6 +19,8 @@
 #include "conveyor/partitioner.hpp"
 #include "core/check.hpp"
 #include "core/stats.hpp"
+#include "core/strings.hpp"
+#include "dist/distributed.hpp"
 #include "engine/engine_hooks.hpp"
 #include "engine/scheduler.hpp"
 #include "engine/stage_factory.hpp"
@@ -140,6 +142,7 @@ struct Engine::Impl {
   double load_seconds = 0.0;
   LoadStats load_stats;
   std::vector<std::string> stage_reports;
+  std::shared_ptr<dist::Distributed> processes;  // across processes only
   std::unique_ptr<Pipeline> pipeline;
   std::unique_ptr<Scheduler> scheduler;
   // The background scheduling loop (start_serving).
@@ -153,6 +156,7 @@ struct Engine::Impl {
     pipeline.reset();
   }
   void check_batch(const std::vector<Request>& requests, const GenerateOptions& gen) const;
+  void check_leader(std::string_view what) const;
   void serve_loop();
   void stop_serving(std::chrono::milliseconds grace);
 };
@@ -185,6 +189,26 @@ BackendKind Engine::backend() const {
 }
 std::vector<std::string> Engine::stage_reports() const {
   return impl_->stage_reports;
+}
+bool Engine::leader() const {
+  return !impl_->processes || impl_->processes->rank() == 0;
+}
+
+void Engine::follow() {
+  if (leader()) {
+    fail(ErrorCode::kInvalidArgument,
+         "follow() is for ranks other than 0; rank 0 runs the requests (generate, submit, "
+         "start_serving)");
+  }
+  impl_->processes->follow(*impl_->pipeline);
+}
+
+void Engine::Impl::check_leader(std::string_view what) const {
+  if (processes && processes->rank() != 0) {
+    fail(ErrorCode::kInvalidArgument,
+         "{} runs on rank 0 only; this process is rank {}, which runs its stages in follow()", what,
+         processes->rank());
+  }
 }
 
 Engine Engine::open(const std::filesystem::path& model, const EngineOptions& options) {
@@ -235,9 +259,61 @@ Engine Engine::open(const std::filesystem::path& model, const EngineOptions& opt
   if (backend == BackendKind::kCpu) {
     check_host_memory(config, options.device.dtype.value_or(DType::kF32));
   }
-  Partition partition = make_partition(config, options, backend, max_context);
+  // Across processes: an engine's own channel; rank 0 decides the partition for every rank.
+  std::shared_ptr<dist::Distributed> processes;
+  EngineOptions effective = options;
+  if (options.processes && options.processes->size() > 1) {
+    if (backend != BackendKind::kCpu) {
+      fail(ErrorCode::kInvalidArgument,
+           "stages in several processes run on the cpu backend only for now (CUDA stages would "
+           "need NCCL between ranks); use --backend cpu, or one process");
+    }
+    processes = dist::Distributed::create(*options.processes,
+                                          std::chrono::milliseconds(options.link_timeout_ms));
+    if (effective.n_stages == 0 &&
+        (effective.partition == "even" || effective.partition == "balanced")) {
+      effective.n_stages = processes->size();
+    }
+  }
+  Partition partition = Partition::even(1, 1);
+  if (processes) {
+    std::string counts;
+    std::string error;
+    if (processes->rank() == 0) {
+      try {
+        counts = make_partition(config, effective, backend, max_context).to_string();
+      } catch (const std::exception& e) {
+        error = e.what();
+      }
+    }
+    // Every rank learns rank 0's partition (or its error) and checks it runs the same model.
+    const std::string plan =
+        processes->broadcast(error.empty() ? "ok " + counts : "error " + error);
+    if (plan.starts_with("error ")) fail(ErrorCode::kInvalidArgument, "{}", plan.substr(6));
+    partition = Partition::parse(plan.substr(3), config.n_layers);
+    const std::string mine = fmt::format(
+        "{} layers, hidden {}, vocab {}, max_context {}, max_batch {}, dtype {}, {} stages",
+        config.n_layers, config.hidden_size, config.vocab_size, max_context,
+        options.capacity.max_batch, dtype_flag(options.device.dtype.value_or(DType::kF32)),
+        partition.n_stages());
+    const std::string leader = processes->broadcast(mine);
+    if (mine != leader) {
+      fail(ErrorCode::kInvalidArgument,
+           "rank {} opened a different engine than rank 0 ({} here, {} there); start every rank "
+           "with the same model and options",
+           processes->rank(), mine, leader);
+    }
+    if (partition.n_stages() % processes->size() != 0) {
+      fail(ErrorCode::kInvalidArgument,
+           "{} stages cannot be shared by {} processes; use a multiple of {} stages (--stages)",
+           partition.n_stages(), processes->size(), processes->size());
+    }
+  } else {
+    partition = make_partition(config, options, backend, max_context);
+  }
   auto impl = std::make_unique<Impl>(config, options, std::move(partition));
   impl->max_context = max_context;
+  impl->processes = processes;
 
   impl->backend = backend;
   const int n_stages = impl->partition.n_stages();
@@ -250,8 +326,23 @@ Engine Engine::open(const std::filesystem::path& model, const EngineOptions& opt
   std::vector<int> devices(static_cast<size_t>(n_stages), 0);
   if (impl->backend == BackendKind::kCuda) devices = stage_devices(options.device, n_stages);
 
+  // This process' stages: all of them, or its share of a pipeline that spans processes.
+  const int per_rank = processes ? n_stages / processes->size() : n_stages;
+  const int rank = processes ? processes->rank() : 0;
+  const int first_stage = rank * per_rank;
+  const int end_stage = first_stage + per_rank;
+
   // Before any weights load: a transport that cannot work fails fast.
   auto make_link = make_links(impl->backend, config, options, devices, impl->max_context);
+  if (processes) {
+    // The links that cross into the previous process and out to the next one.
+    make_link = [processes, first_stage, end_stage, rank,
+                 inner = std::move(make_link)](int from) -> std::unique_ptr<Link> {
+      if (from == first_stage - 1) return processes->make_link(from, rank - 1, 2);
+      if (from == end_stage - 1) return processes->make_link(from, rank + 1, 2);
+      return inner ? inner(from) : std::make_unique<HostLink>();
+    };
+  }
   if (hooks != nullptr && hooks->wrap_link) {
     auto inner = make_link ? std::move(make_link) : [](int) -> std::unique_ptr<Link> {
       return std::make_unique<HostLink>();
@@ -269,7 +360,7 @@ Engine Engine::open(const std::filesystem::path& model, const EngineOptions& opt
     impl->load_stats.format = fmt::format("random weights (seed {})", *options.random_weights_seed);
   }
   std::vector<std::unique_ptr<StageBackend>> stages;
-  for (int s = 0; s < impl->partition.n_stages(); ++s) {
+  for (int s = first_stage; s < end_stage; ++s) {
     const LayerRange range = impl->partition.range(s);
     StageWeightsSpec spec{.first_layer = range.first,
                           .last_layer = range.last,
@@ -293,10 +384,42 @@ Engine Engine::open(const std::filesystem::path& model, const EngineOptions& opt
                                               spec.head ? " + head" : "",
                                               stages.back()->describe()));
   }
-  impl->pipeline = std::make_unique<Pipeline>(
-      std::move(stages),
-      PipelineOptions{.link_timeout = std::chrono::milliseconds(options.link_timeout_ms),
-                      .make_link = std::move(make_link)});
+  PipelineOptions pipeline{.link_timeout = std::chrono::milliseconds(options.link_timeout_ms),
+                           .make_link = std::move(make_link),
+                           .first_stage = first_stage,
+                           .n_stages = n_stages};
+  if (processes) {
+    // The layout, on rank 0: which rank runs which stages, where, over what.
+    const std::string where = fmt::format(" [rank {} on {}, {}]", rank, options.processes->host(),
+                                          options.processes->transport());
+    for (std::string& line : impl->stage_reports)
+      line += where;
+    std::string mine;
+    for (const std::string& line : impl->stage_reports)
+      mine += line + "\n";
+    const std::vector<std::string> all =
+        processes->gather(fmt::format("rank {} ({}, stages [{}, {}))\n", rank,
+                                      options.processes->host(), first_stage, end_stage) +
+                          mine);
+    if (rank == 0) {
+      std::vector<std::string> names;
+      impl->stage_reports.clear();
+      for (const std::string& text : all) {
+        bool name = true;  // each rank's first line names it
+        for (std::string_view line : split(text, '\n')) {
+          if (line.empty()) continue;
+          (name ? names : impl->stage_reports).emplace_back(line);
+          name = false;
+        }
+      }
+      pipeline.remote = processes->make_remote(std::move(names));
+    } else {
+      pipeline.on_local_done = [processes](StepReport&& report) {
+        processes->report(std::move(report));
+      };
+    }
+  }
+  impl->pipeline = std::make_unique<Pipeline>(std::move(stages), pipeline);
   impl->scheduler =
       std::make_unique<Scheduler>(*impl->pipeline, impl->config,
                                   SchedulerOptions{.policy = options.schedule,
@@ -358,6 +481,7 @@ double phase_seconds(std::vector<StepRecord> records, Phase phase) {
 
 GenerateResult Engine::generate(const std::vector<Request>& requests, const GenerateOptions& gen) {
   Impl& d = *impl_;
+  d.check_leader("generate()");
   d.check_batch(requests, gen);
   Scheduler& scheduler = *d.scheduler;
   d.pipeline->take_trace();  // drop events of earlier steps
@@ -429,6 +553,7 @@ GenerateResult Engine::generate(const std::vector<Request>& requests, const Gene
 }
 
 RequestId Engine::submit(Request request, RequestCallback on_event) {
+  impl_->check_leader("submit()");
   return impl_->scheduler->submit(std::move(request), std::move(on_event));
 }
 
@@ -437,6 +562,7 @@ bool Engine::cancel(RequestId id) {
 }
 
 bool Engine::step() {
+  impl_->check_leader("step()");
   if (impl_->loop.joinable()) {
     fail(ErrorCode::kInvalidArgument,
          "step() while the engine serves in the background; the loop runs the steps");
@@ -468,6 +594,7 @@ void Engine::Impl::serve_loop() {
 
 void Engine::start_serving() {
   Impl& d = *impl_;
+  d.check_leader("start_serving()");
   if (d.loop.joinable()) return;
   d.stop_requested = false;
   d.scheduler->start_accepting();

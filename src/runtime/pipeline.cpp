@@ -55,21 +55,46 @@ struct Pipeline::Worker {
 
 Pipeline::Pipeline(std::vector<std::unique_ptr<StageBackend>> stages,
                    const PipelineOptions& options)
-    : options_(options), epoch_(Clock::now()) {
+    : options_(options),
+      n_stages_(options.n_stages > 0 ? options.n_stages : static_cast<int>(stages.size())),
+      first_stage_(options.first_stage),
+      epoch_(Clock::now()) {
   if (stages.empty()) fail(ErrorCode::kInvalidArgument, "a pipeline needs at least one stage");
-  for (size_t s = 0; s + 1 < stages.size(); ++s) {
-    links_.push_back(options.make_link ? options.make_link(static_cast<int>(s))
-                                       : std::make_unique<HostLink>(options.link_capacity));
+  const int n_local = static_cast<int>(stages.size());
+  if (first_stage_ < 0 || first_stage_ + n_local > n_stages_) {
+    fail(ErrorCode::kInvalidArgument,
+         "this process' stages [{}, {}) do not fit a pipeline of {} stages", first_stage_,
+         first_stage_ + n_local, n_stages_);
   }
-  for (size_t s = 0; s < stages.size(); ++s) {
+  const bool spans = n_local < n_stages_;
+  if (spans && !(first_stage_ == 0 ? options_.remote != nullptr : bool(options_.on_local_done))) {
+    fail(ErrorCode::kInvalidArgument,
+         "a pipeline of {} stages runs {} here: the process with stage 0 needs the remote "
+         "stages, every other one a report callback",
+         n_stages_, n_local);
+  }
+  // This process' links: between its stages, and into and out of them.
+  links_.resize(static_cast<size_t>(n_stages_ - 1));
+  const int last_link = std::min(first_stage_ + n_local, n_stages_ - 1);
+  for (int s = std::max(first_stage_ - 1, 0); s < last_link; ++s) {
+    links_[static_cast<size_t>(s)] = options.make_link
+                                         ? options.make_link(s)
+                                         : std::make_unique<HostLink>(options.link_capacity);
+  }
+  remote_busy_ns_.assign(static_cast<size_t>(n_stages_), 0);
+  for (int i = 0; i < n_local; ++i) {
     auto worker = std::make_unique<Worker>();
-    worker->stage = static_cast<int>(s);
-    worker->backend = std::move(stages[s]);
+    worker->stage = first_stage_ + i;
+    worker->backend = std::move(stages[static_cast<size_t>(i)]);
     workers_.push_back(std::move(worker));
   }
   for (auto& worker : workers_) {
     Worker* w = worker.get();
     w->thread = std::thread([this, w] { worker_loop(*w); });
+  }
+  if (options_.remote) {
+    options_.remote->start([this](StepReport&& report) { on_report(std::move(report)); },
+                           [this](std::exception_ptr error) { on_remote_failure(error); });
   }
 }
 
@@ -78,12 +103,14 @@ Pipeline::~Pipeline() {
     std::lock_guard lock(mutex_);
     stopping_ = true;
   }
-  for (auto& link : links_)
-    link->cancel();  // wakes a worker blocked on a link
+  for (auto& link : links_) {
+    if (link) link->cancel();  // wakes a worker blocked on a link
+  }
   work_ready_.notify_all();
   for (auto& worker : workers_) {
     if (worker->thread.joinable()) worker->thread.join();
   }
+  if (options_.remote) options_.remote->stop();
 }
 
 void Pipeline::worker_loop(Worker& worker) {
@@ -125,6 +152,7 @@ void Pipeline::worker_loop(Worker& worker) {
                                                          : "slot truncation",
                       e.what())));
     }
+    std::optional<StepReport> report;
     {
       std::lock_guard lock(mutex_);
       worker.busy = false;
@@ -134,24 +162,32 @@ void Pipeline::worker_loop(Worker& worker) {
         if (++f.stages_done == n_stages()) {
           f.seconds = std::chrono::duration<double>(Clock::now() - f.submitted).count();
           completed_.push_back(job.flight);
+        } else if (options_.on_local_done && f.stages_done == local_stages()) {
+          report = local_report(f);
         }
       }
     }
     progress_.notify_all();
+    // A follower: the leader decides the step once every process reported it.
+    if (report) options_.on_local_done(std::move(*report));
   }
 }
 
-void Pipeline::abort_all(Flight& cause) {
+void Pipeline::abort_all(Flight& cause, std::exception_ptr error) {
   {
     std::lock_guard lock(mutex_);
+    // Across processes the links cannot be brought back in order (what the other processes
+    // sent, received or still wait for is unknown here): the pipeline stops.
+    if ((options_.remote || options_.on_local_done) && !broken_) broken_ = error;
     if (!links_cancelled_) cause.caused_cancel = true;
     links_cancelled_ = true;
     for (auto& f : flights_) {
       if (f->stages_done < n_stages()) f->cancelled = true;
     }
   }
-  for (auto& link : links_)
-    link->cancel();
+  for (auto& link : links_) {
+    if (link) link->cancel();
+  }
 }
 
 void Pipeline::run_program(Worker& worker, Flight& flight) {
@@ -262,7 +298,7 @@ void Pipeline::run_program(Worker& worker, Flight& flight) {
              code);
       if (ins.kind == OpKind::kRecv || ins.kind == OpKind::kSend) {
         // A link in an unknown state: no stand-in can keep it in order. Stop everything.
-        abort_all(flight);
+        abort_all(flight, error.error);
         return;
       }
       poisoned = true;
@@ -328,14 +364,15 @@ uint64_t Pipeline::submit(StepPlan plan, const StepContext& ctx) {
   flight->plan = std::move(plan);
   flight->ctx = ctx;
   flight->submitted = Clock::now();
-  flight->errors.resize(workers_.size());
-  flight->traces.resize(workers_.size());
+  flight->errors.resize(static_cast<size_t>(n_stages_));
+  flight->traces.resize(static_cast<size_t>(n_stages_));
   {
     std::lock_guard lock(mutex_);
     flight->cancelled = links_cancelled_;  // behind a failure not yet cleaned up: collateral
     flights_.push_back(flight);
     enqueue_all([&] { return Job{.kind = Job::Kind::kProgram, .flight = flight}; });
   }
+  if (options_.remote) options_.remote->submit(flight->ticket, flight->plan, flight->ctx);
   return flight->ticket;
 }
 
@@ -377,6 +414,9 @@ StepOutcome Pipeline::wait_any() {
   for (Trace& t : f->traces)
     trace_.insert(trace_.end(), t.begin(), t.end());
   lock.unlock();
+  // The commit barrier across processes: the others apply the same decision. This thread alone
+  // queues jobs, so they see it in the order of the jobs queued here.
+  if (options_.remote) options_.remote->decide(f->ticket, !out.error);
   checker_.complete(out.step, !out.error);
   return out;
 }
@@ -391,6 +431,7 @@ bool Pipeline::running() const {
 std::exception_ptr Pipeline::reset_links() {
   std::exception_ptr error;
   for (auto& link : links_) {
+    if (!link) continue;
     try {
       link->reset();
     } catch (...) {
@@ -424,8 +465,11 @@ void Pipeline::truncate(int32_t seq, int64_t length) {
     fail(ErrorCode::kInvalidArgument, "cannot truncate sequence {} to {} positions", seq, length);
   }
   if (length == 0) checker_.release(seq);
-  std::lock_guard lock(mutex_);
-  enqueue_all([&] { return Job{.kind = Job::Kind::kTruncate, .seq = seq, .length = length}; });
+  {
+    std::lock_guard lock(mutex_);
+    enqueue_all([&] { return Job{.kind = Job::Kind::kTruncate, .seq = seq, .length = length}; });
+  }
+  if (options_.remote) options_.remote->truncate(seq, length);
 }
 
 void Pipeline::release(int32_t seq) {
@@ -434,13 +478,23 @@ void Pipeline::release(int32_t seq) {
          "cannot release sequence {} while a step with it is in flight; wait for its outcome", seq);
   }
   checker_.release(seq);
+  if (options_.remote) options_.remote->release(seq);
 }
 
 std::vector<double> Pipeline::busy_seconds() const {
+  std::lock_guard lock(mutex_);
   std::vector<double> out;
-  for (const auto& w : workers_)
-    out.push_back(static_cast<double>(w->busy_ns.load()) * 1e-9);
+  for (int s = 0; s < n_stages_; ++s) {
+    const Worker* w = local_worker(s);
+    const int64_t ns = w ? w->busy_ns.load() : remote_busy_ns_[static_cast<size_t>(s)];
+    out.push_back(static_cast<double>(ns) * 1e-9);
+  }
   return out;
+}
+
+Pipeline::Worker* Pipeline::local_worker(int stage) const {
+  const int i = stage - first_stage_;
+  return i >= 0 && i < local_stages() ? workers_[static_cast<size_t>(i)].get() : nullptr;
 }
 
 void Pipeline::drain() {
@@ -456,8 +510,115 @@ void Pipeline::drain() {
 }
 
 int64_t Pipeline::committed(int stage, int32_t seq) {
+  Worker* w = local_worker(stage);
+  if (w == nullptr) {
+    fail(ErrorCode::kInvalidArgument, "stage {} does not run in this process (it runs [{}, {}))",
+         stage, first_stage_, first_stage_ + local_stages());
+  }
   drain();
-  return workers_.at(static_cast<size_t>(stage))->backend->committed(seq);
+  return w->backend->committed(seq);
+}
+
+void Pipeline::decide(uint64_t ticket, bool commit) {
+  std::shared_ptr<Flight> f;
+  {
+    std::unique_lock lock(mutex_);
+    auto it = std::find_if(flights_.begin(), flights_.end(),
+                           [&](const auto& x) { return x->ticket == ticket; });
+    if (it == flights_.end()) {
+      fail(ErrorCode::kInternal,
+           "the leader decided step ticket {}, which was never submitted here", ticket);
+    }
+    f = *it;
+    // Every process reported before the leader decided: the step is done here too.
+    CONVEYOR_ASSERT(f->stages_done == local_stages());
+    flights_.erase(it);
+    enqueue_all([&] {
+      return Job{.kind = commit ? Job::Kind::kCommit : Job::Kind::kRollback, .flight = f};
+    });
+  }
+  checker_.complete(f->plan.step, commit);
+}
+
+StepReport Pipeline::local_report(const Flight& flight) const {
+  StepReport report{.ticket = flight.ticket,
+                    .step = flight.plan.step,
+                    .first_stage = first_stage_,
+                    .n_stages = local_stages()};
+  for (int s = first_stage_; s < first_stage_ + local_stages(); ++s) {
+    const Flight::StageError& e = flight.errors[static_cast<size_t>(s)];
+    if (e.error) {
+      std::string message;
+      try {
+        std::rethrow_exception(e.error);
+      } catch (const std::exception& x) {
+        message = x.what();
+      }
+      report.failures.push_back({.stage = s, .code = e.code, .message = std::move(message)});
+    }
+    const Trace& t = flight.traces[static_cast<size_t>(s)];
+    report.trace.insert(report.trace.end(), t.begin(), t.end());
+    report.busy_ns.push_back(local_worker(s)->busy_ns.load());
+  }
+  if (first_stage_ + local_stages() == n_stages_) report.result = flight.result;
+  if (broken_) {
+    try {
+      std::rethrow_exception(broken_);
+    } catch (const std::exception& x) {
+      report.broken = x.what();
+    }
+  }
+  return report;
+}
+
+void Pipeline::on_report(StepReport&& report) {
+  std::exception_ptr broke;
+  {
+    std::lock_guard lock(mutex_);
+    for (int i = 0; i < report.n_stages && i < static_cast<int>(report.busy_ns.size()); ++i) {
+      remote_busy_ns_[static_cast<size_t>(report.first_stage + i)] =
+          report.busy_ns[static_cast<size_t>(i)];
+    }
+    if (!report.broken.empty() && !broken_) {
+      broken_ = broke = std::make_exception_ptr(Error(
+          ErrorCode::kCommunication,
+          fmt::format("rank {} (stages [{}, {})) stopped: {}", report.rank, report.first_stage,
+                      report.first_stage + report.n_stages, report.broken)));
+    }
+    auto it = std::find_if(flights_.begin(), flights_.end(),
+                           [&](const auto& x) { return x->ticket == report.ticket; });
+    if (it != flights_.end()) {
+      Flight& f = **it;
+      const auto now = Clock::now();
+      for (StepReport::Failure& failure : report.failures) {
+        f.errors[static_cast<size_t>(failure.stage)] = {
+            std::make_exception_ptr(Error(failure.code, failure.message)), failure.code, now};
+      }
+      if (report.result) f.result = std::move(*report.result);
+      if (f.traces.size() > static_cast<size_t>(report.first_stage)) {
+        f.traces[static_cast<size_t>(report.first_stage)] = std::move(report.trace);
+      }
+      f.stages_done += report.n_stages;
+      if (f.stages_done == n_stages_) {
+        f.seconds = std::chrono::duration<double>(now - f.submitted).count();
+        completed_.push_back(*it);
+      }
+    }
+  }
+  if (broke) on_remote_failure(broke);
+  progress_.notify_all();
+}
+
+void Pipeline::on_remote_failure(std::exception_ptr error) {
+  {
+    std::lock_guard lock(mutex_);
+    if (!broken_) broken_ = error;
+  }
+  // Wake this process' stages wherever they wait on a link.
+  for (auto& link : links_) {
+    if (link) link->cancel();
+  }
+  progress_.notify_all();
 }
 
 Trace Pipeline::take_trace() {

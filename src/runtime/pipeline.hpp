@@ -11,6 +11,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <thread>
 #include <vector>
 
@@ -18,6 +19,7 @@
 #include "backend/stage_backend.hpp"
 #include "conveyor/step_plan.hpp"
 #include "conveyor/trace.hpp"
+#include "runtime/remote.hpp"
 
 namespace conveyor {
 
@@ -25,13 +27,19 @@ struct PipelineOptions {
   std::chrono::milliseconds link_timeout{120'000};
   int link_capacity = 2;  // messages in flight per link (2 = double-buffered)
   // The link from stage s to s + 1 (e.g. NCCL between GPUs); unset: in-process HostLinks of
-  // link_capacity, which carry host rows or device handles.
+  // link_capacity, which carry host rows or device handles. Across processes it is also asked
+  // for the links into and out of this process' stages.
   std::function<std::unique_ptr<Link>(int from_stage)> make_link;
-};
 
-struct StepResult {
-  std::vector<SampledToken> tokens;  // from the last stage, in sampling order
-  std::vector<LogitsRow> logits;     // of the sequences whose StepContext::logits asks
+  // A pipeline that spans processes (src/runtime/remote.hpp): this process runs stages
+  // [first_stage, first_stage + stages.size()) of n_stages (0: all of them, here).
+  int first_stage = 0;
+  int n_stages = 0;
+  // The leader (first_stage 0): the stages after its own run elsewhere.
+  std::shared_ptr<RemoteStages> remote;
+  // A follower: called on a stage worker once a step has finished on every stage here; the
+  // step then waits for decide().
+  std::function<void(StepReport&&)> on_local_done;
 };
 
 // A finished step: committed on every stage (error unset), or rolled back on every stage.
@@ -55,7 +63,10 @@ class Pipeline {
   Pipeline(const Pipeline&) = delete;
   Pipeline& operator=(const Pipeline&) = delete;
 
-  int n_stages() const { return static_cast<int>(workers_.size()); }
+  int n_stages() const { return n_stages_; }
+  // The stages that run in this process: [first_stage(), first_stage() + local_stages()).
+  int first_stage() const { return first_stage_; }
+  int local_stages() const { return static_cast<int>(workers_.size()); }
   const PipelineOptions& options() const { return options_; }
 
   // Validates `plan` on its own and against the steps in flight (ScheduleChecker: none of its
@@ -78,6 +89,9 @@ class Pipeline {
   StepOutcome wait_any();
   // submit() and wait for that step, with nothing else in flight; rethrows its failure.
   StepResult run_step(const StepPlan& plan, const StepContext& ctx);
+  // A follower: commits (or rolls back) the step `ticket` on this process' stages, as the
+  // leader decided once every process had reported it.
+  void decide(uint64_t ticket, bool commit);
 
   // Keeps the first `length` committed positions of a sequence slot on every stage (0 frees the
   // slot, which may then join another cohort). Runs behind everything submitted so far; the slot
@@ -88,7 +102,8 @@ class Pipeline {
   void release(int32_t seq);
   // Compute + sample time of each stage so far.
   std::vector<double> busy_seconds() const;
-  // Committed KV length of `seq` on `stage`, once every stage has run what is queued.
+  // Committed KV length of `seq` on `stage` (one of this process'), once every stage has run
+  // what is queued.
   int64_t committed(int stage, int32_t seq);
 
   // Events of the steps whose outcomes were taken since the last call.
@@ -100,18 +115,27 @@ class Pipeline {
   struct Worker;
   void worker_loop(Worker& worker);
   void run_program(Worker& worker, Flight& flight);
-  void abort_all(Flight& cause);
+  void abort_all(Flight& cause, std::exception_ptr error);
   void enqueue_all(const std::function<Job()>& make);
   void drain();
   void check_healthy() const;
   // Resets every link once nothing runs after a cancellation; the first failure, if any.
   std::exception_ptr reset_links();
   bool running() const;  // some step in flight has not finished on every stage
+  // A leader: a follower's report, or its transport's failure.
+  void on_report(StepReport&& report);
+  void on_remote_failure(std::exception_ptr error);
+  StepReport local_report(const Flight& flight) const;
+  Worker* local_worker(int stage) const;
 
   PipelineOptions options_;
+  int n_stages_ = 0;
+  int first_stage_ = 0;
   std::chrono::steady_clock::time_point epoch_;
   std::vector<std::unique_ptr<Worker>> workers_;
-  std::vector<std::unique_ptr<Link>> links_;  // links_[s] carries stage s -> s+1
+  // links_[s] carries stage s -> s+1; null where neither end runs here.
+  std::vector<std::unique_ptr<Link>> links_;
+  std::vector<int64_t> remote_busy_ns_;  // by stage, from the followers' reports
   ScheduleChecker checker_;
   uint64_t next_ticket_ = 1;
 
@@ -122,7 +146,8 @@ class Pipeline {
   std::vector<std::shared_ptr<Flight>> flights_;   // submitted, outcome not taken
   std::deque<std::shared_ptr<Flight>> completed_;  // finished on every stage, in order
   bool links_cancelled_ = false;  // a link failure cancelled them; reset once nothing runs
-  std::exception_ptr broken_;     // a commit, rollback or truncate failed on a stage
+  std::exception_ptr broken_;     // a commit, rollback or truncate failed on a stage (or a
+                                  // link across processes failed)
   bool stopping_ = false;
   Trace trace_;
 };

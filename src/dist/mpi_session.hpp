@@ -1,0 +1,123 @@
+// MPI underneath a pipeline that spans processes (built only with MPI). MpiGroup is the world
+// (conveyor::mpi_world); an MpiSession is one engine's private communicator with the waits every
+// transfer uses: non-blocking calls polled until done, cancelled or past their deadline, so a
+// peer that stops answering never hangs this process.
+#pragma once
+
+#include <mpi.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstddef>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "backend/link.hpp"
+#include "conveyor/process_group.hpp"
+#include "runtime/pipeline.hpp"
+#include "runtime/remote.hpp"
+
+namespace conveyor::dist {
+
+class MpiGroup final : public ProcessGroup {
+ public:
+  MpiGroup(bool owns_mpi, MPI_Comm comm);
+  ~MpiGroup() override;
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
+  std::string host() const override { return host_; }
+  std::string transport() const override { return transport_; }
+  [[noreturn]] void abort(int exit_code) override;
+  MPI_Comm comm() const { return comm_; }
+
+ private:
+  bool owns_mpi_;
+  MPI_Comm comm_;
+  int rank_ = 0;
+  int size_ = 1;
+  std::string host_;
+  std::string transport_;
+};
+
+// Tags of the engine's communicator.
+enum Tag : int { kControlTag = 1, kReportTag = 2, kLinkTag = 3, kOpenTag = 4 };
+
+class MpiSession {
+ public:
+  explicit MpiSession(const ProcessGroup& group);  // MPI_Comm_dup: collective
+  ~MpiSession();
+  MpiSession(const MpiSession&) = delete;
+  MpiSession& operator=(const MpiSession&) = delete;
+
+  int rank() const { return rank_; }
+  int size() const { return size_; }
+  MPI_Comm comm() const { return comm_; }
+
+  // Stops waiting when `stop` returns true (throws kAborted) or past `timeout` (kTimeout;
+  // `what` says what was awaited, from whom). A zero timeout waits for ever.
+  using StopFn = std::function<bool()>;
+  void send(int peer, int tag, const std::vector<std::byte>& bytes,
+            std::chrono::milliseconds timeout, const std::string& what,
+            const StopFn& stop = {}) const;
+  std::vector<std::byte> recv(int peer, int tag, std::chrono::milliseconds timeout,
+                              const std::string& what, const StopFn& stop = {},
+                              int* source = nullptr) const;
+  // Polls `request` (a non-blocking call already posted) the same way.
+  void wait(MPI_Request& request, std::chrono::milliseconds timeout, const std::string& what,
+            const StopFn& stop) const;
+
+  // Rank 0's `value` on every rank (collective, at open).
+  std::string broadcast(const std::string& value) const;
+  // Every rank's `value`, on rank 0 (empty elsewhere; collective, at open).
+  std::vector<std::string> gather(const std::string& value) const;
+
+ private:
+  MPI_Comm comm_ = MPI_COMM_NULL;
+  int rank_ = 0;
+  int size_ = 1;
+};
+
+// The link between the last stage of one process and the first stage of the next: MPI
+// non-blocking point-to-point, one tag per link (MPI's non-overtaking rule keeps it FIFO as the
+// plans assume; each message also carries its step and micro-batch, which the pipeline checks).
+// Up to `capacity` sends are in flight, like HostLink's double buffering. After a failure it
+// cannot be brought back in order: reset() throws, and the pipeline stops.
+class MpiLink final : public Link {
+ public:
+  MpiLink(std::shared_ptr<const MpiSession> session, int peer, int from_stage, int capacity);
+  ~MpiLink() override;
+  void send(LinkMessage&& message, std::chrono::milliseconds timeout) override;
+  LinkMessage recv(std::chrono::milliseconds timeout) override;
+  void cancel() override;
+  void reset() override;
+
+ private:
+  struct Pending {
+    std::vector<std::byte> bytes;
+    MPI_Request request = MPI_REQUEST_NULL;
+  };
+  void reap();  // forgets the sends that completed
+  std::shared_ptr<const MpiSession> session_;
+  int peer_;
+  int from_stage_;
+  size_t capacity_;
+  std::atomic<bool> cancelled_{false};
+  bool failed_ = false;
+  std::vector<Pending> pending_;  // the sender's messages in flight (used by one thread)
+};
+
+// The leader's RemoteStages over MPI: control messages to every follower, a thread that
+// receives their reports and watches for silence.
+std::shared_ptr<RemoteStages> make_mpi_remote(std::shared_ptr<const MpiSession> session,
+                                              std::vector<std::string> rank_names,
+                                              std::chrono::milliseconds timeout);
+
+// A follower: sends `report` to the leader (from a stage worker).
+void send_report(const MpiSession& session, StepReport report, std::chrono::milliseconds timeout);
+// A follower: runs what the leader sends on `pipeline` (this process' stages) until it says
+// stop. Throws when the pipeline breaks or a message is malformed.
+void follow(const MpiSession& session, Pipeline& pipeline);
+
+}  // namespace conveyor::dist
