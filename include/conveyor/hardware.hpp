@@ -43,8 +43,10 @@ struct LinkSpec {
 // conveyor::Error(kInvalidArgument) listing the presets for any other name.
 DeviceSpec device_preset(std::string_view name);
 std::vector<std::string> device_preset_names();
-// Presets: "host" (threads in one process), "nvlink" (NVLink 4), "pcie4", "pcie5",
-// "infiniband" (NDR 400 Gb/s). Throws kInvalidArgument listing the presets otherwise.
+// Presets inside a node: "host" (threads in one process), "nvlink" (NVLink 4), "pcie4", "pcie5".
+// Between nodes: "ib-hdr100" (100 Gb/s InfiniBand), "ib-hdr" (200 Gb/s), "ib-ndr" (400 Gb/s;
+// "infiniband" is an alias), "ethernet-100g", "ethernet-25g", "ethernet-10g" (TCP sockets).
+// Throws kInvalidArgument listing the presets otherwise.
 LinkSpec link_preset(std::string_view name);
 std::vector<std::string> link_preset_names();
 
@@ -60,5 +62,12 @@ struct Topology {
   const DeviceSpec& device(int stage) const;
   LinkSpec link(int stage) const;  // the link leaving `stage` (stage < n_stages - 1)
 };
+
+// A pipeline over nodes of `gpus_per_node` devices each: stage s runs on node
+// s / gpus_per_node, and the link leaving stage s is `inter` when stage s + 1 is on another node,
+// else `intra`. Every stage gets `device`. Throws conveyor::Error(kInvalidArgument) when n_stages
+// or gpus_per_node is below 1, or the device or a link is invalid.
+Topology node_topology(const DeviceSpec& device, int n_stages, int gpus_per_node,
+                       const LinkSpec& intra, const LinkSpec& inter);
 
 }  // namespace conveyor

@@ -5,6 +5,8 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include <utility>
+
 #include "core/check.hpp"
 
 namespace conveyor {
@@ -71,10 +73,29 @@ struct LinkPreset {
   double bandwidth;
   double latency_s;
 };
+// Bandwidth is what one direction achieves for large messages; latency is one small message,
+// GPU to GPU, through the communication library.
+// - InfiniBand line rates (HDR100, HDR, NDR) are 12.5, 25 and 50 GB/s per direction; perftest's
+//   ib_write_bw and nccl-tests reach about 90-92 % of them. The verbs' one-way latency is 1-2 us
+//   (OSU osu_latency); NCCL's proxy and GPUDirect RDMA bring a GPU-to-GPU send to a few us.
+// - Ethernet goes through the kernel's TCP stack (NCCL's socket transport): iperf3 shows ~94 %
+//   of line rate on 10 and 25 GbE and ~80 % on 100 GbE with several streams; netperf TCP_RR
+//   round trips of 30-60 us give one-way latencies of 15-30 us.
 constexpr LinkPreset kLinkPresets[] = {
     {"host", 0.0, 20e-6},     // the host link moves the buffer; cost is waking the peer
     {"nvlink", 400e9, 5e-6},  // NVLink 4: 450 GB/s per direction, ~90 % achieved
-    {"pcie4", 25e9, 10e-6},  {"pcie5", 50e9, 10e-6}, {"infiniband", 45e9, 15e-6},  // NDR 400 Gb/s
+    {"pcie4", 25e9, 10e-6},
+    {"pcie5", 50e9, 10e-6},
+    {"ib-hdr100", 11.5e9, 6e-6},  // 100 Gb/s
+    {"ib-hdr", 23e9, 6e-6},       // 200 Gb/s
+    {"ib-ndr", 45e9, 6e-6},       // 400 Gb/s
+    {"ethernet-100g", 10e9, 20e-6},
+    {"ethernet-25g", 2.9e9, 25e-6},
+    {"ethernet-10g", 1.17e9, 30e-6},
+};
+// Older names that stay accepted: the name on the left gives the preset on the right.
+constexpr std::pair<std::string_view, std::string_view> kLinkAliases[] = {
+    {"infiniband", "ib-ndr"},
 };
 
 template <typename Preset, size_t N>
@@ -118,6 +139,9 @@ std::vector<std::string> link_preset_names() {
 }
 
 LinkSpec link_preset(std::string_view name) {
+  for (const auto& [alias, target] : kLinkAliases) {
+    if (name == alias) name = target;
+  }
   const LinkPreset& p = find_preset(kLinkPresets, name, "link");
   LinkSpec l;
   l.name = p.name;
@@ -154,6 +178,31 @@ const DeviceSpec& Topology::device(int stage) const {
 LinkSpec Topology::link(int stage) const {
   if (links.empty()) return link_preset("host");
   return links.size() == 1 ? links.front() : links.at(static_cast<size_t>(stage));
+}
+
+Topology node_topology(const DeviceSpec& device, int n_stages, int gpus_per_node,
+                       const LinkSpec& intra, const LinkSpec& inter) {
+  if (n_stages < 1) {
+    fail(ErrorCode::kInvalidArgument,
+         "node_topology: n_stages is {} but must be at least 1; give one stage per device",
+         n_stages);
+  }
+  if (gpus_per_node < 1) {
+    fail(ErrorCode::kInvalidArgument,
+         "node_topology: gpus_per_node is {} but must be at least 1; give the devices each node "
+         "holds (e.g. 8)",
+         gpus_per_node);
+  }
+  device.validate();
+  intra.validate();
+  inter.validate();
+  Topology topology;
+  topology.devices = {device};
+  for (int stage = 0; stage + 1 < n_stages; ++stage) {
+    const bool crosses = (stage + 1) / gpus_per_node != stage / gpus_per_node;
+    topology.links.push_back(crosses ? inter : intra);
+  }
+  return topology;
 }
 
 }  // namespace conveyor

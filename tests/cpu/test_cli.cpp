@@ -185,6 +185,32 @@ TEST_F(CliTest, PlanSizesAnEightBillionDeploymentWithoutWeights) {
   EXPECT_NE(out.find("h100"), std::string::npos) << out;  // the error lists the presets
 }
 
+TEST_F(CliTest, PlanPlacesSeventyBOnTwoNodes) {
+  const std::string plan = test::binary_path("conveyor-plan").string() + " --config " +
+                           std::string(CONVEYOR_SOURCE_DIR) + "/configs/llama-3-70b.json";
+  std::string out;
+  ASSERT_EQ(run(plan + " --nodes 2x8 --inter-node-link ethernet-10g --max-stages 2", &out), 0)
+      << out;
+  EXPECT_NE(out.find("nodes 2 x 8 | links nvlink inside a node, ethernet-10g between nodes"),
+            std::string::npos)
+      << out;
+  EXPECT_NE(out.find("balanced partition (decode), S = 16"), std::string::npos) << out;
+  EXPECT_NE(out.find("node 1: stages 8-15"), std::string::npos) << out;
+  EXPECT_NE(out.find("ethernet-10g (inter-node)"), std::string::npos) << out;
+  EXPECT_TRUE(std::regex_search(out, std::regex("decode strict : [0-9.]+ tok/s"))) << out;
+  EXPECT_TRUE(std::regex_search(out, std::regex("decode cohorts: [0-9.]+ tok/s"))) << out;
+
+  // More stages than GPUs, an unused node, a malformed layout, a network without nodes.
+  EXPECT_EQ(run(plan + " --nodes 2x8 --stages 20", &out), 1) << out;
+  EXPECT_NE(out.find("raise --nodes or lower --stages"), std::string::npos) << out;
+  EXPECT_EQ(run(plan + " --nodes 2x8 --stages 8", &out), 1) << out;
+  EXPECT_NE(out.find("use --nodes 1x8"), std::string::npos) << out;
+  EXPECT_EQ(run(plan + " --nodes 2-8", &out), 1) << out;
+  EXPECT_NE(out.find("2x8"), std::string::npos) << out;
+  EXPECT_EQ(run(plan + " --inter-node-link ib-hdr", &out), 1) << out;
+  EXPECT_NE(out.find("needs --nodes"), std::string::npos) << out;
+}
+
 TEST_F(CliTest, BenchSweepsAndWritesJson) {
   const auto json_path = dir_->path() / "bench.json";
   std::string out;
