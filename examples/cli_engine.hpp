@@ -94,6 +94,9 @@ inline void add_engine_options(CLI::App& app, EngineArgs& args) {
   app.add_option("--max-waiting", args.engine.capacity.max_waiting,
                  "requests that may wait for a slot before new ones are refused (serving)")
       ->capture_default_str();
+  app.add_option("--link-timeout-ms", args.engine.link_timeout_ms,
+                 "how long a stage waits on a link (and, across MPI ranks, for a rank to answer) "
+                 "before the step fails");
   app.add_option("--max-context", args.engine.capacity.max_context,
                  "prompt + generated tokens (0 = min(max_position_embeddings, 4096))")
       ->capture_default_str();

@@ -88,6 +88,12 @@ MpiGroup::~MpiGroup() {
 }
 
 void MpiGroup::abort(int exit_code) {
+  // MPI_Abort asks the launcher to end every rank; where the launcher cannot be reached (the
+  // network to it broke), this process still ends, a few seconds later.
+  std::thread([exit_code] {
+    std::this_thread::sleep_for(std::chrono::seconds(5));
+    std::_Exit(exit_code);
+  }).detach();
   MPI_Abort(comm_, exit_code);
   std::_Exit(exit_code);
 }
@@ -203,11 +209,19 @@ std::vector<std::string> MpiSession::gather(const std::string& value) const {
 
 // ---- the link between processes -----------------------------------------------------------------
 
-MpiLink::MpiLink(std::shared_ptr<const MpiSession> session, int peer, int from_stage, int capacity)
+namespace {
+constexpr uint8_t kAbortedFlag = 1;  // a stand-in for a micro-batch of a failed step
+constexpr uint8_t kMarkerFlag = 2;   // sent by reset(): everything before it is stale
+}  // namespace
+
+MpiLink::MpiLink(std::shared_ptr<const MpiSession> session, int peer, int from_stage, bool sender,
+                 int capacity, std::chrono::milliseconds reset_timeout)
     : session_(std::move(session)),
       peer_(peer),
       from_stage_(from_stage),
-      capacity_(static_cast<size_t>(std::max(capacity, 1))) {}
+      sender_(sender),
+      capacity_(static_cast<size_t>(std::max(capacity, 1))),
+      reset_timeout_(reset_timeout) {}
 
 MpiLink::~MpiLink() {
   // Sends still in flight: their buffers must outlive them. Give the receiver a moment, then
@@ -241,6 +255,7 @@ void MpiLink::send(LinkMessage&& message, std::chrono::milliseconds timeout) {
          "supported yet (run them in one process, or use the cpu backend)",
          what);
   }
+  if (!failed_.empty()) fail(ErrorCode::kCommunication, "{}: {}", what, failed_);
   const auto start = Clock::now();
   const auto stop = [this] { return cancelled_.load(); };
   for (int spins = 0;; backoff(spins)) {
@@ -252,7 +267,7 @@ void MpiLink::send(LinkMessage&& message, std::chrono::milliseconds timeout) {
   wire::Writer w;
   w.put(message.step);
   w.put(message.micro_batch);
-  w.put(static_cast<uint8_t>(message.aborted));
+  w.put(static_cast<uint8_t>(message.aborted ? kAbortedFlag : 0));
   w.put_floats(message.activations.host);
   Pending& p = pending_.emplace_back();
   p.bytes = w.take();
@@ -264,15 +279,22 @@ void MpiLink::send(LinkMessage&& message, std::chrono::milliseconds timeout) {
 LinkMessage MpiLink::recv(std::chrono::milliseconds timeout) {
   const std::string what = fmt::format("receive into stage {} from stage {} (rank {} <- rank {})",
                                        from_stage_ + 1, from_stage_, session_->rank(), peer_);
+  if (!failed_.empty()) fail(ErrorCode::kCommunication, "{}: {}", what, failed_);
   const std::vector<std::byte> bytes =
       session_->recv(peer_, kLinkTag, timeout, what, [this] { return cancelled_.load(); });
   wire::Reader r(bytes);
   LinkMessage message;
   message.step = r.get<int64_t>();
   message.micro_batch = r.get<int32_t>();
-  message.aborted = r.get<uint8_t>() != 0;
+  const auto flags = r.get<uint8_t>();
+  message.aborted = (flags & kAbortedFlag) != 0;
   message.activations.host = r.get_floats();
   r.finish();
+  if (flags & kMarkerFlag) {
+    fail(ErrorCode::kCommunication,
+         "{}: a reset marker arrived while this end was not resetting; the link is out of step",
+         what);
+  }
   return message;
 }
 
@@ -281,10 +303,39 @@ void MpiLink::cancel() {
 }
 
 void MpiLink::reset() {
-  fail(ErrorCode::kCommunication,
-       "the link from stage {} to stage {} crosses processes (rank {} and rank {}) and cannot be "
-       "brought back in order after a failure; restart the job",
-       from_stage_, from_stage_ + 1, session_->rank(), peer_);
+  if (!failed_.empty()) {
+    fail(ErrorCode::kCommunication, "the link from stage {} to stage {} failed earlier: {}",
+         from_stage_, from_stage_ + 1, failed_);
+  }
+  cancelled_ = false;
+  try {
+    if (sender_) {
+      // Behind whatever this end sent: the receiver drops up to here.
+      wire::Writer w;
+      w.put(int64_t{-1});
+      w.put(int32_t{-1});
+      w.put(kMarkerFlag);
+      w.put_floats({});
+      Pending& p = pending_.emplace_back();
+      p.bytes = w.take();
+      check_mpi(MPI_Isend(p.bytes.data(), static_cast<int>(p.bytes.size()), MPI_BYTE, peer_,
+                          kLinkTag, session_->comm(), &p.request),
+                "MPI_Isend");
+      return;
+    }
+    const std::string what = fmt::format(
+        "draining the link from stage {} (rank {}) after a failure", from_stage_, peer_);
+    for (;;) {
+      const std::vector<std::byte> bytes = session_->recv(peer_, kLinkTag, reset_timeout_, what);
+      wire::Reader r(bytes);
+      r.get<int64_t>();
+      r.get<int32_t>();
+      if (r.get<uint8_t>() & kMarkerFlag) return;
+    }
+  } catch (const std::exception& e) {
+    failed_ = e.what();
+    throw;
+  }
 }
 
 // ---- the leader's view of the followers
@@ -328,6 +379,8 @@ class MpiRemote final : public RemoteStages {
   void release(int32_t seq) override {
     to_all(wire::encode_release(seq), fmt::format("release of slot {}", seq));
   }
+  void cancel_links() override { to_all(wire::encode_cancel(), "a link cancellation"); }
+  void reset_links() override { to_all(wire::encode_reset(), "a link reset"); }
 
   void stop() override {
     if (stopped_.exchange(true)) return;
@@ -440,16 +493,21 @@ void send_report(const MpiSession& session, StepReport report, std::chrono::mill
                fmt::format("report of step {} to rank 0", report.step));
 }
 
-void follow(const MpiSession& session, Pipeline& pipeline) {
+void follow(const MpiSession& session, Pipeline& pipeline, std::chrono::milliseconds timeout) {
   // The steps in flight here: their context must live until they are decided.
   std::map<uint64_t, std::unique_ptr<wire::SubmittedStep>> steps;
   for (;;) {
     std::vector<std::byte> bytes;
     try {
-      // No deadline while idle (a server waits for requests); MPI's launcher ends this process
-      // when the leader dies, and a step in flight has the links' deadlines.
-      bytes = session.recv(0, kControlTag, std::chrono::milliseconds(0),
-                           "waiting for the leader (rank 0)",
+      // No deadline while idle (a server waits for requests; MPI's launcher ends this process
+      // when the leader dies). With steps in flight the leader owes a decision: silence past
+      // the link timeout means it, or the network to it, is gone.
+      const bool waiting = pipeline.in_flight() > 0;
+      bytes = session.recv(0, kControlTag, waiting ? timeout : std::chrono::milliseconds(0),
+                           waiting ? fmt::format("rank {} waiting for the leader (rank 0) to "
+                                                 "decide its {} step(s) in flight",
+                                                 session.rank(), pipeline.in_flight())
+                                   : "waiting for the leader (rank 0)",
                            [&] { return pipeline.broken() != nullptr; });
     } catch (const Error& e) {
       if (std::exception_ptr broken = pipeline.broken()) std::rethrow_exception(broken);
@@ -481,6 +539,12 @@ void follow(const MpiSession& session, Pipeline& pipeline) {
       case wire::ControlKind::kRelease:
         pipeline.release(control.seq);
         break;
+      case wire::ControlKind::kCancel:
+        pipeline.cancel_links();
+        break;
+      case wire::ControlKind::kReset:
+        pipeline.reset_cancelled_links();
+        break;
       case wire::ControlKind::kStop:
         return;
     }
@@ -506,7 +570,8 @@ class MpiDistributed final : public Distributed {
     return session_->gather(value);
   }
   std::unique_ptr<Link> make_link(int from_stage, int peer, int capacity) override {
-    return std::make_unique<MpiLink>(session_, peer, from_stage, capacity);
+    return std::make_unique<MpiLink>(session_, peer, from_stage, peer > session_->rank(), capacity,
+                                     timeout_);
   }
   std::shared_ptr<RemoteStages> make_remote(std::vector<std::string> rank_names) override {
     return make_mpi_remote(session_, std::move(rank_names), timeout_);
@@ -518,7 +583,7 @@ class MpiDistributed final : public Distributed {
       spdlog::error("rank {}: {}", session_->rank(), e.what());
     }
   }
-  void follow(Pipeline& pipeline) override { dist::follow(*session_, pipeline); }
+  void follow(Pipeline& pipeline) override { dist::follow(*session_, pipeline, timeout_); }
 
  private:
   std::shared_ptr<MpiSession> session_;

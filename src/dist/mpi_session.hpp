@@ -80,13 +80,17 @@ class MpiSession {
 };
 
 // The link between the last stage of one process and the first stage of the next: MPI
-// non-blocking point-to-point, one tag per link (MPI's non-overtaking rule keeps it FIFO as the
-// plans assume; each message also carries its step and micro-batch, which the pipeline checks).
-// Up to `capacity` sends are in flight, like HostLink's double buffering. After a failure it
-// cannot be brought back in order: reset() throws, and the pipeline stops.
+// non-blocking point-to-point on one tag (MPI's non-overtaking rule keeps it FIFO as the plans
+// assume; each message carries its step and micro-batch, which the pipeline checks). Up to
+// `capacity` sends are in flight, like HostLink's double buffering. After a cancellation both
+// ends reset: the sender sends a marker behind whatever it sent, the receiver drops everything
+// up to the marker, and the link is in order again (a reset that hears no marker within the
+// timeout fails, and the link stays failed).
 class MpiLink final : public Link {
  public:
-  MpiLink(std::shared_ptr<const MpiSession> session, int peer, int from_stage, int capacity);
+  // `sender`: this process runs `from_stage` (and sends to `peer`), else `from_stage + 1`.
+  MpiLink(std::shared_ptr<const MpiSession> session, int peer, int from_stage, bool sender,
+          int capacity, std::chrono::milliseconds reset_timeout);
   ~MpiLink() override;
   void send(LinkMessage&& message, std::chrono::milliseconds timeout) override;
   LinkMessage recv(std::chrono::milliseconds timeout) override;
@@ -102,9 +106,11 @@ class MpiLink final : public Link {
   std::shared_ptr<const MpiSession> session_;
   int peer_;
   int from_stage_;
+  bool sender_;
   size_t capacity_;
+  std::chrono::milliseconds reset_timeout_;
   std::atomic<bool> cancelled_{false};
-  bool failed_ = false;
+  std::string failed_;            // why the link is unusable for good
   std::vector<Pending> pending_;  // the sender's messages in flight (used by one thread)
 };
 
@@ -117,7 +123,8 @@ std::shared_ptr<RemoteStages> make_mpi_remote(std::shared_ptr<const MpiSession> 
 // A follower: sends `report` to the leader (from a stage worker).
 void send_report(const MpiSession& session, StepReport report, std::chrono::milliseconds timeout);
 // A follower: runs what the leader sends on `pipeline` (this process' stages) until it says
-// stop. Throws when the pipeline breaks or a message is malformed.
-void follow(const MpiSession& session, Pipeline& pipeline);
+// stop. Throws when the pipeline breaks, a message is malformed, or the leader sends nothing
+// for `timeout` while steps are in flight here.
+void follow(const MpiSession& session, Pipeline& pipeline, std::chrono::milliseconds timeout);
 
 }  // namespace conveyor::dist

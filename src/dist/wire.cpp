@@ -183,6 +183,18 @@ std::vector<std::byte> encode_release(int32_t seq) {
   return w.take();
 }
 
+std::vector<std::byte> encode_cancel() {
+  Writer w;
+  w.put(ControlKind::kCancel);
+  return w.take();
+}
+
+std::vector<std::byte> encode_reset() {
+  Writer w;
+  w.put(ControlKind::kReset);
+  return w.take();
+}
+
 std::vector<std::byte> encode_stop() {
   Writer w;
   w.put(ControlKind::kStop);
@@ -232,6 +244,8 @@ Control decode_control(std::span<const std::byte> bytes) {
     case ControlKind::kRelease:
       c.seq = r.get<int32_t>();
       break;
+    case ControlKind::kCancel:
+    case ControlKind::kReset:
     case ControlKind::kStop:
       break;
   }
@@ -281,6 +295,7 @@ std::vector<std::byte> encode_report(const StepReport& report) {
     w.put(e.start_us);
     w.put(e.end_us);
   }
+  w.put(static_cast<uint8_t>(report.links_cancelled));
   w.put_string(report.broken);
   return w.take();
 }
@@ -340,6 +355,7 @@ StepReport decode_report(std::span<const std::byte> bytes) {
     e.start_us = r.get<double>();
     e.end_us = r.get<double>();
   }
+  report.links_cancelled = r.get<uint8_t>() != 0;
   report.broken = r.get_string();
   r.finish();
   return report;

@@ -18,7 +18,15 @@
 
 namespace conveyor::wire {
 
-enum class ControlKind : uint8_t { kSubmit = 1, kDecide, kTruncate, kRelease, kStop };
+enum class ControlKind : uint8_t {
+  kSubmit = 1,
+  kDecide,
+  kTruncate,
+  kRelease,
+  kCancel,
+  kReset,
+  kStop
+};
 
 // A step as a follower receives it; `ctx` points into the vectors beside it.
 struct SubmittedStep {
@@ -42,6 +50,8 @@ std::vector<std::byte> encode_submit(uint64_t ticket, const StepPlan& plan, cons
 std::vector<std::byte> encode_decide(uint64_t ticket, bool commit);
 std::vector<std::byte> encode_truncate(int32_t seq, int64_t length);
 std::vector<std::byte> encode_release(int32_t seq);
+std::vector<std::byte> encode_cancel();
+std::vector<std::byte> encode_reset();
 std::vector<std::byte> encode_stop();
 // Throws conveyor::Error(kCommunication) naming what is malformed.
 Control decode_control(std::span<const std::byte> bytes);

@@ -296,13 +296,19 @@ Engine Engine::open(const std::filesystem::path& model, const EngineOptions& opt
         config.n_layers, config.hidden_size, config.vocab_size, max_context,
         options.capacity.max_batch, dtype_flag(options.device.dtype.value_or(DType::kF32)),
         partition.n_stages());
-    const std::string leader = processes->broadcast(mine);
-    if (mine != leader) {
-      fail(ErrorCode::kInvalidArgument,
-           "rank {} opened a different engine than rank 0 ({} here, {} there); start every rank "
-           "with the same model and options",
-           processes->rank(), mine, leader);
+    // Rank 0 compares and every rank learns the verdict, so that all fail together.
+    std::string verdict;
+    const std::vector<std::string> all = processes->gather(mine);
+    for (size_t r = 1; r < all.size(); ++r) {
+      if (all[r] != all[0] && verdict.empty()) {
+        verdict = fmt::format(
+            "rank {} opened a different engine than rank 0 ({} there, {} on rank 0); start "
+            "every rank with the same model and options",
+            r, all[r], all[0]);
+      }
     }
+    verdict = processes->broadcast(verdict);
+    if (!verdict.empty()) fail(ErrorCode::kInvalidArgument, "{}", verdict);
     if (partition.n_stages() % processes->size() != 0) {
       fail(ErrorCode::kInvalidArgument,
            "{} stages cannot be shared by {} processes; use a multiple of {} stages (--stages)",

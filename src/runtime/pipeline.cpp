@@ -173,17 +173,31 @@ void Pipeline::worker_loop(Worker& worker) {
   }
 }
 
-void Pipeline::abort_all(Flight& cause, std::exception_ptr error) {
+void Pipeline::abort_all(Flight& cause) {
+  // Across processes the others cancel too, told before anything here can see the
+  // cancellation (so before any later step's messages): they then drain their links in step.
+  if (options_.remote) options_.remote->cancel_links();
   {
     std::lock_guard lock(mutex_);
-    // Across processes the links cannot be brought back in order (what the other processes
-    // sent, received or still wait for is unknown here): the pipeline stops.
-    if ((options_.remote || options_.on_local_done) && !broken_) broken_ = error;
     if (!links_cancelled_) cause.caused_cancel = true;
-    links_cancelled_ = true;
-    for (auto& f : flights_) {
-      if (f->stages_done < n_stages()) f->cancelled = true;
-    }
+    cancel_flights();
+  }
+  for (auto& link : links_) {
+    if (link) link->cancel();
+  }
+}
+
+void Pipeline::cancel_flights() {
+  links_cancelled_ = true;
+  for (auto& f : flights_) {
+    if (f->stages_done < expected_done()) f->cancelled = true;
+  }
+}
+
+void Pipeline::cancel_links() {
+  {
+    std::lock_guard lock(mutex_);
+    cancel_flights();
   }
   for (auto& link : links_) {
     if (link) link->cancel();
@@ -298,7 +312,7 @@ void Pipeline::run_program(Worker& worker, Flight& flight) {
              code);
       if (ins.kind == OpKind::kRecv || ins.kind == OpKind::kSend) {
         // A link in an unknown state: no stand-in can keep it in order. Stop everything.
-        abort_all(flight, error.error);
+        abort_all(flight);
         return;
       }
       poisoned = true;
@@ -350,8 +364,9 @@ uint64_t Pipeline::submit(StepPlan plan, const StepContext& ctx) {
   {
     // After a link failure whose links could not be reset yet: try again now, and refuse the
     // step (nothing queued) while they stay broken.
+    // (A follower resets when the leader says so: only it knows that nothing runs anywhere.)
     std::lock_guard lock(mutex_);
-    if (links_cancelled_ && !running()) {
+    if (links_cancelled_ && !running() && !options_.on_local_done) {
       if (std::exception_ptr error = reset_links()) std::rethrow_exception(error);
     }
   }
@@ -366,13 +381,14 @@ uint64_t Pipeline::submit(StepPlan plan, const StepContext& ctx) {
   flight->submitted = Clock::now();
   flight->errors.resize(static_cast<size_t>(n_stages_));
   flight->traces.resize(static_cast<size_t>(n_stages_));
+  // The other processes have the step before any stage here can start it (and fail it).
+  if (options_.remote) options_.remote->submit(flight->ticket, flight->plan, flight->ctx);
   {
     std::lock_guard lock(mutex_);
     flight->cancelled = links_cancelled_;  // behind a failure not yet cleaned up: collateral
     flights_.push_back(flight);
     enqueue_all([&] { return Job{.kind = Job::Kind::kProgram, .flight = flight}; });
   }
-  if (options_.remote) options_.remote->submit(flight->ticket, flight->plan, flight->ctx);
   return flight->ticket;
 }
 
@@ -421,9 +437,14 @@ StepOutcome Pipeline::wait_any() {
   return out;
 }
 
+int Pipeline::expected_done() const {
+  // A follower's steps are done here once its own stages finished them.
+  return options_.on_local_done ? local_stages() : n_stages_;
+}
+
 bool Pipeline::running() const {
   for (const auto& f : flights_) {
-    if (f->stages_done < n_stages()) return true;
+    if (f->stages_done < expected_done()) return true;
   }
   return false;
 }
@@ -439,7 +460,17 @@ std::exception_ptr Pipeline::reset_links() {
     }
   }
   if (!error) links_cancelled_ = false;
+  // The others drain their links the same way (they receive this before any later step).
+  if (options_.remote) options_.remote->reset_links();
   return error;
+}
+
+void Pipeline::reset_cancelled_links() {
+  std::lock_guard lock(mutex_);
+  if (std::exception_ptr error = reset_links()) {
+    if (!broken_) broken_ = error;
+    std::rethrow_exception(error);
+  }
 }
 
 StepResult Pipeline::run_step(const StepPlan& plan, const StepContext& ctx) {
@@ -561,6 +592,7 @@ StepReport Pipeline::local_report(const Flight& flight) const {
     report.busy_ns.push_back(local_worker(s)->busy_ns.load());
   }
   if (first_stage_ + local_stages() == n_stages_) report.result = flight.result;
+  report.links_cancelled = links_cancelled_;
   if (broken_) {
     try {
       std::rethrow_exception(broken_);
@@ -572,6 +604,15 @@ StepReport Pipeline::local_report(const Flight& flight) const {
 }
 
 void Pipeline::on_report(StepReport&& report) {
+  // A follower's link failed: every process cancels, the others told before this report can
+  // complete a step here (see abort_all).
+  bool cancel = false;
+  if (report.links_cancelled) {
+    std::lock_guard lock(mutex_);
+    cancel = !links_cancelled_ && !remote_cancelling_;
+    remote_cancelling_ = remote_cancelling_ || cancel;
+  }
+  if (cancel) options_.remote->cancel_links();
   std::exception_ptr broke;
   {
     std::lock_guard lock(mutex_);
@@ -587,6 +628,11 @@ void Pipeline::on_report(StepReport&& report) {
     }
     auto it = std::find_if(flights_.begin(), flights_.end(),
                            [&](const auto& x) { return x->ticket == report.ticket; });
+    if (cancel) {
+      remote_cancelling_ = false;
+      if (it != flights_.end() && !links_cancelled_) (*it)->caused_cancel = true;
+      cancel_flights();
+    }
     if (it != flights_.end()) {
       Flight& f = **it;
       const auto now = Clock::now();
@@ -603,6 +649,11 @@ void Pipeline::on_report(StepReport&& report) {
         f.seconds = std::chrono::duration<double>(now - f.submitted).count();
         completed_.push_back(*it);
       }
+    }
+  }
+  if (cancel) {
+    for (auto& link : links_) {
+      if (link) link->cancel();
     }
   }
   if (broke) on_remote_failure(broke);

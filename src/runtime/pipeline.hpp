@@ -92,6 +92,12 @@ class Pipeline {
   // A follower: commits (or rolls back) the step `ticket` on this process' stages, as the
   // leader decided once every process had reported it.
   void decide(uint64_t ticket, bool commit);
+  // A follower: a link failed in another process. Cancels every link here and fails the steps
+  // in flight; the links are drained back in order before the next step (Link::reset).
+  void cancel_links();
+  // A follower: the leader reset its links once nothing ran anywhere; reset this process' links
+  // too. Throws (and the pipeline stops) when a link cannot be brought back in order.
+  void reset_cancelled_links();
 
   // Keeps the first `length` committed positions of a sequence slot on every stage (0 frees the
   // slot, which may then join another cohort). Runs behind everything submitted so far; the slot
@@ -115,7 +121,9 @@ class Pipeline {
   struct Worker;
   void worker_loop(Worker& worker);
   void run_program(Worker& worker, Flight& flight);
-  void abort_all(Flight& cause, std::exception_ptr error);
+  void abort_all(Flight& cause);
+  void cancel_flights();      // with mutex_ held: links cancelled, the steps in flight fail
+  int expected_done() const;  // stages that finish a step in this process' view
   void enqueue_all(const std::function<Job()>& make);
   void drain();
   void check_healthy() const;
@@ -145,9 +153,10 @@ class Pipeline {
   std::condition_variable progress_;               // a job finished (flight completion, drain)
   std::vector<std::shared_ptr<Flight>> flights_;   // submitted, outcome not taken
   std::deque<std::shared_ptr<Flight>> completed_;  // finished on every stage, in order
-  bool links_cancelled_ = false;  // a link failure cancelled them; reset once nothing runs
-  std::exception_ptr broken_;     // a commit, rollback or truncate failed on a stage (or a
-                                  // link across processes failed)
+  bool links_cancelled_ = false;    // a link failure cancelled them; reset once nothing runs
+  bool remote_cancelling_ = false;  // a leader telling the others to cancel
+  std::exception_ptr broken_;       // a commit, rollback or truncate failed on a stage (or a
+                                    // link across processes failed)
   bool stopping_ = false;
   Trace trace_;
 };

@@ -39,7 +39,10 @@ struct StepReport {
   std::optional<StepResult> result;  // when the process runs the last stage
   std::vector<int64_t> busy_ns;      // per stage of the process, since it started
   Trace trace;                       // when the step records one (times on the process' clock)
-  // The process' pipeline can no longer run steps (a link across processes failed): why.
+  // A link failed here: every process must cancel its links (and drain them before the next
+  // step).
+  bool links_cancelled = false;
+  // The process' pipeline can no longer run steps: why.
   std::string broken;
 };
 
@@ -58,6 +61,13 @@ class RemoteStages {
   virtual void decide(uint64_t ticket, bool commit) = 0;
   virtual void truncate(int32_t seq, int64_t length) = 0;
   virtual void release(int32_t seq) = 0;
+  // A link failed: every follower cancels its links and fails its steps in flight. Called (from
+  // any thread) before the failure can complete a step here, so it reaches every follower before
+  // the decisions and steps that follow it.
+  virtual void cancel_links() = 0;
+  // Nothing runs anywhere after a cancellation and the leader reset its links: the followers
+  // reset theirs (Link::reset) before the next step.
+  virtual void reset_links() = 0;
   // Tells the followers to stop following and stops delivering reports. Idempotent.
   virtual void stop() = 0;
 };
