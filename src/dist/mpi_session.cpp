@@ -29,16 +29,26 @@ void check_mpi(int rc, const char* call) {
   }
 }
 
-// Waits that poll: a few yields for short waits, then sleeps of up to 200 us (a pipeline hop
-// is milliseconds of compute; the sleeping keeps idle ranks off the cores the others use).
-void backoff(int& spins) {
-  if (spins < 64) {
-    std::this_thread::yield();
-  } else {
-    std::this_thread::sleep_for(std::chrono::microseconds(std::min(200, 10 * (spins - 63))));
+// Waits that poll (MPI progresses only inside its calls, so polling is also what moves a large
+// message along): yields for the first millisecond, which keeps a hop that arrives soon cheap,
+// then sleeps of 50 us (a pipeline hop is milliseconds of compute), and 500 us once a wait has
+// lasted 100 ms (an idle follower waiting for work).
+class Backoff {
+ public:
+  void operator()() {
+    const auto waited = Clock::now() - start_;
+    if (waited < std::chrono::milliseconds(1)) {
+      std::this_thread::yield();
+    } else if (waited < std::chrono::milliseconds(100)) {
+      std::this_thread::sleep_for(std::chrono::microseconds(50));
+    } else {
+      std::this_thread::sleep_for(std::chrono::microseconds(500));
+    }
   }
-  ++spins;
-}
+
+ private:
+  Clock::time_point start_ = Clock::now();
+};
 
 // Throws when the wait must end: stopped, or past its deadline.
 void check_wait(Clock::time_point start, std::chrono::milliseconds timeout, const std::string& what,
@@ -122,7 +132,7 @@ MpiSession::~MpiSession() {
 void MpiSession::wait(MPI_Request& request, std::chrono::milliseconds timeout,
                       const std::string& what, const StopFn& stop) const {
   const auto start = Clock::now();
-  for (int spins = 0;; backoff(spins)) {
+  for (Backoff backoff;; backoff()) {
     int done = 0;
     check_mpi(MPI_Test(&request, &done, MPI_STATUS_IGNORE), "MPI_Test");
     if (done) return;
@@ -148,18 +158,28 @@ void MpiSession::send(int peer, int tag, const std::vector<std::byte>& bytes,
   }
 }
 
+namespace {
+
+// Waits for the next message from `peer` with `tag`: its envelope, for MPI_Imrecv.
+MPI_Message probe(MPI_Comm comm, int peer, int tag, std::chrono::milliseconds timeout,
+                  const std::string& what, const MpiSession::StopFn& stop, MPI_Status& status) {
+  const auto start = Clock::now();
+  for (Backoff backoff;; backoff()) {
+    int found = 0;
+    MPI_Message message = MPI_MESSAGE_NULL;
+    check_mpi(MPI_Improbe(peer, tag, comm, &found, &message, &status), "MPI_Improbe");
+    if (found) return message;
+    check_wait(start, timeout, what, stop);
+  }
+}
+
+}  // namespace
+
 std::vector<std::byte> MpiSession::recv(int peer, int tag, std::chrono::milliseconds timeout,
                                         const std::string& what, const StopFn& stop,
                                         int* source) const {
-  const auto start = Clock::now();
-  MPI_Message message = MPI_MESSAGE_NULL;
   MPI_Status status;
-  for (int spins = 0;; backoff(spins)) {
-    int found = 0;
-    check_mpi(MPI_Improbe(peer, tag, comm_, &found, &message, &status), "MPI_Improbe");
-    if (found) break;
-    check_wait(start, timeout, what, stop);
-  }
+  MPI_Message message = probe(comm_, peer, tag, timeout, what, stop, status);
   int count = 0;
   MPI_Get_count(&status, MPI_BYTE, &count);
   auto bytes = std::make_unique<std::vector<std::byte>>(static_cast<size_t>(count));
@@ -173,6 +193,29 @@ std::vector<std::byte> MpiSession::recv(int peer, int tag, std::chrono::millisec
   }
   if (source) *source = status.MPI_SOURCE;
   return std::move(*bytes);
+}
+
+std::vector<float> MpiSession::recv_floats(int peer, int tag, size_t count,
+                                           std::chrono::milliseconds timeout,
+                                           const std::string& what, const StopFn& stop) const {
+  MPI_Status status;
+  MPI_Message message = probe(comm_, peer, tag, timeout, what, stop, status);
+  int bytes = 0;
+  MPI_Get_count(&status, MPI_BYTE, &bytes);
+  if (static_cast<size_t>(bytes) != count * sizeof(float)) {
+    fail(ErrorCode::kCommunication, "{}: expected {} rows' bytes ({}) but {} arrived", what, count,
+         count * sizeof(float), bytes);
+  }
+  auto rows = std::make_unique<std::vector<float>>(count);
+  MPI_Request request = MPI_REQUEST_NULL;
+  check_mpi(MPI_Imrecv(rows->data(), bytes, MPI_BYTE, &message, &request), "MPI_Imrecv");
+  try {
+    wait(request, timeout, what, stop);
+  } catch (...) {
+    (void)rows.release();  // MPI may still write into it
+    throw;
+  }
+  return std::move(*rows);
 }
 
 std::string MpiSession::broadcast(const std::string& value) const {
@@ -227,23 +270,48 @@ MpiLink::~MpiLink() {
   // Sends still in flight: their buffers must outlive them. Give the receiver a moment, then
   // leave what remains allocated (the pipeline failed, or the process is ending).
   const auto start = Clock::now();
-  for (int spins = 0; !pending_.empty() && Clock::now() - start < std::chrono::seconds(1);
-       backoff(spins)) {
+  for (Backoff backoff; !pending_.empty() && Clock::now() - start < std::chrono::seconds(1);
+       backoff()) {
     reap();
   }
   for (Pending& p : pending_) {
-    MPI_Request_free(&p.request);
-    new std::vector<std::byte>(std::move(p.bytes));  // leaked on purpose: MPI may read it
+    for (MPI_Request& r : p.requests) {
+      if (r != MPI_REQUEST_NULL) MPI_Request_free(&r);
+    }
+    new Pending(std::move(p));  // leaked on purpose: MPI may still read it
   }
 }
 
 void MpiLink::reap() {
   for (auto it = pending_.begin(); it != pending_.end();) {
     int done = 0;
-    check_mpi(MPI_Test(&it->request, &done, MPI_STATUS_IGNORE), "MPI_Test");
+    check_mpi(MPI_Testall(2, it->requests, &done, MPI_STATUSES_IGNORE), "MPI_Testall");
     it = done ? pending_.erase(it) : it + 1;
   }
 }
+
+void MpiLink::post(Pending& p, const std::string& what) {
+  check_mpi(MPI_Isend(p.header.data(), static_cast<int>(p.header.size()), MPI_BYTE, peer_, kLinkTag,
+                      session_->comm(), &p.requests[0]),
+            "MPI_Isend");
+  if (!p.rows.empty()) {
+    check_mpi(MPI_Isend(p.rows.data(), byte_count(p.rows.size() * sizeof(float), what), MPI_BYTE,
+                        peer_, kLinkTag, session_->comm(), &p.requests[1]),
+              "MPI_Isend");
+  }
+}
+
+namespace {
+std::vector<std::byte> link_header(int64_t step, int32_t micro_batch, uint8_t flags,
+                                   uint64_t n_rows_floats) {
+  wire::Writer w;
+  w.put(step);
+  w.put(micro_batch);
+  w.put(flags);
+  w.put(n_rows_floats);
+  return w.take();
+}
+}  // namespace
 
 void MpiLink::send(LinkMessage&& message, std::chrono::milliseconds timeout) {
   const std::string what = fmt::format(
@@ -258,42 +326,41 @@ void MpiLink::send(LinkMessage&& message, std::chrono::milliseconds timeout) {
   if (!failed_.empty()) fail(ErrorCode::kCommunication, "{}: {}", what, failed_);
   const auto start = Clock::now();
   const auto stop = [this] { return cancelled_.load(); };
-  for (int spins = 0;; backoff(spins)) {
+  for (Backoff backoff;; backoff()) {
     reap();
     if (pending_.size() < capacity_) break;
     check_wait(start, timeout, what, stop);
   }
   check_wait(start, timeout, what, stop);
-  wire::Writer w;
-  w.put(message.step);
-  w.put(message.micro_batch);
-  w.put(static_cast<uint8_t>(message.aborted ? kAbortedFlag : 0));
-  w.put_floats(message.activations.host);
   Pending& p = pending_.emplace_back();
-  p.bytes = w.take();
-  check_mpi(MPI_Isend(p.bytes.data(), byte_count(p.bytes.size(), what), MPI_BYTE, peer_, kLinkTag,
-                      session_->comm(), &p.request),
-            "MPI_Isend");
+  p.rows = std::move(message.activations.host);
+  p.header = link_header(message.step, message.micro_batch, message.aborted ? kAbortedFlag : 0,
+                         p.rows.size());
+  post(p, what);
 }
 
 LinkMessage MpiLink::recv(std::chrono::milliseconds timeout) {
   const std::string what = fmt::format("receive into stage {} from stage {} (rank {} <- rank {})",
                                        from_stage_ + 1, from_stage_, session_->rank(), peer_);
   if (!failed_.empty()) fail(ErrorCode::kCommunication, "{}: {}", what, failed_);
-  const std::vector<std::byte> bytes =
-      session_->recv(peer_, kLinkTag, timeout, what, [this] { return cancelled_.load(); });
+  const auto stop = [this] { return cancelled_.load(); };
+  const std::vector<std::byte> bytes = session_->recv(peer_, kLinkTag, timeout, what, stop);
   wire::Reader r(bytes);
   LinkMessage message;
   message.step = r.get<int64_t>();
   message.micro_batch = r.get<int32_t>();
   const auto flags = r.get<uint8_t>();
-  message.aborted = (flags & kAbortedFlag) != 0;
-  message.activations.host = r.get_floats();
+  const auto n_floats = r.get<uint64_t>();
   r.finish();
   if (flags & kMarkerFlag) {
     fail(ErrorCode::kCommunication,
          "{}: a reset marker arrived while this end was not resetting; the link is out of step",
          what);
+  }
+  message.aborted = (flags & kAbortedFlag) != 0;
+  if (n_floats > 0) {
+    message.activations.host =
+        session_->recv_floats(peer_, kLinkTag, n_floats, timeout, what, stop);
   }
   return message;
 }
@@ -311,16 +378,9 @@ void MpiLink::reset() {
   try {
     if (sender_) {
       // Behind whatever this end sent: the receiver drops up to here.
-      wire::Writer w;
-      w.put(int64_t{-1});
-      w.put(int32_t{-1});
-      w.put(kMarkerFlag);
-      w.put_floats({});
       Pending& p = pending_.emplace_back();
-      p.bytes = w.take();
-      check_mpi(MPI_Isend(p.bytes.data(), static_cast<int>(p.bytes.size()), MPI_BYTE, peer_,
-                          kLinkTag, session_->comm(), &p.request),
-                "MPI_Isend");
+      p.header = link_header(-1, -1, kMarkerFlag, 0);
+      post(p, "reset marker");
       return;
     }
     const std::string what = fmt::format(
@@ -331,6 +391,7 @@ void MpiLink::reset() {
       r.get<int64_t>();
       r.get<int32_t>();
       if (r.get<uint8_t>() & kMarkerFlag) return;
+      if (r.get<uint64_t>() > 0) session_->recv(peer_, kLinkTag, reset_timeout_, what);  // rows
     }
   } catch (const std::exception& e) {
     failed_ = e.what();

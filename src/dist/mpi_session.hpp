@@ -64,6 +64,9 @@ class MpiSession {
   std::vector<std::byte> recv(int peer, int tag, std::chrono::milliseconds timeout,
                               const std::string& what, const StopFn& stop = {},
                               int* source = nullptr) const;
+  // The next message from `peer` with `tag`, which must hold `count` floats.
+  std::vector<float> recv_floats(int peer, int tag, size_t count, std::chrono::milliseconds timeout,
+                                 const std::string& what, const StopFn& stop = {}) const;
   // Polls `request` (a non-blocking call already posted) the same way.
   void wait(MPI_Request& request, std::chrono::milliseconds timeout, const std::string& what,
             const StopFn& stop) const;
@@ -98,10 +101,13 @@ class MpiLink final : public Link {
   void reset() override;
 
  private:
+  // A message in flight: its header, then its rows straight from the stage's buffer.
   struct Pending {
-    std::vector<std::byte> bytes;
-    MPI_Request request = MPI_REQUEST_NULL;
+    std::vector<std::byte> header;
+    std::vector<float> rows;
+    MPI_Request requests[2] = {MPI_REQUEST_NULL, MPI_REQUEST_NULL};
   };
+  void post(Pending& p, const std::string& what);
   void reap();  // forgets the sends that completed
   std::shared_ptr<const MpiSession> session_;
   int peer_;
