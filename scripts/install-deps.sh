@@ -3,6 +3,7 @@
 set -euo pipefail
 packages=(build-essential cmake ninja-build pkg-config libfmt-dev libspdlog-dev libgtest-dev
   libbenchmark-dev nlohmann-json3-dev libcli11-dev libopenblas-dev libpcre2-dev libutf8proc-dev libcpp-httplib-dev clang
+  openmpi-bin libopenmpi-dev iproute2 util-linux
   libclang-rt-14-dev python3 python3-pip python3-venv)
 missing=()
 for p in "${packages[@]}"; do

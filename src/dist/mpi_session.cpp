@@ -4,6 +4,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <climits>
 #include <deque>
 #include <map>
@@ -31,18 +32,19 @@ void check_mpi(int rc, const char* call) {
 
 // Waits that poll (MPI progresses only inside its calls, so polling is also what moves a large
 // message along): yields for the first millisecond, which keeps a hop that arrives soon cheap,
-// then sleeps of 50 us (a pipeline hop is milliseconds of compute), and 500 us once a wait has
-// lasted 100 ms (an idle follower waiting for work).
+// then sleeps of a 32nd of the time waited so far, between 50 us and 1 ms: a message is noticed
+// at most ~3 % late, and a long wait (a hop behind milliseconds of compute, an idle follower)
+// wakes rarely enough to leave the cores to the stages (measured: 50 us sleeps throughout cost
+// the stages a tenth of their speed on two shared cores).
 class Backoff {
  public:
   void operator()() {
     const auto waited = Clock::now() - start_;
     if (waited < std::chrono::milliseconds(1)) {
       std::this_thread::yield();
-    } else if (waited < std::chrono::milliseconds(100)) {
-      std::this_thread::sleep_for(std::chrono::microseconds(50));
     } else {
-      std::this_thread::sleep_for(std::chrono::microseconds(500));
+      std::this_thread::sleep_for(std::clamp<Clock::duration>(
+          waited / 32, std::chrono::microseconds(50), std::chrono::milliseconds(1)));
     }
   }
 
