@@ -71,6 +71,15 @@ echo "one process: $one"
 echo "two hosts:   $two"
 [[ -n $one && "$one" == "$two" ]] || { echo "FAIL: tokens differ"; cat "$work/two.log"; exit 1; }
 
+# One hop's cost over the veth pair (docs/benchmarks.md), when the benchmarks are built.
+hop=$build/benchmarks/bench_mpi_hop
+if [[ -x $hop ]]; then
+  ip netns exec $ns0 unshare --uts "$SHELL" -c 'hostname host-'$ns0'; exec "$@"' sh \
+    "$mpirun" --mca plm_rsh_agent "$work/netns-rsh" --hostfile "$work/hosts" --map-by node \
+    --mca btl tcp,self --mca btl_tcp_if_include 10.231.0.0/24 \
+    --mca oob_tcp_if_include 10.231.0.0/24 -np 2 "$hop" 2>/dev/null || true
+fi
+
 # 2. The link goes down mid-run: both ranks must end with an error within the timeout. Each
 # rank's output goes to its own file (written on its host: the network to mpirun is down).
 timeout_ms=3000
