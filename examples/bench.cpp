@@ -22,6 +22,7 @@
 #include "conveyor/error.hpp"
 #include "conveyor/observe.hpp"
 #include "conveyor/partitioner.hpp"
+#include "conveyor/process_group.hpp"
 #include "conveyor/profiler.hpp"
 #include "conveyor/schedule.hpp"
 #include "conveyor/simulator.hpp"
@@ -298,7 +299,12 @@ int run(const Args& args) {
           eo.schedule = policy;
           eo.capacity.max_batch = std::max<int32_t>(args.batch, 1);
           eo.capacity.max_context = args.prompt_tokens + args.new_tokens;
+          eo.processes = cli_process_group();  // under mpirun: S / N stages per rank
           Engine engine = Engine::open(model_dir->path(), eo);
+          if (!engine.leader()) {
+            engine.follow();  // rank 0 measures; this rank runs its stages until it is done
+            continue;
+          }
           const GenerateOptions traced{.record_trace = true};
           engine.generate(requests, traced);  // warm-up: page-in weights, grow buffers
           std::vector<std::pair<double, Trace>> prefills;
@@ -372,6 +378,7 @@ int run(const Args& args) {
       }
     }
   }
+  if (const auto& group = cli_process_group(); group && group->rank() != 0) return 0;
   // Same-run baseline: the machine is shared, so unit times drift between the profile and the
   // sweep. Rescale the predictions by the single-stage run's measured / predicted time (its
   // prediction is just the sum of the unit times) and report both ratios.
@@ -531,6 +538,22 @@ int main(int argc, char** argv) {
   spdlog::set_level(spdlog::level::warn);
   return run_reporting_errors([&] {
     if (args.repeats < 1) fail(ErrorCode::kInvalidArgument, "--repeats must be at least 1");
+    if (launched_by_mpi()) {
+      // Stages as MPI ranks: every rank sweeps the same runs; rank 0 measures and reports.
+      cli_process_group() = mpi_world();
+      const int ranks = cli_process_group()->size();
+      for (int S : args.stages) {
+        if (S % ranks != 0) {
+          fail(ErrorCode::kInvalidArgument,
+               "--stages {} cannot be shared by {} MPI ranks; sweep multiples of {} (e.g. "
+               "--stages {})",
+               S, ranks, ranks, ranks);
+        }
+      }
+      if (cli_process_group()->rank() != 0 && std::freopen("/dev/null", "w", stdout) == nullptr) {
+        fail(ErrorCode::kInternal, "cannot silence rank {}'s output", cli_process_group()->rank());
+      }
+    }
     return run(args);
   });
 }
