@@ -136,15 +136,17 @@ GenerationShape shape_for(const Args& args, int prefill_m, DecodeMode mode, int6
                                     .decode_mode = mode}};
 }
 
-// The prefill of the whole batch with about m micro-batches.
-struct PrefillPrediction {
+// A simulated phase of the whole batch: its micro-batches, time and token rate.
+struct Prediction {
   int micro_batches = 0;
   double seconds = 0.0;
   double tokens_per_s = 0.0;
 };
 
-PrefillPrediction predict_prefill(const Args& args, int m, const Partition& partition,
-                                  const CostModel& model, const SimulatorOptions& sim) {
+// The prefill of the whole batch with about m micro-batches.
+
+Prediction predict_prefill(const Args& args, int m, const Partition& partition,
+                           const CostModel& model, const SimulatorOptions& sim) {
   const auto gen =
       simulate_generation(shape_for(args, m, DecodeMode::kStrict, 1), partition, model, sim);
   return {gen.prefill_micro_batches, gen.prefill_seconds,
@@ -152,14 +154,9 @@ PrefillPrediction predict_prefill(const Args& args, int m, const Partition& part
 }
 
 // Decode tokens per second of the whole batch, strict or with one cohort per stage.
-struct DecodePrediction {
-  int micro_batches = 0;
-  double seconds = 0.0;
-  double tokens_per_s = 0.0;
-};
 
-DecodePrediction predict_decode(const Args& args, DecodeMode mode, const Partition& partition,
-                                const CostModel& model, const SimulatorOptions& sim) {
+Prediction predict_decode(const Args& args, DecodeMode mode, const Partition& partition,
+                          const CostModel& model, const SimulatorOptions& sim) {
   const auto gen = simulate_generation(shape_for(args, partition.n_stages(), mode, args.new_tokens),
                                        partition, model, sim);
   const double tokens = static_cast<double>(args.batch) *
@@ -168,12 +165,7 @@ DecodePrediction predict_decode(const Args& args, DecodeMode mode, const Partiti
           gen.decode_seconds > 0 ? tokens / gen.decode_seconds : 0.0};
 }
 
-nlohmann::json to_json(const PrefillPrediction& p) {
-  return {
-      {"micro_batches", p.micro_batches}, {"seconds", p.seconds}, {"tokens_per_s", p.tokens_per_s}};
-}
-
-nlohmann::json to_json(const DecodePrediction& p) {
+nlohmann::json to_json(const Prediction& p) {
   return {
       {"micro_batches", p.micro_batches}, {"seconds", p.seconds}, {"tokens_per_s", p.tokens_per_s}};
 }
@@ -340,9 +332,8 @@ int run(Args args) {
       one_domain.topology.links = {link};
       const SimulatorOptions sim{.topology = o.topology};
       const SimulatorOptions sim_one{.topology = one_domain.topology};
-      const PrefillPrediction prefill =
-          predict_prefill(args, args.stages, best->partition, model, sim);
-      const PrefillPrediction prefill_one =
+      const Prediction prefill = predict_prefill(args, args.stages, best->partition, model, sim);
+      const Prediction prefill_one =
           predict_prefill(args, args.stages, best->partition, model, sim_one);
       fmt::print("nodes of the balanced partition:\n{}", describe_nodes(*nodes, best->partition));
       fmt::print("predicted, balanced partition ({} between nodes; all-{} in brackets):\n",
@@ -351,9 +342,8 @@ int run(Args args) {
                  ms(prefill.seconds), prefill.tokens_per_s, prefill_one.tokens_per_s);
       nlohmann::json predicted{{"prefill", to_json(prefill)}};
       for (const DecodeMode mode : {DecodeMode::kStrict, DecodeMode::kCohorts}) {
-        const DecodePrediction decode = predict_decode(args, mode, best->partition, model, sim);
-        const DecodePrediction decode_one =
-            predict_decode(args, mode, best->partition, model, sim_one);
+        const Prediction decode = predict_decode(args, mode, best->partition, model, sim);
+        const Prediction decode_one = predict_decode(args, mode, best->partition, model, sim_one);
         fmt::print("  decode {:<7}: {:.1f} tok/s ({:.1f})\n", to_string(mode), decode.tokens_per_s,
                    decode_one.tokens_per_s);
         predicted[std::string(to_string(mode))] = to_json(decode);
@@ -413,14 +403,14 @@ int run(Args args) {
     SimulatorOptions sim{.topology = o.topology};
     nlohmann::json prefill = nlohmann::json::array();
     for (int m : args.microbatches) {
-      const PrefillPrediction p = predict_prefill(args, m, plan.partition, model, sim);
+      const Prediction p = predict_prefill(args, m, plan.partition, model, sim);
       fmt::print(" {:>9}", ms(p.seconds));
       prefill.push_back(to_json(p));
     }
     row["prefill"] = prefill;
     nlohmann::json decode = nlohmann::json::object();
     for (const DecodeMode mode : {DecodeMode::kStrict, DecodeMode::kCohorts}) {
-      const DecodePrediction p = predict_decode(args, mode, plan.partition, model, sim);
+      const Prediction p = predict_decode(args, mode, plan.partition, model, sim);
       fmt::print(" {:>11.1f}", p.tokens_per_s);
       decode[std::string(to_string(mode))] = to_json(p);
     }

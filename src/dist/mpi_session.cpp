@@ -177,24 +177,33 @@ MPI_Message probe(MPI_Comm comm, int peer, int tag, std::chrono::milliseconds ti
 
 }  // namespace
 
+// Receives the probed `message` (`bytes` long) into a new `Container`; if the wait fails, the
+// container stays allocated for good (MPI may still write into it).
+template <typename Container>
+Container MpiSession::take(MPI_Message& message, int bytes, std::chrono::milliseconds timeout,
+                           const std::string& what, const StopFn& stop) const {
+  auto out = std::make_unique<Container>(static_cast<size_t>(bytes) /
+                                         sizeof(typename Container::value_type));
+  MPI_Request request = MPI_REQUEST_NULL;
+  check_mpi(MPI_Imrecv(out->data(), bytes, MPI_BYTE, &message, &request), "MPI_Imrecv");
+  try {
+    wait(request, timeout, what, stop);
+  } catch (...) {
+    (void)out.release();
+    throw;
+  }
+  return std::move(*out);
+}
+
 std::vector<std::byte> MpiSession::recv(int peer, int tag, std::chrono::milliseconds timeout,
                                         const std::string& what, const StopFn& stop,
                                         int* source) const {
   MPI_Status status;
   MPI_Message message = probe(comm_, peer, tag, timeout, what, stop, status);
-  int count = 0;
-  MPI_Get_count(&status, MPI_BYTE, &count);
-  auto bytes = std::make_unique<std::vector<std::byte>>(static_cast<size_t>(count));
-  MPI_Request request = MPI_REQUEST_NULL;
-  check_mpi(MPI_Imrecv(bytes->data(), count, MPI_BYTE, &message, &request), "MPI_Imrecv");
-  try {
-    wait(request, timeout, what, stop);
-  } catch (...) {
-    (void)bytes.release();  // MPI may still write into it
-    throw;
-  }
+  int bytes = 0;
+  MPI_Get_count(&status, MPI_BYTE, &bytes);
   if (source) *source = status.MPI_SOURCE;
-  return std::move(*bytes);
+  return take<std::vector<std::byte>>(message, bytes, timeout, what, stop);
 }
 
 std::vector<float> MpiSession::recv_floats(int peer, int tag, size_t count,
@@ -208,16 +217,7 @@ std::vector<float> MpiSession::recv_floats(int peer, int tag, size_t count,
     fail(ErrorCode::kCommunication, "{}: expected {} rows' bytes ({}) but {} arrived", what, count,
          count * sizeof(float), bytes);
   }
-  auto rows = std::make_unique<std::vector<float>>(count);
-  MPI_Request request = MPI_REQUEST_NULL;
-  check_mpi(MPI_Imrecv(rows->data(), bytes, MPI_BYTE, &message, &request), "MPI_Imrecv");
-  try {
-    wait(request, timeout, what, stop);
-  } catch (...) {
-    (void)rows.release();  // MPI may still write into it
-    throw;
-  }
-  return std::move(*rows);
+  return take<std::vector<float>>(message, bytes, timeout, what, stop);
 }
 
 std::string MpiSession::broadcast(const std::string& value) const {
@@ -497,6 +497,7 @@ class MpiRemote final : public RemoteStages {
           last_heard_[static_cast<size_t>(source)] = Clock::now();
         }
         on_report_(std::move(report));
+        check_silence();  // another rank's reports do not excuse a silent one
       } catch (...) {
         fail_with(std::current_exception());
         return;

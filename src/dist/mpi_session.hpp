@@ -77,6 +77,9 @@ class MpiSession {
   std::vector<std::string> gather(const std::string& value) const;
 
  private:
+  template <typename Container>
+  Container take(MPI_Message& message, int bytes, std::chrono::milliseconds timeout,
+                 const std::string& what, const StopFn& stop) const;
   MPI_Comm comm_ = MPI_COMM_NULL;
   int rank_ = 0;
   int size_ = 1;

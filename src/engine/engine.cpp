@@ -257,7 +257,8 @@ Engine Engine::open(const std::filesystem::path& model, const EngineOptions& opt
     }
   }
   if (backend == BackendKind::kCpu) {
-    check_host_memory(config, options.device.dtype.value_or(DType::kF32));
+    check_host_memory(config, options.device.dtype.value_or(DType::kF32),
+                      options.processes ? options.processes->size() : 1);
   }
   // Across processes: an engine's own channel; rank 0 decides the partition for every rank.
   std::shared_ptr<dist::Distributed> processes;

@@ -78,7 +78,7 @@ double gib(double bytes) {
 
 }  // namespace
 
-void check_host_memory(const ModelConfig& config, DType weight_dtype) {
+void check_host_memory(const ModelConfig& config, DType weight_dtype, int processes) {
   const double available = available_host_bytes();
   if (available <= 0.0) return;
   // Loading holds a stage's fp32 weights before bf16 ones are made from them, tensor by tensor;
@@ -87,13 +87,16 @@ void check_host_memory(const ModelConfig& config, DType weight_dtype) {
   const double params = static_cast<double>(
       config.n_params() +
       (config.tie_word_embeddings ? config.vocab_size * config.hidden_size : 0));
-  const double weights = static_cast<double>(dtype_size(weight_dtype)) * params;
+  // Across processes each holds about its share of the layers.
+  const double weights =
+      static_cast<double>(dtype_size(weight_dtype)) * params / static_cast<double>(processes);
   if (weights > available) {
     fail(ErrorCode::kOutOfMemory,
-         "the cpu backend needs {:.1f} GiB of host memory for this model's {} weights ({:.2f}B "
-         "parameters), before any KV cache, but {:.1f} GiB is available; use --dtype bf16, "
-         "--backend cuda or a smaller model",
-         gib(weights), weight_dtype == DType::kF32 ? "fp32" : dtype_flag(weight_dtype),
+         "the cpu backend needs {:.1f} GiB of host memory for {} of this model's {} weights "
+         "({:.2f}B parameters), before any KV cache, but {:.1f} GiB is available; use --dtype "
+         "bf16, --backend cuda, more processes (mpirun) or a smaller model",
+         gib(weights), processes > 1 ? fmt::format("this process' 1/{}", processes) : "all",
+         weight_dtype == DType::kF32 ? "fp32" : dtype_flag(weight_dtype),
          static_cast<double>(config.n_params()) / 1e9, gib(available));
   }
 }

@@ -20,7 +20,7 @@ BackendKind resolve_backend(BackendKind requested);
 // not fit the host's available memory (MemAvailable), so a model too large for the host is an
 // error naming the sizes rather than the out-of-memory killer. (KV caches grow with use and are
 // not counted.) Skipped when the available memory cannot be read.
-void check_host_memory(const ModelConfig& config, DType weight_dtype);
+void check_host_memory(const ModelConfig& config, DType weight_dtype, int processes = 1);
 
 // CUDA device of each of `n_stages` stages: options.cuda_devices, or 0..S-1 when empty. Checks
 // the count and that each id exists; stages may share a device.

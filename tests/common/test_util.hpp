@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <optional>
 #include <span>
 #include <string>
@@ -38,6 +39,9 @@ std::filesystem::path binary_path(const std::string& name);
 
 // Writes the `tiny` preset with `n_layers` layers (and the given seed) into `dir`.
 void make_tiny_model(const std::filesystem::path& dir, int64_t n_layers, uint64_t seed = 5);
+
+// The message of the conveyor::Error that `fn` throws, or "<no error>".
+std::string error_of(const std::function<void()>& fn);
 
 // Runs f and expects a conveyor::Error with `code` whose message contains every one of `parts`.
 template <typename F>

@@ -26,14 +26,7 @@ std::string fmt_where(int stage, int instruction) {
   return fmt::format("stage {} failed at instruction {} (", stage, instruction);
 }
 
-std::string error_of(const std::function<void()>& fn) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "<no error>";
-}
+using test::error_of;
 
 class EngineTest : public ::testing::Test {
  protected:

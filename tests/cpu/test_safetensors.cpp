@@ -29,6 +29,7 @@ using conveyor::SafeTensors;
 using conveyor::SafeTensorsFile;
 using conveyor::SafeTensorsWriter;
 using conveyor::TensorInfo;
+using conveyor::test::error_of;
 using json = nlohmann::json;
 using ::testing::HasSubstr;
 
@@ -74,15 +75,6 @@ void write_file(const std::filesystem::path& path, std::span<const std::byte> by
   std::ofstream out(path, std::ios::binary);
   out.write(reinterpret_cast<const char*>(bytes.data()),
             static_cast<std::streamsize>(bytes.size()));
-}
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const conveyor::Error& e) {
-    return e.what();
-  }
-  return "(no error)";
 }
 
 TEST(ParseSafetensors, ValidHeaderSortedByName) {

@@ -9,13 +9,8 @@ command -v "$mpirun" >/dev/null || { echo "skip: $mpirun not found"; exit 77; }
 bin=$build/examples/conveyor-generate
 work=$(mktemp -d /tmp/conveyor-kill-XXXXXX)
 trap 'rm -rf "$work"' EXIT
-# Big enough that decoding 4000 tokens takes many seconds on two shared cores.
-cat > "$work/config.json" <<'JSON'
-{"architectures":["LlamaForCausalLM"],"hidden_size":512,"intermediate_size":1536,
- "num_hidden_layers":8,"num_attention_heads":8,"num_key_value_heads":4,"vocab_size":8192,
- "max_position_embeddings":8192,"rms_norm_eps":1e-5,"rope_theta":10000.0,
- "tie_word_embeddings":false,"bos_token_id":1,"eos_token_id":2}
-JSON
+# A random model big enough that decoding thousands of tokens takes many seconds on two cores.
+cp "$(dirname "$0")/long_decode.json" "$work/config.json"
 timeout_ms=3000
 start=$(date +%s.%N)
 "$mpirun" -np 2 --oversubscribe "$bin" --model "$work/config.json" --random-weights 3 \

@@ -32,12 +32,8 @@ for ns in $ns0 $ns1; do ip -n $ns link set lo up; done
 ip -n $ns0 link set ${tag}0 up
 ip -n $ns1 link set ${tag}1 up
 
-cat > "$work/config.json" <<'JSON'
-{"architectures":["LlamaForCausalLM"],"hidden_size":512,"intermediate_size":1536,
- "num_hidden_layers":8,"num_attention_heads":8,"num_key_value_heads":4,"vocab_size":8192,
- "max_position_embeddings":8192,"rms_norm_eps":1e-5,"rope_theta":10000.0,
- "tie_word_embeddings":false,"bos_token_id":1,"eos_token_id":2}
-JSON
+# A random model big enough that decoding thousands of tokens takes many seconds on two cores.
+cp "$(dirname "$0")/long_decode.json" "$work/config.json"
 # Each namespace is a host with its own hostname: mpirun runs in the first and starts Open MPI's
 # daemon in the second through a stand-in for ssh; ranks talk TCP over the veth addresses only.
 cat > "$work/netns-rsh" <<RSH

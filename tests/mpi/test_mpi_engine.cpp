@@ -35,14 +35,7 @@ int broadcast(int value) {
   return value;
 }
 
-std::string error_of(const std::function<void()>& fn) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "<no error>";
-}
+using test::error_of;
 
 std::vector<Request> requests() {
   std::vector<Request> reqs = test::mixed_requests(5);
