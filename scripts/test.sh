@@ -8,7 +8,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 jobs=$(nproc)
-build_jobs=$((jobs + 1))  # one more compile than cores keeps them busy through links and I/O
 
 echo "== formatting (clang-format --dry-run --Werror) =="
 if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
@@ -32,7 +31,7 @@ echo "== build (Release, warnings as errors) =="
 # CUDA code for sm_90 only here (the GPU run's target; sm_80 compiles the same sources).
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DCONVEYOR_WERROR=ON \
   -DCMAKE_CUDA_ARCHITECTURES=90
-cmake --build build -j "$build_jobs"
+cmake --build build -j "$jobs"
 echo "== tests =="
 ctest --test-dir build --output-on-failure -j "$jobs" --timeout 900 | tee build/ctest.log
 
@@ -46,13 +45,15 @@ echo "== AddressSanitizer + UndefinedBehaviorSanitizer: CPU tests =="
 # whole-model logits comparisons (the tiny models cover the same code), which the Release pass
 # runs.
 # Sanitizer trees build at -O1 with line tables only: reports still name file and line, and the
-# build takes a fraction of -O2 -g's time (CI's budget is 20 minutes on 2 cores).
+# build takes a fraction of -O2 -g's time (CI's budget is 20 minutes on 2 cores); the sources of
+# the tests and binaries (setup, assertions, option parsing) at -O0, all but the tests that
+# compute references themselves (tests/CMakeLists.txt).
 sanitizer_flags="-O1 -gline-tables-only -DNDEBUG"
 CC=clang CXX=clang++ cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="$sanitizer_flags" -DCMAKE_C_FLAGS_RELWITHDEBINFO="$sanitizer_flags" \
   -DCONVEYOR_FUZZ=ON -DCONVEYOR_ENABLE_CUDA=OFF -DCONVEYOR_BUILD_BENCHMARKS=OFF \
-  -DCONVEYOR_ENABLE_MPI=OFF -DCONVEYOR_BINARY_OPT=-O0
-cmake --build build-asan -j "$build_jobs"
+  -DCONVEYOR_ENABLE_MPI=OFF -DCONVEYOR_BINARY_OPT=-O0 -DCONVEYOR_TEST_OPT=-O0
+cmake --build build-asan -j "$jobs"
 ASAN_OPTIONS="detect_leaks=1:abort_on_error=1" UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1" \
   ctest --test-dir build-asan --output-on-failure -j "$jobs" --timeout 900 -L "cpu|serve" \
   -E "package_consumer|IdlePoolDoesNotSpin|openai_python_client|ThirtyTwoConcurrent|SmolLm2\.(Logits|TheEquivalent)" \
@@ -64,7 +65,7 @@ CC=clang CXX=clang++ cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWit
   -DCONVEYOR_SANITIZE=thread \
   -DCONVEYOR_ENABLE_CUDA=OFF -DCONVEYOR_BUILD_BENCHMARKS=OFF -DCONVEYOR_BUILD_EXAMPLES=OFF
 tsan_targets=$(cd tests/cpu && ls test_pipeline*.cpp test_engine*.cpp test_serving*.cpp test_link*.cpp test_thread_pool*.cpp 2>/dev/null | sed 's/\.cpp$//' | tr '\n' ' ')
-cmake --build build-tsan -j "$build_jobs" --target $tsan_targets test_mpi_engine
+cmake --build build-tsan -j "$jobs" --target $tsan_targets test_mpi_engine
 tsan_options="halt_on_error=1 second_deadlock_stack=1 suppressions=$PWD/.ci/tsan.supp"
 for t in $tsan_targets; do
   echo "-- $t (tsan)"
@@ -77,10 +78,10 @@ OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 mpirun -np 3 --oversub
   --mca btl self,vader -x TSAN_OPTIONS="$tsan_options" build-tsan/tests/test_mpi_engine \
   --gtest_brief=1
 
-echo "== fuzz: safetensors, config.json and GGUF parsers (15 s each) =="
+echo "== fuzz: safetensors, config.json and GGUF parsers (10 s each) =="
 for target in safetensors config gguf; do
   mkdir -p "build-asan/corpus-$target"
-  "./build-asan/fuzz/fuzz_$target" -max_total_time=15 -print_final_stats=1 \
+  "./build-asan/fuzz/fuzz_$target" -max_total_time=10 -print_final_stats=1 \
     "build-asan/corpus-$target" "tests/fuzz_corpus/$target"
 done
 
