@@ -3,8 +3,10 @@
 #pragma once
 
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "backend/link.hpp"
@@ -37,6 +39,13 @@ class Distributed {
   virtual void report(StepReport&& report) = 0;
   // A follower: runs the leader's steps on `pipeline` until the leader stops.
   virtual void follow(Pipeline& pipeline) = 0;
+
+  // Collective: rank 0's `decide()` on every rank; when it throws, every rank throws its message
+  // (kInvalidArgument), so that all fail together.
+  std::string decided_by_rank0(const std::function<std::string()>& decide);
+  // Collective: throws on every rank (kInvalidArgument, naming both) when some rank's `mine`
+  // differs from rank 0's; `what` says what was compared.
+  void check_same_everywhere(const std::string& mine, std::string_view what);
 };
 
 }  // namespace conveyor::dist

@@ -6,7 +6,6 @@
 
 #include <algorithm>
 #include <climits>
-#include <deque>
 #include <map>
 #include <mutex>
 #include <thread>
@@ -65,11 +64,22 @@ void check_wait(Clock::time_point start, std::chrono::milliseconds timeout, cons
   }
 }
 
+// Polls `ready` until it returns true; throws when stopped or past `timeout`.
+template <typename Ready>
+void poll_until(Ready&& ready, std::chrono::milliseconds timeout, const std::string& what,
+                const MpiSession::StopFn& stop) {
+  const auto start = Clock::now();
+  for (Backoff backoff;; backoff()) {
+    if (ready()) return;
+    check_wait(start, timeout, what, stop);
+  }
+}
+
 int byte_count(size_t n, const std::string& what) {
   if (n > static_cast<size_t>(INT_MAX)) {
     fail(ErrorCode::kInvalidArgument,
          "{}: a message of {} bytes exceeds MPI's count limit of {} bytes; use smaller "
-         "micro-batches (--max-chunk-tokens)",
+         "micro-batches (--chunking N)",
          what, n, INT_MAX);
   }
   return static_cast<int>(n);
@@ -133,20 +143,20 @@ MpiSession::~MpiSession() {
 
 void MpiSession::wait(MPI_Request& request, std::chrono::milliseconds timeout,
                       const std::string& what, const StopFn& stop) const {
-  const auto start = Clock::now();
-  for (Backoff backoff;; backoff()) {
-    int done = 0;
-    check_mpi(MPI_Test(&request, &done, MPI_STATUS_IGNORE), "MPI_Test");
-    if (done) return;
-    check_wait(start, timeout, what, stop);
-  }
+  poll_until(
+      [&] {
+        int done = 0;
+        check_mpi(MPI_Test(&request, &done, MPI_STATUS_IGNORE), "MPI_Test");
+        return done != 0;
+      },
+      timeout, what, stop);
 }
 
-void MpiSession::send(int peer, int tag, const std::vector<std::byte>& bytes,
+void MpiSession::send(int peer, int tag, std::vector<std::byte> bytes,
                       std::chrono::milliseconds timeout, const std::string& what,
                       const StopFn& stop) const {
   // MPI may still read the buffer after a failed wait: it then stays allocated for good.
-  auto owned = std::make_unique<std::vector<std::byte>>(bytes);
+  auto owned = std::make_unique<std::vector<std::byte>>(std::move(bytes));
   MPI_Request request = MPI_REQUEST_NULL;
   check_mpi(MPI_Isend(owned->data(), byte_count(owned->size(), what), MPI_BYTE, peer, tag, comm_,
                       &request),
@@ -165,14 +175,15 @@ namespace {
 // Waits for the next message from `peer` with `tag`: its envelope, for MPI_Imrecv.
 MPI_Message probe(MPI_Comm comm, int peer, int tag, std::chrono::milliseconds timeout,
                   const std::string& what, const MpiSession::StopFn& stop, MPI_Status& status) {
-  const auto start = Clock::now();
-  for (Backoff backoff;; backoff()) {
-    int found = 0;
-    MPI_Message message = MPI_MESSAGE_NULL;
-    check_mpi(MPI_Improbe(peer, tag, comm, &found, &message, &status), "MPI_Improbe");
-    if (found) return message;
-    check_wait(start, timeout, what, stop);
-  }
+  MPI_Message message = MPI_MESSAGE_NULL;
+  poll_until(
+      [&] {
+        int found = 0;
+        check_mpi(MPI_Improbe(peer, tag, comm, &found, &message, &status), "MPI_Improbe");
+        return found != 0;
+      },
+      timeout, what, stop);
+  return message;
 }
 
 }  // namespace
@@ -304,15 +315,32 @@ void MpiLink::post(Pending& p, const std::string& what) {
 }
 
 namespace {
-std::vector<std::byte> link_header(int64_t step, int32_t micro_batch, uint8_t flags,
-                                   uint64_t n_rows_floats) {
-  wire::Writer w;
-  w.put(step);
-  w.put(micro_batch);
-  w.put(flags);
-  w.put(n_rows_floats);
-  return w.take();
-}
+
+// What precedes a micro-batch's rows on a link (a second message when there are rows).
+struct LinkHeader {
+  int64_t step = -1;
+  int32_t micro_batch = -1;
+  uint8_t flags = 0;
+  uint64_t n_floats = 0;
+
+  std::vector<std::byte> encode() const {
+    wire::Writer w;
+    w.put(step);
+    w.put(micro_batch);
+    w.put(flags);
+    w.put(n_floats);
+    return w.take();
+  }
+  static LinkHeader decode(std::span<const std::byte> bytes) {
+    wire::Reader r(bytes);
+    LinkHeader h{.step = r.get<int64_t>(), .micro_batch = r.get<int32_t>()};
+    h.flags = r.get<uint8_t>();
+    h.n_floats = r.get<uint64_t>();
+    r.finish();
+    return h;
+  }
+};
+
 }  // namespace
 
 void MpiLink::send(LinkMessage&& message, std::chrono::milliseconds timeout) {
@@ -326,18 +354,20 @@ void MpiLink::send(LinkMessage&& message, std::chrono::milliseconds timeout) {
          what);
   }
   if (!failed_.empty()) fail(ErrorCode::kCommunication, "{}: {}", what, failed_);
-  const auto start = Clock::now();
   const auto stop = [this] { return cancelled_.load(); };
-  for (Backoff backoff;; backoff()) {
-    reap();
-    if (pending_.size() < capacity_) break;
-    check_wait(start, timeout, what, stop);
-  }
-  check_wait(start, timeout, what, stop);
+  poll_until(
+      [&] {
+        reap();
+        return pending_.size() < capacity_ && !stop();
+      },
+      timeout, what, stop);
   Pending& p = pending_.emplace_back();
   p.rows = std::move(message.activations.host);
-  p.header = link_header(message.step, message.micro_batch, message.aborted ? kAbortedFlag : 0,
-                         p.rows.size());
+  p.header = LinkHeader{.step = message.step,
+                        .micro_batch = message.micro_batch,
+                        .flags = message.aborted ? kAbortedFlag : uint8_t{0},
+                        .n_floats = p.rows.size()}
+                 .encode();
   post(p, what);
 }
 
@@ -346,23 +376,17 @@ LinkMessage MpiLink::recv(std::chrono::milliseconds timeout) {
                                        from_stage_ + 1, from_stage_, session_->rank(), peer_);
   if (!failed_.empty()) fail(ErrorCode::kCommunication, "{}: {}", what, failed_);
   const auto stop = [this] { return cancelled_.load(); };
-  const std::vector<std::byte> bytes = session_->recv(peer_, kLinkTag, timeout, what, stop);
-  wire::Reader r(bytes);
-  LinkMessage message;
-  message.step = r.get<int64_t>();
-  message.micro_batch = r.get<int32_t>();
-  const auto flags = r.get<uint8_t>();
-  const auto n_floats = r.get<uint64_t>();
-  r.finish();
-  if (flags & kMarkerFlag) {
+  const LinkHeader h = LinkHeader::decode(session_->recv(peer_, kLinkTag, timeout, what, stop));
+  if (h.flags & kMarkerFlag) {
     fail(ErrorCode::kCommunication,
          "{}: a reset marker arrived while this end was not resetting; the link is out of step",
          what);
   }
-  message.aborted = (flags & kAbortedFlag) != 0;
-  if (n_floats > 0) {
+  LinkMessage message{
+      .micro_batch = h.micro_batch, .step = h.step, .aborted = (h.flags & kAbortedFlag) != 0};
+  if (h.n_floats > 0) {
     message.activations.host =
-        session_->recv_floats(peer_, kLinkTag, n_floats, timeout, what, stop);
+        session_->recv_floats(peer_, kLinkTag, h.n_floats, timeout, what, stop);
   }
   return message;
 }
@@ -381,19 +405,17 @@ void MpiLink::reset() {
     if (sender_) {
       // Behind whatever this end sent: the receiver drops up to here.
       Pending& p = pending_.emplace_back();
-      p.header = link_header(-1, -1, kMarkerFlag, 0);
+      p.header = LinkHeader{.flags = kMarkerFlag}.encode();
       post(p, "reset marker");
       return;
     }
     const std::string what = fmt::format(
         "draining the link from stage {} (rank {}) after a failure", from_stage_, peer_);
     for (;;) {
-      const std::vector<std::byte> bytes = session_->recv(peer_, kLinkTag, reset_timeout_, what);
-      wire::Reader r(bytes);
-      r.get<int64_t>();
-      r.get<int32_t>();
-      if (r.get<uint8_t>() & kMarkerFlag) return;
-      if (r.get<uint64_t>() > 0) session_->recv(peer_, kLinkTag, reset_timeout_, what);  // rows
+      const LinkHeader h =
+          LinkHeader::decode(session_->recv(peer_, kLinkTag, reset_timeout_, what));
+      if (h.flags & kMarkerFlag) return;
+      if (h.n_floats > 0) session_->recv(peer_, kLinkTag, reset_timeout_, what);  // its rows
     }
   } catch (const std::exception& e) {
     failed_ = e.what();
@@ -401,8 +423,7 @@ void MpiLink::reset() {
   }
 }
 
-// ---- the leader's view of the followers
-// -----------------------------------------------------------
+// ---- the leader's view of the followers ------------------------------------------------------
 
 namespace {
 
@@ -442,15 +463,20 @@ class MpiRemote final : public RemoteStages {
   void release(int32_t seq) override {
     to_all(wire::encode_release(seq), fmt::format("release of slot {}", seq));
   }
-  void cancel_links() override { to_all(wire::encode_cancel(), "a link cancellation"); }
-  void reset_links() override { to_all(wire::encode_reset(), "a link reset"); }
+  void cancel_links() override {
+    to_all(wire::encode_signal(wire::ControlKind::kCancel), "a link cancellation");
+  }
+  void reset_links() override {
+    to_all(wire::encode_signal(wire::ControlKind::kReset), "a link reset");
+  }
 
   void stop() override {
     if (stopped_.exchange(true)) return;
     if (thread_.joinable()) thread_.join();
     if (!failed_) {
       // Short: a follower that does not take this is gone already.
-      to_all(wire::encode_stop(), "stop", std::chrono::milliseconds(5000));
+      to_all(wire::encode_signal(wire::ControlKind::kStop), "stop",
+             std::chrono::milliseconds(5000));
     }
   }
 
@@ -463,8 +489,7 @@ class MpiRemote final : public RemoteStages {
         session_->send(r, kControlTag, bytes, timeout.count() ? timeout : timeout_,
                        fmt::format("sending {} to {}", what, names_[static_cast<size_t>(r)]));
       } catch (...) {
-        failed_ = true;
-        if (on_failure_) on_failure_(std::current_exception());
+        fail_with(std::current_exception());
         return;
       }
     }
@@ -514,8 +539,7 @@ class MpiRemote final : public RemoteStages {
       if (waiting.empty()) continue;
       const auto since = std::max(last_heard_[static_cast<size_t>(r)], waiting.begin()->second);
       if (now - since > timeout_) {
-        failed_ = true;
-        on_failure_(std::make_exception_ptr(Error(
+        fail_with(std::make_exception_ptr(Error(
             ErrorCode::kTimeout,
             fmt::format("{} sent nothing for {} ms while a step it runs was in flight: it died "
                         "or hangs, or the network to it broke (EngineOptions::link_timeout_ms)",
@@ -527,7 +551,7 @@ class MpiRemote final : public RemoteStages {
 
   void fail_with(std::exception_ptr error) {
     failed_ = true;
-    on_failure_(std::move(error));
+    if (on_failure_) on_failure_(std::move(error));
   }
 
   std::shared_ptr<const MpiSession> session_;
@@ -573,7 +597,7 @@ void follow(const MpiSession& session, Pipeline& pipeline, std::chrono::millisec
                                                  session.rank(), pipeline.in_flight())
                                    : "waiting for the leader (rank 0)",
                            [&] { return pipeline.broken() != nullptr; });
-    } catch (const Error& e) {
+    } catch (const Error&) {
       if (std::exception_ptr broken = pipeline.broken()) std::rethrow_exception(broken);
       throw;
     }

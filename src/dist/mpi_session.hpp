@@ -58,9 +58,8 @@ class MpiSession {
   // Stops waiting when `stop` returns true (throws kAborted) or past `timeout` (kTimeout;
   // `what` says what was awaited, from whom). A zero timeout waits for ever.
   using StopFn = std::function<bool()>;
-  void send(int peer, int tag, const std::vector<std::byte>& bytes,
-            std::chrono::milliseconds timeout, const std::string& what,
-            const StopFn& stop = {}) const;
+  void send(int peer, int tag, std::vector<std::byte> bytes, std::chrono::milliseconds timeout,
+            const std::string& what, const StopFn& stop = {}) const;
   std::vector<std::byte> recv(int peer, int tag, std::chrono::milliseconds timeout,
                               const std::string& what, const StopFn& stop = {},
                               int* source = nullptr) const;

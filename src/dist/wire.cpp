@@ -183,21 +183,11 @@ std::vector<std::byte> encode_release(int32_t seq) {
   return w.take();
 }
 
-std::vector<std::byte> encode_cancel() {
+std::vector<std::byte> encode_signal(ControlKind kind) {
+  CONVEYOR_ASSERT(kind == ControlKind::kCancel || kind == ControlKind::kReset ||
+                  kind == ControlKind::kStop);
   Writer w;
-  w.put(ControlKind::kCancel);
-  return w.take();
-}
-
-std::vector<std::byte> encode_reset() {
-  Writer w;
-  w.put(ControlKind::kReset);
-  return w.take();
-}
-
-std::vector<std::byte> encode_stop() {
-  Writer w;
-  w.put(ControlKind::kStop);
+  w.put(kind);
   return w.take();
 }
 

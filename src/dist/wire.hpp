@@ -50,9 +50,8 @@ std::vector<std::byte> encode_submit(uint64_t ticket, const StepPlan& plan, cons
 std::vector<std::byte> encode_decide(uint64_t ticket, bool commit);
 std::vector<std::byte> encode_truncate(int32_t seq, int64_t length);
 std::vector<std::byte> encode_release(int32_t seq);
-std::vector<std::byte> encode_cancel();
-std::vector<std::byte> encode_reset();
-std::vector<std::byte> encode_stop();
+// A message that is its kind alone: kCancel, kReset, kStop.
+std::vector<std::byte> encode_signal(ControlKind kind);
 // Throws conveyor::Error(kCommunication) naming what is malformed.
 Control decode_control(std::span<const std::byte> bytes);
 

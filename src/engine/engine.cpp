@@ -278,38 +278,16 @@ Engine Engine::open(const std::filesystem::path& model, const EngineOptions& opt
   }
   Partition partition = Partition::even(1, 1);
   if (processes) {
-    std::string counts;
-    std::string error;
-    if (processes->rank() == 0) {
-      try {
-        counts = make_partition(config, effective, backend, max_context).to_string();
-      } catch (const std::exception& e) {
-        error = e.what();
-      }
-    }
-    // Every rank learns rank 0's partition (or its error) and checks it runs the same model.
-    const std::string plan =
-        processes->broadcast(error.empty() ? "ok " + counts : "error " + error);
-    if (plan.starts_with("error ")) fail(ErrorCode::kInvalidArgument, "{}", plan.substr(6));
-    partition = Partition::parse(plan.substr(3), config.n_layers);
-    const std::string mine = fmt::format(
-        "{} layers, hidden {}, vocab {}, max_context {}, max_batch {}, dtype {}, {} stages",
-        config.n_layers, config.hidden_size, config.vocab_size, max_context,
-        options.capacity.max_batch, dtype_flag(options.device.dtype.value_or(DType::kF32)),
-        partition.n_stages());
-    // Rank 0 compares and every rank learns the verdict, so that all fail together.
-    std::string verdict;
-    const std::vector<std::string> all = processes->gather(mine);
-    for (size_t r = 1; r < all.size(); ++r) {
-      if (all[r] != all[0] && verdict.empty()) {
-        verdict = fmt::format(
-            "rank {} opened a different engine than rank 0 ({} there, {} on rank 0); start "
-            "every rank with the same model and options",
-            r, all[r], all[0]);
-      }
-    }
-    verdict = processes->broadcast(verdict);
-    if (!verdict.empty()) fail(ErrorCode::kInvalidArgument, "{}", verdict);
+    const std::string counts = processes->decided_by_rank0(
+        [&] { return make_partition(config, effective, backend, max_context).to_string(); });
+    partition = Partition::parse(counts, config.n_layers);
+    processes->check_same_everywhere(
+        fmt::format("{} layers, hidden {}, vocab {}, max_context {}, max_batch {}, dtype {}, {} "
+                    "stages",
+                    config.n_layers, config.hidden_size, config.vocab_size, max_context,
+                    options.capacity.max_batch,
+                    dtype_flag(options.device.dtype.value_or(DType::kF32)), partition.n_stages()),
+        "engine");
     if (partition.n_stages() % processes->size() != 0) {
       fail(ErrorCode::kInvalidArgument,
            "{} stages cannot be shared by {} processes; use a multiple of {} stages (--stages)",

@@ -103,9 +103,7 @@ Pipeline::~Pipeline() {
     std::lock_guard lock(mutex_);
     stopping_ = true;
   }
-  for (auto& link : links_) {
-    if (link) link->cancel();  // wakes a worker blocked on a link
-  }
+  cancel_each_link();  // wakes a worker blocked on a link
   work_ready_.notify_all();
   for (auto& worker : workers_) {
     if (worker->thread.joinable()) worker->thread.join();
@@ -182,6 +180,10 @@ void Pipeline::abort_all(Flight& cause) {
     if (!links_cancelled_) cause.caused_cancel = true;
     cancel_flights();
   }
+  cancel_each_link();
+}
+
+void Pipeline::cancel_each_link() {
   for (auto& link : links_) {
     if (link) link->cancel();
   }
@@ -199,9 +201,7 @@ void Pipeline::cancel_links() {
     std::lock_guard lock(mutex_);
     cancel_flights();
   }
-  for (auto& link : links_) {
-    if (link) link->cancel();
-  }
+  cancel_each_link();
 }
 
 void Pipeline::run_program(Worker& worker, Flight& flight) {
@@ -571,6 +571,16 @@ void Pipeline::decide(uint64_t ticket, bool commit) {
   checker_.complete(f->plan.step, commit);
 }
 
+namespace {
+std::string message_of(const std::exception_ptr& error) {
+  try {
+    std::rethrow_exception(error);
+  } catch (const std::exception& e) {
+    return e.what();
+  }
+}
+}  // namespace
+
 StepReport Pipeline::local_report(const Flight& flight) const {
   StepReport report{.ticket = flight.ticket,
                     .step = flight.plan.step,
@@ -578,39 +588,26 @@ StepReport Pipeline::local_report(const Flight& flight) const {
                     .n_stages = local_stages()};
   for (int s = first_stage_; s < first_stage_ + local_stages(); ++s) {
     const Flight::StageError& e = flight.errors[static_cast<size_t>(s)];
-    if (e.error) {
-      std::string message;
-      try {
-        std::rethrow_exception(e.error);
-      } catch (const std::exception& x) {
-        message = x.what();
-      }
-      report.failures.push_back({.stage = s, .code = e.code, .message = std::move(message)});
-    }
+    if (e.error)
+      report.failures.push_back({.stage = s, .code = e.code, .message = message_of(e.error)});
     const Trace& t = flight.traces[static_cast<size_t>(s)];
     report.trace.insert(report.trace.end(), t.begin(), t.end());
     report.busy_ns.push_back(local_worker(s)->busy_ns.load());
   }
   if (first_stage_ + local_stages() == n_stages_) report.result = flight.result;
   report.links_cancelled = links_cancelled_;
-  if (broken_) {
-    try {
-      std::rethrow_exception(broken_);
-    } catch (const std::exception& x) {
-      report.broken = x.what();
-    }
-  }
+  if (broken_) report.broken = message_of(broken_);
   return report;
 }
 
 void Pipeline::on_report(StepReport&& report) {
   // A follower's link failed: every process cancels, the others told before this report can
-  // complete a step here (see abort_all).
+  // complete a step here (see abort_all). Reports come from one thread, so the check and the
+  // cancellation below cannot interleave with another report's.
   bool cancel = false;
   if (report.links_cancelled) {
     std::lock_guard lock(mutex_);
-    cancel = !links_cancelled_ && !remote_cancelling_;
-    remote_cancelling_ = remote_cancelling_ || cancel;
+    cancel = !links_cancelled_;
   }
   if (cancel) options_.remote->cancel_links();
   std::exception_ptr broke;
@@ -629,7 +626,6 @@ void Pipeline::on_report(StepReport&& report) {
     auto it = std::find_if(flights_.begin(), flights_.end(),
                            [&](const auto& x) { return x->ticket == report.ticket; });
     if (cancel) {
-      remote_cancelling_ = false;
       if (it != flights_.end() && !links_cancelled_) (*it)->caused_cancel = true;
       cancel_flights();
     }
@@ -641,9 +637,7 @@ void Pipeline::on_report(StepReport&& report) {
             std::make_exception_ptr(Error(failure.code, failure.message)), failure.code, now};
       }
       if (report.result) f.result = std::move(*report.result);
-      if (f.traces.size() > static_cast<size_t>(report.first_stage)) {
-        f.traces[static_cast<size_t>(report.first_stage)] = std::move(report.trace);
-      }
+      f.traces[static_cast<size_t>(report.first_stage)] = std::move(report.trace);
       f.stages_done += report.n_stages;
       if (f.stages_done == n_stages_) {
         f.seconds = std::chrono::duration<double>(now - f.submitted).count();
@@ -651,11 +645,7 @@ void Pipeline::on_report(StepReport&& report) {
       }
     }
   }
-  if (cancel) {
-    for (auto& link : links_) {
-      if (link) link->cancel();
-    }
-  }
+  if (cancel) cancel_each_link();
   if (broke) on_remote_failure(broke);
   progress_.notify_all();
 }
@@ -665,10 +655,7 @@ void Pipeline::on_remote_failure(std::exception_ptr error) {
     std::lock_guard lock(mutex_);
     if (!broken_) broken_ = error;
   }
-  // Wake this process' stages wherever they wait on a link.
-  for (auto& link : links_) {
-    if (link) link->cancel();
-  }
+  cancel_each_link();  // wakes this process' stages wherever they wait on a link
   progress_.notify_all();
 }
 

@@ -123,6 +123,7 @@ class Pipeline {
   void run_program(Worker& worker, Flight& flight);
   void abort_all(Flight& cause);
   void cancel_flights();      // with mutex_ held: links cancelled, the steps in flight fail
+  void cancel_each_link();    // wakes whatever waits on this process' links
   int expected_done() const;  // stages that finish a step in this process' view
   void enqueue_all(const std::function<Job()>& make);
   void drain();
@@ -153,10 +154,9 @@ class Pipeline {
   std::condition_variable progress_;               // a job finished (flight completion, drain)
   std::vector<std::shared_ptr<Flight>> flights_;   // submitted, outcome not taken
   std::deque<std::shared_ptr<Flight>> completed_;  // finished on every stage, in order
-  bool links_cancelled_ = false;    // a link failure cancelled them; reset once nothing runs
-  bool remote_cancelling_ = false;  // a leader telling the others to cancel
-  std::exception_ptr broken_;       // a commit, rollback or truncate failed on a stage (or a
-                                    // link across processes failed)
+  bool links_cancelled_ = false;  // a link failure cancelled them; reset once nothing runs
+  std::exception_ptr broken_;     // a commit, rollback or truncate failed on a stage (or a
+                                  // link across processes failed)
   bool stopping_ = false;
   Trace trace_;
 };

@@ -64,9 +64,12 @@ TEST(Wire, ControlMessagesRoundTrip) {
   EXPECT_EQ(c.seq, 6);
   EXPECT_EQ(c.length, 123);
   EXPECT_EQ(wire::decode_control(wire::encode_release(2)).seq, 2);
-  EXPECT_EQ(wire::decode_control(wire::encode_cancel()).kind, wire::ControlKind::kCancel);
-  EXPECT_EQ(wire::decode_control(wire::encode_reset()).kind, wire::ControlKind::kReset);
-  EXPECT_EQ(wire::decode_control(wire::encode_stop()).kind, wire::ControlKind::kStop);
+  EXPECT_EQ(wire::decode_control(wire::encode_signal(wire::ControlKind::kCancel)).kind,
+            wire::ControlKind::kCancel);
+  EXPECT_EQ(wire::decode_control(wire::encode_signal(wire::ControlKind::kReset)).kind,
+            wire::ControlKind::kReset);
+  EXPECT_EQ(wire::decode_control(wire::encode_signal(wire::ControlKind::kStop)).kind,
+            wire::ControlKind::kStop);
 }
 
 TEST(Wire, ReportRoundTrips) {
@@ -112,7 +115,7 @@ TEST(Wire, MalformedMessagesAreRefused) {
   extra.push_back(std::byte{0});
   test::expect_error([&] { wire::decode_control(extra); }, ErrorCode::kCommunication,
                      {"1 bytes left over"});
-  std::vector<std::byte> bad_kind = wire::encode_stop();
+  std::vector<std::byte> bad_kind = wire::encode_signal(wire::ControlKind::kStop);
   bad_kind[0] = std::byte{200};
   test::expect_error([&] { wire::decode_control(bad_kind); }, ErrorCode::kCommunication,
                      {"enum value 200"});
