@@ -12,6 +12,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -94,6 +95,10 @@ class Zeros final : public TensorSource {
     for (int64_t d : shape)
       n *= d;
     return std::vector<float>(static_cast<size_t>(n));
+  }
+  std::optional<StoredTensor> stored(std::string_view, std::span<const int64_t>,
+                                     DType) const override {
+    return std::nullopt;  // nothing is stored anywhere
   }
   uint64_t bytes_read() const override { return 0; }
 };

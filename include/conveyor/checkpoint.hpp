@@ -5,14 +5,22 @@
 #include <cstdint>
 #include <filesystem>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
 #include <vector>
 
+#include "conveyor/dtype.hpp"
 #include "conveyor/model_config.hpp"
 
 namespace conveyor {
+
+// A tensor's values where the file holds them: no copy, valid while `keep_alive` is held.
+struct StoredTensor {
+  std::span<const std::byte> bytes;        // numel values of the requested dtype, aligned for it
+  std::shared_ptr<const void> keep_alive;  // the file's mapping
+};
 
 // Tensors by Hugging Face name ("model.layers.3.self_attn.q_proj.weight"), row-major, in
 // Hugging Face orientation, converted to fp32. Thread-safe for reads.
@@ -24,6 +32,13 @@ class TensorSource {
   // tensor, both shapes and the file.
   virtual std::vector<float> load_f32(std::string_view name,
                                       std::span<const int64_t> expected_shape) const = 0;
+  // The tensor's values in place, when the file stores them exactly as a backend computing in
+  // `dtype` (kF32 or kBF16) needs: that dtype, Hugging Face layout, aligned. nullopt otherwise
+  // (load_f32 converts). Checks the shape as load_f32 does; the pages are read in before it
+  // returns, so the first step does not pay for them.
+  virtual std::optional<StoredTensor> stored(std::string_view name,
+                                             std::span<const int64_t> expected_shape,
+                                             DType dtype) const = 0;
   // Bytes read from the files so far (for load statistics).
   virtual uint64_t bytes_read() const = 0;
 };

@@ -145,6 +145,8 @@ class GgufFile {
   void release_pages(const GgufTensorInfo& info) const;
   // The same for bytes [offset, offset + length) of the tensor's data (whole pages inside it).
   void release_pages(const GgufTensorInfo& info, uint64_t offset, uint64_t length) const;
+  // Reads the tensor's pages in and maps them (for a tensor computed from in place).
+  void populate(const GgufTensorInfo& info) const;
 
  private:
   GgufFile() = default;

@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <map>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -50,12 +51,16 @@ class SafeTensorsFile {
   const std::vector<TensorInfo>& tensors() const { return tensors_; }
   const TensorInfo* find(std::string_view name) const;  // nullptr when absent
   std::span<const std::byte> bytes(const TensorInfo& info) const;
+  // Reads the tensor's pages in and maps them (for a tensor computed from in place).
+  void populate(const TensorInfo& info) const;
+  // Holds the mapping alive (for tensors computed from in place).
+  std::shared_ptr<const void> mapping() const { return map_; }
 
  private:
   SafeTensorsFile() = default;
   std::filesystem::path path_;
-  std::unique_ptr<MappedFile> map_;  // the whole file
-  std::size_t data_offset_ = 0;      // 8 + header length
+  std::shared_ptr<const MappedFile> map_;  // the whole file
+  std::size_t data_offset_ = 0;            // 8 + header length
   std::vector<TensorInfo> tensors_;
 };
 
@@ -76,6 +81,9 @@ class SafeTensors : public TensorSource {
   // names the tensor, both shapes and the file.
   std::vector<float> load_f32(std::string_view name,
                               std::span<const int64_t> expected_shape) const override;
+  // F32 and BF16 tensors in place where their offset is aligned for the dtype.
+  std::optional<StoredTensor> stored(std::string_view name, std::span<const int64_t> expected_shape,
+                                     DType dtype) const override;
   uint64_t bytes_read() const override;
   // Number of shard files mapped so far (for tests of lazy loading).
   std::size_t n_mapped_files() const;

@@ -43,18 +43,27 @@ class ProgressTensors final : public TensorSource {
   std::vector<float> load_f32(std::string_view name,
                               std::span<const int64_t> expected_shape) const override {
     std::vector<float> values = inner_.load_f32(name, expected_shape);
-    if (report_) {
-      const uint64_t done = std::min(inner_.bytes_read(), total_);
-      report_(LoadProgress{.bytes_done = done,
-                           .bytes_total = total_,
-                           .seconds = seconds_since(start_),
-                           .tensor = std::string(name)});
-    }
+    report(name);
     return values;
+  }
+  std::optional<StoredTensor> stored(std::string_view name, std::span<const int64_t> expected_shape,
+                                     DType dtype) const override {
+    std::optional<StoredTensor> tensor = inner_.stored(name, expected_shape, dtype);
+    if (tensor) report(name);
+    return tensor;
   }
   uint64_t bytes_read() const override { return inner_.bytes_read(); }
 
  private:
+  void report(std::string_view name) const {
+    if (!report_) return;
+    const uint64_t done = std::min(inner_.bytes_read(), total_);
+    report_(LoadProgress{.bytes_done = done,
+                         .bytes_total = total_,
+                         .seconds = seconds_since(start_),
+                         .tensor = std::string(name)});
+  }
+
   const TensorSource& inner_;
   uint64_t total_;
   std::function<void(const LoadProgress&)> report_;

@@ -10,7 +10,9 @@
 #include <atomic>
 #include <charconv>
 #include <cmath>
+#include <cstdint>
 #include <map>
+#include <optional>
 #include <set>
 #include <utility>
 #include <vector>
@@ -429,6 +431,51 @@ class GgufTensors final : public TensorSource {
   std::vector<float> load_f32(std::string_view name,
                               std::span<const int64_t> expected_shape) const override {
     const GgufContents& c = file_->contents();
+    const auto [info, gguf] = find_checked(name, expected_shape);
+    const std::vector<int64_t> shape = info->shape();
+    std::vector<float> values(static_cast<size_t>(info->numel()));
+    try {
+      dequantize_releasing(*info, values);
+    } catch (const Error& e) {
+      fail(ErrorCode::kModelFormat, "{}: tensor \"{}\": {}", c.origin, gguf, e.what());
+    }
+    bytes_read_ += info->n_bytes;
+    file_->release_pages(*info);
+    if (config_.architecture != Architecture::kQwen2 && is_query_or_key(name)) {
+      const bool query = name.find("q_proj") != std::string_view::npos;
+      const int64_t rows = shape.front();
+      const int64_t cols = shape.size() == 2 ? shape[1] : 1;
+      unpermute_qk_rows(values, rows, cols, query ? config_.n_heads : config_.n_kv_heads);
+    }
+    return values;
+  }
+
+  // F32 and BF16 tensors in place, except a Llama query or key: GGUF stores those rows permuted
+  // for its RoPE, and load_f32 puts them back in Hugging Face order.
+  std::optional<StoredTensor> stored(std::string_view name, std::span<const int64_t> expected_shape,
+                                     DType dtype) const override {
+    const GgufTensorInfo* info = find_checked(name, expected_shape).first;
+    const bool permuted = config_.architecture != Architecture::kQwen2 && is_query_or_key(name);
+    const auto want =
+        static_cast<uint32_t>(dtype == DType::kF32 ? GgmlType::kF32 : GgmlType::kBF16);
+    if (permuted || (dtype != DType::kF32 && dtype != DType::kBF16) || info->type != want) {
+      return std::nullopt;
+    }
+    const std::span<const std::byte> bytes = file_->bytes(*info);
+    if (reinterpret_cast<std::uintptr_t>(bytes.data()) % dtype_size(dtype) != 0)
+      return std::nullopt;
+    file_->populate(*info);
+    bytes_read_ += info->n_bytes;
+    return StoredTensor{.bytes = bytes, .keep_alive = file_};
+  }
+
+  uint64_t bytes_read() const override { return bytes_read_.load(); }
+
+ private:
+  // The tensor `name` after checking its shape, and its GGUF name.
+  std::pair<const GgufTensorInfo*, std::string> find_checked(
+      std::string_view name, std::span<const int64_t> expected_shape) const {
+    const GgufContents& c = file_->contents();
     const auto gguf = gguf_tensor_name(name);
     const GgufTensorInfo* info = gguf ? c.find_tensor(*gguf) : nullptr;
     if (info == nullptr) {
@@ -442,26 +489,9 @@ class GgufTensors final : public TensorSource {
            "inconsistent",
            c.origin, *gguf, name, shape_string(shape), shape_string(expected_shape));
     }
-    std::vector<float> values(static_cast<size_t>(info->numel()));
-    try {
-      dequantize_releasing(*info, values);
-    } catch (const Error& e) {
-      fail(ErrorCode::kModelFormat, "{}: tensor \"{}\": {}", c.origin, *gguf, e.what());
-    }
-    bytes_read_ += info->n_bytes;
-    file_->release_pages(*info);
-    if (config_.architecture != Architecture::kQwen2 && is_query_or_key(name)) {
-      const bool query = name.find("q_proj") != std::string_view::npos;
-      const int64_t rows = shape.front();
-      const int64_t cols = shape.size() == 2 ? shape[1] : 1;
-      unpermute_qk_rows(values, rows, cols, query ? config_.n_heads : config_.n_kv_heads);
-    }
-    return values;
+    return {info, *gguf};
   }
 
-  uint64_t bytes_read() const override { return bytes_read_.load(); }
-
- private:
   // Dequantizes a tensor in pieces of about kPieceBytes of file data, releasing each piece's
   // pages once converted: the file's pages of a large tensor (an F32 embedding is 113 MiB for
   // SmolLM2) are never resident all at once beside the converted values.

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdint>
 #include <cstring>
 #include <fstream>
 #include <limits>
@@ -280,7 +281,7 @@ std::vector<TensorInfo> parse_safetensors(std::span<const std::byte> file,
 SafeTensorsFile SafeTensorsFile::open(const std::filesystem::path& path) {
   SafeTensorsFile file;
   file.path_ = path;
-  file.map_ = std::make_unique<MappedFile>(MappedFile::open(
+  file.map_ = std::make_shared<const MappedFile>(MappedFile::open(
       path, ".safetensors file", "check --model, or create a model with conveyor-make-model"));
   const std::span<const std::byte> bytes = file.map_->bytes();
   file.tensors_ = parse_safetensors(bytes, path.string());
@@ -320,6 +321,11 @@ std::span<const std::byte> SafeTensorsFile::bytes(const TensorInfo& info) const 
                                static_cast<std::size_t>(info.data_end - info.data_begin));
 }
 
+void SafeTensorsFile::populate(const TensorInfo& info) const {
+  map_->populate(data_offset_ + info.data_begin,
+                 static_cast<std::size_t>(info.data_end - info.data_begin));
+}
+
 // ---- SafeTensors -----------------------------------------------------------------------------
 
 struct SafeTensors::Impl {
@@ -333,6 +339,20 @@ struct SafeTensors::Impl {
   std::atomic<uint64_t> bytes_read{0};
 
   // The file holding `name` and its entry; maps the shard on first use.
+  // locate, after checking the tensor's shape equals `expected_shape`.
+  std::pair<const SafeTensorsFile*, const TensorInfo*> locate_checked(
+      std::string_view name, std::span<const int64_t> expected_shape) {
+    auto [file, info] = locate(name);
+    if (!std::equal(info->shape.begin(), info->shape.end(), expected_shape.begin(),
+                    expected_shape.end())) {
+      fail(ErrorCode::kModelFormat,
+           "tensor \"{}\" in {} has shape {} but config.json implies {}; the checkpoint does "
+           "not match its config.json",
+           name, file->path().string(), shape_string(info->shape), shape_string(expected_shape));
+    }
+    return {file, info};
+  }
+
   std::pair<const SafeTensorsFile*, const TensorInfo*> locate(std::string_view name) {
     if (!sharded) {
       const SafeTensorsFile& file = *files[0];
@@ -452,16 +472,21 @@ TensorInfo SafeTensors::info(std::string_view name) const {
   return *impl_->locate(name).second;
 }
 
+std::optional<StoredTensor> SafeTensors::stored(std::string_view name,
+                                                std::span<const int64_t> expected_shape,
+                                                DType dtype) const {
+  auto [file, info] = impl_->locate_checked(name, expected_shape);
+  if (info->dtype != dtype || (dtype != DType::kF32 && dtype != DType::kBF16)) return std::nullopt;
+  const std::span<const std::byte> bytes = file->bytes(*info);
+  if (reinterpret_cast<std::uintptr_t>(bytes.data()) % dtype_size(dtype) != 0) return std::nullopt;
+  file->populate(*info);
+  impl_->bytes_read += bytes.size();
+  return StoredTensor{.bytes = bytes, .keep_alive = file->mapping()};
+}
+
 std::vector<float> SafeTensors::load_f32(std::string_view name,
                                          std::span<const int64_t> expected_shape) const {
-  auto [file, info] = impl_->locate(name);
-  if (!std::equal(info->shape.begin(), info->shape.end(), expected_shape.begin(),
-                  expected_shape.end())) {
-    fail(ErrorCode::kModelFormat,
-         "tensor \"{}\" in {} has shape {} but config.json implies {}; the checkpoint does not "
-         "match its config.json",
-         name, file->path().string(), shape_string(info->shape), shape_string(expected_shape));
-  }
+  auto [file, info] = impl_->locate_checked(name, expected_shape);
   std::span<const std::byte> bytes = file->bytes(*info);
   impl_->bytes_read += bytes.size();
   const std::size_t numel = static_cast<std::size_t>(info->numel());

@@ -10,6 +10,7 @@
 #include <fstream>
 #include <functional>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -238,6 +239,73 @@ TEST_F(SafeTensorsFiles, WriterLayoutAndRoundTripForAllDtypes) {
               (std::vector<float>{7.0f, 8.0f, 9.0f}));
     EXPECT_EQ(std::signbit(back[5]), true);  // -0.0 keeps its sign
   }
+}
+
+// The values load_f32 returns, read from a stored tensor's bytes.
+std::vector<float> stored_values(const conveyor::StoredTensor& t, DType dtype) {
+  std::vector<float> out(t.bytes.size() / conveyor::dtype_size(dtype));
+  for (std::size_t i = 0; i < out.size(); ++i) {
+    if (dtype == DType::kF32) {
+      out[i] = reinterpret_cast<const float*>(t.bytes.data())[i];
+    } else {
+      out[i] = conveyor::bf16_to_f32(reinterpret_cast<const uint16_t*>(t.bytes.data())[i]);
+    }
+  }
+  return out;
+}
+
+TEST_F(SafeTensorsFiles, StoredTensorsAreTheFileBytesInPlaceWhenTheDtypeMatches) {
+  const std::vector<float> values = {1.0f, -2.5f, 0.333333f, 1e-3f, 65504.0f, -0.0f};
+  const std::vector<int64_t> shape = {2, 3};
+  for (DType dtype : {DType::kF32, DType::kF16, DType::kBF16}) {
+    SCOPED_TRACE(std::string(conveyor::dtype_name(dtype)));
+    SafeTensorsWriter writer;
+    writer.add("w", dtype, shape, values);
+    writer.write(dir_.path() / "model.safetensors");
+    std::optional<conveyor::StoredTensor> kept;
+    {
+      const SafeTensors tensors = SafeTensors::open(dir_.path());
+      const std::vector<float> loaded = tensors.load_f32("w", shape);
+      for (DType want : {DType::kF32, DType::kF16, DType::kBF16}) {
+        std::optional<conveyor::StoredTensor> t = tensors.stored("w", shape, want);
+        // In place only for what a backend computes with (f32, bf16), and only as stored.
+        const bool expected = want == dtype && want != DType::kF16;
+        ASSERT_EQ(t.has_value(), expected) << conveyor::dtype_name(want);
+        if (!t) continue;
+        EXPECT_EQ(t->bytes.size(), values.size() * conveyor::dtype_size(dtype));
+        EXPECT_EQ(reinterpret_cast<std::uintptr_t>(t->bytes.data()) % conveyor::dtype_size(dtype),
+                  0u);
+        EXPECT_EQ(stored_values(*t, dtype), loaded);
+        kept = std::move(t);
+      }
+      // The shape is checked as load_f32 checks it.
+      EXPECT_THAT(error_of([&] {
+                    (void)tensors.stored("w", std::vector<int64_t>{3, 2}, dtype);
+                  }),
+                  HasSubstr("has shape [2, 3] but config.json implies [3, 2]"));
+    }
+    // The mapping outlives the SafeTensors that handed the tensor out.
+    if (kept) {
+      const std::vector<float> after = stored_values(*kept, dtype);
+      EXPECT_EQ(after[1],
+                dtype == DType::kF32 ? -2.5f : conveyor::bf16_to_f32(conveyor::f32_to_bf16(-2.5f)));
+    }
+  }
+}
+
+TEST_F(SafeTensorsFiles, AMisalignedTensorIsCopiedNotUsedInPlace) {
+  // The data section starts at 8 + header length: pad the header so it is 2 mod 4.
+  std::string header = json{{"w", entry("F32", {2}, 0, 8)}}.dump();
+  while ((8 + header.size()) % 4 != 2)
+    header += ' ';
+  std::vector<std::byte> file = image(header, 8);
+  const float values[2] = {1.5f, -4.0f};
+  std::memcpy(file.data() + 8 + header.size(), values, sizeof values);
+  write_file(dir_.path() / "model.safetensors", file);
+  const SafeTensors tensors = SafeTensors::open(dir_.path());
+  const std::vector<int64_t> shape = {2};
+  EXPECT_FALSE(tensors.stored("w", shape, DType::kF32).has_value());
+  EXPECT_EQ(tensors.load_f32("w", shape), (std::vector<float>{1.5f, -4.0f}));
 }
 
 TEST_F(SafeTensorsFiles, HalfFormatsDecodedFromRawBits) {

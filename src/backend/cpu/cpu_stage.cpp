@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <cstring>
+#include <optional>
+#include <string>
 
 #include "backend/cpu/cpu_ops.hpp"
 #include "backend/sampler.hpp"
@@ -65,10 +67,17 @@ CpuWeights convert(StageWeights&& w, const ModelConfig& config, DType dtype) {
   return out;
 }
 
-int64_t total_bytes(const CpuWeights& w) {
-  int64_t bytes = w.embedding.bytes() + w.final_norm.bytes() + w.lm_head.bytes();
+// Bytes of the stage's tensors (`in_place_only`: of those in the checkpoint's mapping).
+int64_t total_bytes(const CpuWeights& w, bool in_place_only = false) {
+  int64_t bytes = 0;
+  const auto add = [&](const CpuTensor& t) {
+    if (!in_place_only || !t.in_place.bytes.empty()) bytes += t.bytes();
+  };
+  add(w.embedding);
+  add(w.final_norm);
+  add(w.lm_head);
   for (const CpuLayer& layer : w.layers)
-    for_each_layer_tensor(layer, [&](size_t, const CpuTensor& t) { bytes += t.bytes(); });
+    for_each_layer_tensor(layer, [&](size_t, const CpuTensor& t) { add(t); });
   return bytes;
 }
 
@@ -79,6 +88,11 @@ CpuWeights load_cpu_weights(const TensorSource& tensors, const ModelConfig& conf
   check_weight_dtype(dtype);
   return build_stage_tensors<CpuTensor>(
       config, spec, [&](std::string_view name, const std::vector<int64_t>& shape) {
+        const bool matrix = shape.size() == 2;
+        const DType as = dtype == DType::kBF16 && matrix ? DType::kBF16 : DType::kF32;
+        if (std::optional<StoredTensor> stored = tensors.stored(name, shape, as)) {
+          return CpuTensor{.in_place = std::move(*stored), .in_place_bf16 = as == DType::kBF16};
+        }
         return keep(tensors.load_f32(name, shape), shape, dtype);
       });
 }
@@ -92,6 +106,7 @@ CpuStage::CpuStage(const ModelConfig& config, CpuWeights weights, const CpuStage
       batch_invariant_(options.batch_invariant),
       weights_(std::move(weights)),
       weight_bytes_(total_bytes(weights_)),
+      in_place_bytes_(total_bytes(weights_, /*in_place_only=*/true)),
       inv_freq_(rope_inv_freq(config)),
       pool_(options.n_threads),
       kv_(KvCacheShape{
@@ -107,13 +122,17 @@ CpuStage::CpuStage(const ModelConfig& config, CpuWeights weights, const CpuStage
 std::string CpuStage::describe() const {
   const KvCacheShape& kv = kv_.shape();
   return fmt::format(
-      "cpu ({} thread{}, {} kernels{}): weights {:.1f} MiB {}, KV capacity {} tokens ({} slots x "
-      "{}) "
-      "at {:.1f} KiB/token, allocated on demand",
+      "cpu ({} thread{}, {} kernels{}): weights {:.1f} MiB {}{}, KV capacity {} tokens ({} slots "
+      "x {}) at {:.1f} KiB/token, allocated on demand",
       pool_.n_threads(), pool_.n_threads() == 1 ? "" : "s", to_string(small_gemm_isa()),
       batch_invariant_ ? ", batch-invariant" : "", static_cast<double>(weight_bytes_) / (1 << 20),
-      weight_dtype_ == DType::kBF16 ? "bf16 (norms fp32)" : "fp32", kv.max_seqs * kv.max_context,
-      kv.max_seqs, kv.max_context, static_cast<double>(kv.bytes_per_token()) / 1024);
+      weight_dtype_ == DType::kBF16 ? "bf16 (norms fp32)" : "fp32",
+      in_place_bytes_ == 0
+          ? std::string()
+          : fmt::format(" ({:.1f} MiB read in place from the checkpoint's mapping)",
+                        static_cast<double>(in_place_bytes_) / (1 << 20)),
+      kv.max_seqs * kv.max_context, kv.max_seqs, kv.max_context,
+      static_cast<double>(kv.bytes_per_token()) / 1024);
 }
 
 WeightView CpuStage::lm_head() const {

@@ -26,24 +26,37 @@ struct CpuStageOptions {
   bool batch_invariant = false;  // DeviceOptions::batch_invariant
 };
 
-// A tensor as the stage holds it: fp32 values, or bf16 ones for a matrix under bf16.
+// A tensor as the stage holds it: fp32 values, or bf16 ones for a matrix under bf16; either
+// copied into the stage or, where the checkpoint stores exactly that, in place in its mapping.
 struct CpuTensor {
   std::vector<float> f32;
   std::vector<uint16_t> bf16;
+  StoredTensor in_place;  // empty bytes: not in place
+  bool in_place_bf16 = false;
 
   WeightView view() const {
+    if (!in_place.bytes.empty()) {
+      const void* p = in_place.bytes.data();
+      return in_place_bf16 ? WeightView(static_cast<const uint16_t*>(p))
+                           : WeightView(static_cast<const float*>(p));
+    }
     return bf16.empty() ? WeightView(f32.data()) : WeightView(bf16.data());
   }
-  const float* values() const { return f32.empty() ? nullptr : f32.data(); }  // norms, biases
+  const float* values() const {  // norms, biases (always fp32)
+    if (!in_place.bytes.empty()) return static_cast<const float*>(view().data);
+    return f32.empty() ? nullptr : f32.data();
+  }
   int64_t bytes() const {
-    return static_cast<int64_t>(f32.size() * sizeof(float) + bf16.size() * sizeof(uint16_t));
+    return static_cast<int64_t>(f32.size() * sizeof(float) + bf16.size() * sizeof(uint16_t) +
+                                in_place.bytes.size());
   }
 };
 using CpuLayer = LayerTensors<CpuTensor>;
 using CpuWeights = StageTensors<CpuTensor>;
 
 // Loads a stage's tensors from a checkpoint straight into the form the stage stores (`dtype`:
-// kF32 or kBF16), one tensor at a time.
+// kF32 or kBF16), one tensor at a time; a tensor the file stores in that form already is used in
+// place (TensorSource::stored), not copied.
 CpuWeights load_cpu_weights(const TensorSource& tensors, const ModelConfig& config,
                             const StageWeightsSpec& spec, DType dtype);
 
@@ -77,6 +90,7 @@ class CpuStage final : public StageBackend {
   bool batch_invariant_;
   CpuWeights weights_;
   int64_t weight_bytes_ = 0;
+  int64_t in_place_bytes_ = 0;   // of weight_bytes_, in the checkpoint's mapping
   std::vector<float> inv_freq_;  // [head_dim / 2]
   ThreadPool pool_;
   KvCache kv_;
