@@ -3,7 +3,9 @@
 # SmolLM2-135M-Instruct as an F32 GGUF (made from the Q4_1 file with llama-quantize) for both.
 # Prints prefill and decode tokens/s at 1 and 2 threads (128-token prompt, 64 new tokens), one
 # 2048-token prompt at 1 thread, a batch of 8 sequences (llama-batched-bench), conveyor with
-# bf16 weights, and peak resident memory and system time of each process, with the ratios.
+# bf16 weights, and peak resident memory and system time of each process, with the ratios; then
+# decode on the `small` preset (random weights, ~125M parameters, written once by
+# conveyor-make-model --gguf as an F32 GGUF with a placeholder vocabulary, the file both run).
 #
 # llama.cpp is built from the sources inside PyPI's llama-cpp-python sdist, in a scratch folder
 # outside the repository (LLAMA_DIR, default /tmp/conveyor-llama; shared with
@@ -29,6 +31,10 @@ llama_cpp_build "$llama_dir" "$version" llama-bench llama-batched-bench llama-qu
 bin=$llama_dir/build/bin
 f32=$llama_dir/SmolLM2-135M-Instruct.F32.gguf
 llama_cpp_f32 "$llama_dir" "$q4" "$f32"
+small=$llama_dir/small-preset.F32.gguf
+[ -f "$small" ] || "$build/examples/conveyor-make-model" --preset small --out "$llama_dir/small-preset" \
+  --gguf "$small" > /dev/null
+model=$f32  # what conveyor_run and llama_bench run
 
 # Runs a command; prints "peak_rss_MiB system_seconds" of it (its children included).
 measure() {
@@ -40,7 +46,7 @@ print(f"{r.ru_maxrss / 1024:.0f} {r.ru_stime:.2f}")
 EOF
 }
 median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
-ids() { seq 1 "$1" | awk '{ printf "%s%d", (NR > 1 ? "," : ""), ($1 * 7919) % 49000 + 100 }'; }
+ids() { seq 1 "$1" | awk '{ printf "%s%d", (NR > 1 ? "," : ""), ($1 * 7919) % 31000 + 100 }'; }
 
 # conveyor: "prefill_tok_s decode_tok_s" of one run.
 conveyor_run() {  # threads, prompt tokens, new tokens, batch, extra options...
@@ -48,7 +54,7 @@ conveyor_run() {  # threads, prompt tokens, new tokens, batch, extra options...
   shift 4
   local prompts=()
   for b in $(seq 1 "$batch"); do prompts+=(--prompt-ids "$(ids "$prompt")"); done
-  "$generate" --model "$f32" --stages 1 --threads "$threads" --max-new-tokens "$new" \
+  "$generate" --model "$model" --stages 1 --threads "$threads" --max-new-tokens "$new" \
     --ignore-eos --max-batch "$batch" --max-context $((prompt + new + 8)) --chunking never "$@" \
     "${prompts[@]}" 2>&1 |
     awk '/prefill [0-9]+ tok in/ { for (i = 1; i <= NF; ++i) if ($i == "tok/s") r[++n] = $(i - 1) }
@@ -64,7 +70,7 @@ conveyor_median() {  # column (1 prefill, 2 decode), args of conveyor_run
 llama_bench() {  # threads, -p N | -n N
   local other=-n
   [ "$2" = -n ] && other=-p
-  "$bin/llama-bench" -m "$f32" -t "$1" "$2" "$3" "$other" 0 -r "$repeats" -o json 2>/dev/null |
+  "$bin/llama-bench" -m "$model" -t "$1" "$2" "$3" "$other" 0 -r "$repeats" -o json 2>/dev/null |
     python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["avg_ts"])'
 }
 
@@ -93,3 +99,11 @@ read -r l_rss l_sys < <(measure "$bin/llama-bench" -m "$f32" -t 2 -p 128 -n 64 -
 printf "%-20s %10s %10s\n" "" "peak MiB" "system s"
 printf "%-20s %10s %10s\n" "conveyor f32" "$c_rss" "$c_sys" "conveyor bf16" "$b_rss" "$b_sys" \
   "llama.cpp" "$l_rss" "$l_sys"
+
+echo
+echo "small preset ($small, both)"
+model=$small
+for t in 1 2; do
+  row "small: decode 64 tok, $t thread(s)" "$(conveyor_median 2 "$t" 128 65 1)" \
+    "$(llama_bench "$t" -n 64)"
+done

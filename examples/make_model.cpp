@@ -11,6 +11,8 @@
 
 #include "conveyor/error.hpp"
 #include "conveyor/model_config.hpp"
+#include "conveyor/safetensors.hpp"
+#include "model/gguf_writer.hpp"
 #include "model/make_model.hpp"
 
 int main(int argc, char** argv) {
@@ -28,6 +30,7 @@ int main(int argc, char** argv) {
   std::string rope_scaling;
   std::string arch;
   int64_t shard_mb = 0;
+  std::string gguf_path;
 
   app.add_option("--preset", preset, "Model shape: tiny (~0.9M params) or small (~125M)")
       ->check(CLI::IsMember({"tiny", "small"}));
@@ -45,6 +48,9 @@ int main(int argc, char** argv) {
   app.add_option("--shard-mb", shard_mb,
                  "Split the weights into shards of at most N MiB (0: one model.safetensors)")
       ->check(CLI::NonNegativeNumber);
+  app.add_option("--gguf", gguf_path,
+                 "Also write the model as an F32 GGUF file with a placeholder vocabulary, which "
+                 "llama.cpp loads (to benchmark both on the same weights)");
   CLI11_PARSE(app, argc, argv);
 
   return conveyor::run_reporting_errors([&] {
@@ -78,6 +84,16 @@ int main(int argc, char** argv) {
                conveyor::dtype_name(options.dtype), seed);
     for (const auto& file : result.files)
       fmt::print("  {}\n", file.string());
+    if (!gguf_path.empty()) {
+      const conveyor::SafeTensors tensors = conveyor::SafeTensors::open(out_dir);
+      const uint64_t bytes = conveyor::write_gguf_model(
+          c, tensors,
+          conveyor::GgufModelOptions{.add_tokenizer = conveyor::placeholder_tokenizer(c.vocab_size),
+                                     .name = "conveyor-make-model " + preset},
+          gguf_path);
+      fmt::print("  {} ({:.2f} MiB, F32 GGUF, placeholder vocabulary)\n", gguf_path,
+                 static_cast<double>(bytes) / (1024.0 * 1024.0));
+    }
     return 0;
   });
 }

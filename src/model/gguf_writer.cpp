@@ -290,6 +290,37 @@ uint64_t GgufWriter::write(const std::filesystem::path& path) const {
 
 // ---- models --------------------------------------------------------------------------------
 
+std::function<void(GgufWriter&)> placeholder_tokenizer(int64_t vocab_size) {
+  constexpr int64_t kFixed = 3 + 256;  // <unk> <s> </s> and the byte tokens
+  if (vocab_size < kFixed) {
+    fail(ErrorCode::kInvalidArgument,
+         "a placeholder tokenizer needs a vocabulary of at least {} tokens (3 special, 256 bytes) "
+         "but the model has {}; make the model with --vocab {} or more",
+         kFixed, vocab_size, kFixed);
+  }
+  return [vocab_size](GgufWriter& w) {
+    // llama.cpp's token types: 1 normal, 2 unknown, 3 control, 6 byte.
+    std::vector<std::string> tokens = {"<unk>", "<s>", "</s>"};
+    std::vector<int32_t> types = {2, 3, 3};
+    for (int byte = 0; byte < 256; ++byte) {
+      tokens.push_back(fmt::format("<0x{:02X}>", byte));
+      types.push_back(6);
+    }
+    while (static_cast<int64_t>(tokens.size()) < vocab_size) {
+      tokens.push_back(fmt::format("\u2581w{}", tokens.size()));
+      types.push_back(1);
+    }
+    std::vector<float> scores(tokens.size());
+    for (size_t i = 0; i < scores.size(); ++i)
+      scores[i] = i < kFixed ? 0.0f : -static_cast<float>(i);
+    w.add_string("tokenizer.ggml.model", "llama");
+    w.add_strings("tokenizer.ggml.tokens", tokens);
+    w.add_f32s("tokenizer.ggml.scores", scores);
+    w.add_i32s("tokenizer.ggml.token_type", types);
+    w.add_u32("tokenizer.ggml.unknown_token_id", 0);
+  };
+}
+
 GgufWriter gguf_model_writer(const ModelConfig& config, const TensorSource& tensors,
                              const GgufModelOptions& options) {
   std::string arch;

@@ -1,7 +1,7 @@
 // GgufWriter: writes valid GGUF v3 files (metadata, tensor table, aligned data), and
 // write_gguf_model: a Llama-family model from Hugging Face tensors to GGUF the way llama.cpp's
 // converter lays it out (names, Q/K row permutation, tied head, rope factors). Used by tests,
-// benchmarks and conveyor-make-model --format gguf.
+// benchmarks and conveyor-make-model --gguf.
 #pragma once
 
 #include <cstddef>
@@ -80,6 +80,13 @@ struct GgufModelOptions {
   std::function<void(GgufWriter&)> add_tokenizer;
   std::string name = "conveyor test model";
 };
+
+// Tokenizer metadata for a model without a real vocabulary (conveyor-make-model's random
+// weights): a SentencePiece ("llama") vocabulary of `vocab_size` tokens — <unk>, <s>, </s>, the
+// 256 byte tokens <0x00>..<0xFF>, then placeholder words "▁w{id}" — so llama.cpp loads and
+// benchmarks the same weights. Text through it is meaningless. Throws kInvalidArgument when
+// vocab_size < 259.
+std::function<void(GgufWriter&)> placeholder_tokenizer(int64_t vocab_size);
 
 // A writer holding `config` and its weights (read from `tensors`, by Hugging Face name, when the
 // file is written) as llama.cpp lays out a model: architecture llama (Llama, Mistral) or qwen2

@@ -11,7 +11,9 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <numeric>
+#include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "common/test_util.hpp"
@@ -19,10 +21,13 @@
 #include "conveyor/engine.hpp"
 #include "conveyor/gguf.hpp"
 #include "conveyor/safetensors.hpp"
+#include "conveyor/tokenizer.hpp"
+#include "core/dtype_convert.hpp"
 #include "model/gguf_model.hpp"
 #include "model/gguf_writer.hpp"
 #include "model/make_model.hpp"
 #include "model/safetensors_writer.hpp"
+#include "model/weights.hpp"
 #include "observe/npy.hpp"
 
 namespace conveyor {
@@ -124,6 +129,63 @@ TEST_F(GgufFromMadeModel, F32GgufGivesTheSafetensorsLogitsForEachArchitecture) {
               factors ? RopeScalingType::kFrequencyFactors : config.rope_scaling.type);
     expect_same(run(gguf, 2), run(dir_.path() / "hf", 2), factors ? 1e-5 : 1e-6);
   }
+}
+
+TEST_F(GgufFromMadeModel, F32AndBf16TensorsAreUsedInPlaceExceptPermutedQueriesAndKeys) {
+  for (Architecture arch : {Architecture::kLlama, Architecture::kQwen2}) {
+    SCOPED_TRACE(architecture_name(arch));
+    const ModelConfig config = make({.architecture = arch});
+    for (uint32_t type : {0u, 30u}) {  // F32, BF16
+      const DType dtype = type == 0 ? DType::kF32 : DType::kBF16;
+      const Checkpoint checkpoint = Checkpoint::open(write_gguf(config, type, type));
+      const TensorSource& tensors = *checkpoint.tensors;
+      for (const char* name :
+           {"model.layers.1.mlp.up_proj.weight", "model.layers.1.self_attn.q_proj.weight",
+            "model.layers.1.self_attn.k_proj.weight", "model.embed_tokens.weight"}) {
+        SCOPED_TRACE(name);
+        const std::vector<int64_t> shape = tensor_shape(config, name);
+        const std::vector<float> loaded = tensors.load_f32(name, shape);
+        const DType other = dtype == DType::kF32 ? DType::kBF16 : DType::kF32;
+        EXPECT_FALSE(tensors.stored(name, shape, other).has_value());
+        const std::optional<StoredTensor> t = tensors.stored(name, shape, dtype);
+        // Llama's query and key rows are permuted in GGUF: those are converted, not used in place.
+        const std::string_view n(name);
+        const bool permuted = arch == Architecture::kLlama &&
+                              (n.find("q_proj") != n.npos || n.find("k_proj") != n.npos);
+        ASSERT_EQ(t.has_value(), !permuted);
+        if (!t) continue;
+        ASSERT_EQ(t->bytes.size(), loaded.size() * dtype_size(dtype));
+        for (size_t i = 0; i < loaded.size(); ++i) {
+          const float v = dtype == DType::kF32
+                              ? reinterpret_cast<const float*>(t->bytes.data())[i]
+                              : bf16_to_f32(reinterpret_cast<const uint16_t*>(t->bytes.data())[i]);
+          ASSERT_EQ(v, loaded[i]) << i;
+        }
+      }
+    }
+  }
+}
+
+TEST_F(GgufFromMadeModel, APlaceholderVocabularyIsAWholeSentencePieceTokenizer) {
+  const ModelConfig config = make({});
+  const SafeTensors tensors = SafeTensors::open(dir_.path() / "hf");
+  const auto path = dir_.path() / "placeholder.gguf";
+  write_gguf_model(config, tensors,
+                   GgufModelOptions{.add_tokenizer = placeholder_tokenizer(config.vocab_size)},
+                   path);
+  const Tokenizer tokenizer = Tokenizer::from_gguf(GgufFile::open(path));
+  EXPECT_EQ(tokenizer.vocab_size(), config.vocab_size);
+  // Byte fallback: no placeholder word matches, so the text is BOS, SentencePiece's "▁" prefix
+  // and the UTF-8 bytes, each byte b as id 3 + b.
+  const std::vector<int32_t> ids = tokenizer.encode("A\xC3\xA9");
+  EXPECT_EQ(ids,
+            (std::vector<int32_t>{1, 3 + 0xE2, 3 + 0x96, 3 + 0x81, 3 + 0x41, 3 + 0xC3, 3 + 0xA9}));
+  EXPECT_EQ(tokenizer.decode(std::span(ids).subspan(4)), "A\xC3\xA9");
+  EXPECT_EQ(tokenizer.token_text(300), "\u2581w300");
+  // And the same logits as the safetensors directory.
+  expect_same(run(path, 2), run(dir_.path() / "hf", 2), 1e-6);
+  EXPECT_THAT(test::error_of([] { (void)placeholder_tokenizer(258); }),
+              ::testing::HasSubstr("at least 259 tokens"));
 }
 
 TEST_F(GgufFromMadeModel, QuantizedGgufEqualsItsDequantizedSafetensorsExport) {
