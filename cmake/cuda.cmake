@@ -1,5 +1,7 @@
 # conveyor_cuda: the CUDA kernel layer (kernels/) and CUDA backend (src/backend/cuda/: CudaStage,
-# NCCL communicator when NCCL was found), linked into the engine with CONVEYOR_WITH_CUDA=1.
+# NCCL communicator when NCCL was found), a static library the GPU tests link; and
+# conveyor_cuda_plugin, the same code as the shared module the engine loads when a run uses CUDA
+# (src/backend/cuda/plugin.hpp; the engine is built with CONVEYOR_WITH_CUDA=1).
 # Included from the top-level CMakeLists.txt when CONVEYOR_HAVE_CUDA; the gpu tests compile
 # everywhere and skip at run time without a device.
 
@@ -19,6 +21,7 @@ file(GLOB CONVEYOR_CUDA_SOURCES CONFIGURE_DEPENDS
 if(NOT CONVEYOR_HAVE_NCCL)
   list(FILTER CONVEYOR_CUDA_SOURCES EXCLUDE REGEX "/nccl_[^/]*\\.cpp$")
 endif()
+list(FILTER CONVEYOR_CUDA_SOURCES EXCLUDE REGEX "/plugin\\.cpp$")
 add_library(conveyor_cuda STATIC ${CONVEYOR_CUDA_SOURCES})
 add_library(conveyor::cuda ALIAS conveyor_cuda)
 # The kernels need C++17 only; use C++20 where this CMake knows how to ask nvcc for it
@@ -52,14 +55,25 @@ if(CONVEYOR_HAVE_NCCL)
   target_compile_definitions(conveyor_cuda PUBLIC $<BUILD_INTERFACE:CONVEYOR_HAVE_NCCL=1>)
 endif()
 
-# The engine builds CUDA stages (src/engine/stage_factory.cpp) when this is defined.
-target_link_libraries(conveyor PRIVATE conveyor_cuda)
-target_compile_definitions(conveyor PRIVATE CONVEYOR_WITH_CUDA=1)
+# The plug-in: one exported symbol (conveyor_cuda_plugin_v1); everything else, the copies of
+# conveyor_core and conveyor_cuda inside it included, stays hidden so nothing in the module
+# interposes on the program that loads it.
+add_library(conveyor_cuda_plugin MODULE ${PROJECT_SOURCE_DIR}/src/backend/cuda/plugin.cpp)
+target_include_directories(conveyor_cuda_plugin PRIVATE ${PROJECT_SOURCE_DIR}/src)
+target_link_libraries(conveyor_cuda_plugin PRIVATE conveyor_cuda conveyor_options)
+target_compile_definitions(conveyor_cuda_plugin PRIVATE CONVEYOR_BUILD_ID="${CONVEYOR_BUILD_ID}")
+set_target_properties(conveyor_cuda_plugin PROPERTIES
+  CXX_VISIBILITY_PRESET hidden VISIBILITY_INLINES_HIDDEN ON
+  LIBRARY_OUTPUT_DIRECTORY ${PROJECT_BINARY_DIR}/lib)
+target_link_options(conveyor_cuda_plugin PRIVATE -Wl,--exclude-libs,ALL -Wl,--no-undefined)
+install(TARGETS conveyor_cuda_plugin LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR})
 
-# conveyor is static, so its private link to conveyor_cuda is part of its exported interface:
-# conveyor_cuda must be in the export set (and the package config must find CUDAToolkit).
-install(TARGETS conveyor_cuda EXPORT conveyorTargets
-  ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR}
-  LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR})
+# The engine loads the module (src/engine/cuda_plugin_loader.cpp) from beside the executable,
+# this build tree or the install prefix; it is built whenever the engine is.
+add_dependencies(conveyor conveyor_cuda_plugin)
+set_source_files_properties(${PROJECT_SOURCE_DIR}/src/engine/cuda_plugin_loader.cpp PROPERTIES
+  COMPILE_DEFINITIONS
+  "CONVEYOR_CUDA_PLUGIN_BUILD_PATH=\"$<TARGET_FILE:conveyor_cuda_plugin>\";CONVEYOR_CUDA_PLUGIN_INSTALL_PATH=\"${CMAKE_INSTALL_FULL_LIBDIR}/$<TARGET_FILE_NAME:conveyor_cuda_plugin>\"")
+target_compile_definitions(conveyor PRIVATE CONVEYOR_WITH_CUDA=1)
 
 # The gpu-labelled tests are added by tests/CMakeLists.txt when this target exists.

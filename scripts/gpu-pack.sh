@@ -12,7 +12,7 @@ cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITEC
   -DCONVEYOR_NATIVE=OFF -DCONVEYOR_BUILD_BENCHMARKS=ON
 gpu_tests=$(cd tests && ls gpu/test_*.cpp multi_gpu/test_*.cpp | xargs -n1 basename | sed 's/\.cpp$//')
 cmake --build "$build" -j "$(nproc)" --target $gpu_tests bench_engine_cuda conveyor-generate \
-  conveyor-make-model
+  conveyor-make-model conveyor_cuda_plugin
 
 stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
@@ -20,10 +20,12 @@ mkdir -p "$stage/bin" "$stage/lib"
 for t in $gpu_tests; do cp "$build/tests/$t" "$stage/bin/"; done
 cp "$build/benchmarks/bench_engine_cuda" "$build/examples/conveyor-generate" \
   "$build/examples/conveyor-make-model" "$stage/bin/"
-strip "$stage"/bin/*
+# The engine loads the CUDA backend from ../lib beside its binaries (src/engine/cuda_plugin_loader).
+cp "$build/lib/libconveyor_cuda_plugin.so" "$stage/lib/"
+strip "$stage"/bin/* "$stage/lib/libconveyor_cuda_plugin.so"
 # Shared libraries from Debian packages (OpenBLAS, fmt, spdlog, gfortran, ...): everything ldd
 # resolves except the C runtime and CUDA, which the GPU machine brings in versions of its own.
-for bin in "$stage"/bin/*; do
+for bin in "$stage"/bin/* "$stage/lib/libconveyor_cuda_plugin.so"; do
   ldd "$bin" | awk '$3 ~ /^\// {print $3}'
 done | sort -u | grep -vE '/(libc|libm|libdl|libpthread|librt|libstdc\+\+|libgcc_s|ld-linux[^/]*)\.so|libcuda|libcudart|libcublas|libnccl' |
   while read -r lib; do cp -L "$lib" "$stage/lib/"; done

@@ -1,6 +1,8 @@
 // Backend selection and stage construction for the Engine.
 #include "engine/stage_factory.hpp"
 
+#include <spdlog/spdlog.h>
+
 #include <chrono>
 #include <fstream>
 #include <string>
@@ -10,18 +12,11 @@
 #include "backend/cpu/cpu_stage.hpp"
 #include "core/check.hpp"
 
-// cmake/cuda.cmake defines CONVEYOR_WITH_CUDA=1 when it links the CUDA backend in.
+#include "engine/cuda_plugin_loader.hpp"
+
+// cmake/cuda.cmake defines CONVEYOR_WITH_CUDA=1 when it builds the CUDA plug-in.
 #ifndef CONVEYOR_WITH_CUDA
 #define CONVEYOR_WITH_CUDA 0
-#endif
-#if CONVEYOR_WITH_CUDA
-#include "backend/cuda/cuda_stage.hpp"
-#endif
-#ifndef CONVEYOR_HAVE_NCCL
-#define CONVEYOR_HAVE_NCCL 0
-#endif
-#if CONVEYOR_WITH_CUDA && CONVEYOR_HAVE_NCCL
-#include "backend/cuda/nccl_link.hpp"
 #endif
 
 namespace conveyor {
@@ -30,7 +25,7 @@ namespace {
 
 int device_count() {
 #if CONVEYOR_WITH_CUDA
-  return cuda::device_count();
+  return cuda_device_count();
 #else
   return 0;
 #endif
@@ -40,7 +35,12 @@ int device_count() {
 
 BackendKind resolve_backend(BackendKind requested) {
   if (requested == BackendKind::kAuto) {
-    return device_count() > 0 ? BackendKind::kCuda : BackendKind::kCpu;
+    try {
+      return device_count() > 0 ? BackendKind::kCuda : BackendKind::kCpu;
+    } catch (const Error& e) {  // a driver but no usable plug-in: run on the CPU, say why
+      spdlog::warn("running on the cpu backend: {}", e.what());
+      return BackendKind::kCpu;
+    }
   }
   if (requested == BackendKind::kCuda) {
 #if !CONVEYOR_WITH_CUDA
@@ -135,23 +135,16 @@ std::function<std::unique_ptr<Link>(int)> make_links(BackendKind backend, const 
          "the nccl transport moves device buffers between GPUs and needs the cuda backend, but "
          "the stages run on the cpu; use --backend cuda, or --transport local");
   }
-#if CONVEYOR_WITH_CUDA && CONVEYOR_HAVE_NCCL
+#if CONVEYOR_WITH_CUDA
   if (devices.size() < 2) return {};  // no links
-  auto world = std::make_shared<cuda::NcclWorld>(
-      devices, std::chrono::milliseconds(options.link_timeout_ms));
-  // Rows of the largest micro-batch the receiving CUDA stage takes.
-  const int64_t max_tokens =
-      cuda::CudaStageOptions{.max_seqs = options.capacity.max_batch, .max_context = max_context}
-          .effective_max_tokens();
-  const int64_t hidden = config.hidden_size;
-  return [world, max_tokens, hidden](int from) -> std::unique_ptr<Link> {
-    return std::make_unique<cuda::NcclLink>(world, from, max_tokens, hidden, /*capacity=*/2);
-  };
+  // Each link carries at most what the receiving CUDA stage takes.
+  return cuda_plugin().make_nccl_links(
+      devices, std::chrono::milliseconds(options.link_timeout_ms),
+      cuda::CudaStageOptions{.max_seqs = options.capacity.max_batch, .max_context = max_context},
+      config.hidden_size);
 #else
   (void)config, (void)devices, (void)max_context;
-  fail(ErrorCode::kInvalidArgument,
-       "the nccl transport was requested but this conveyor was built without NCCL; install NCCL "
-       "(its header and library) and rebuild, or use --transport local");
+  CONVEYOR_ASSERT(false);    // resolve_backend refuses kCuda in a build without it
 #endif
 }
 
@@ -165,14 +158,15 @@ std::unique_ptr<StageBackend> make_stage_backend(BackendKind backend, const Mode
                                               .max_seqs = options.capacity.max_batch,
                                               .max_context = resources.max_context,
                                               .cuda_graphs = options.device.cuda_graphs};
+    const cuda::Plugin& plugin = cuda_plugin();
     if (const auto* checkpoint = std::get_if<StageCheckpoint>(&weights)) {
-      return cuda::make_cuda_stage(
+      return plugin.make_stage(
           config, load_stage_weights(*checkpoint->tensors, config, checkpoint->spec), cuda_options);
     }
     if (const auto* draws = std::get_if<StageDraws>(&weights)) {
-      return cuda::make_cuda_stage(config, *draws, cuda_options);
+      return plugin.make_stage(config, *draws, cuda_options);
     }
-    return cuda::make_cuda_stage(config, std::move(std::get<StageWeights>(weights)), cuda_options);
+    return plugin.make_stage(config, std::move(std::get<StageWeights>(weights)), cuda_options);
 #else
     CONVEYOR_ASSERT(false);  // resolve_backend refuses kCuda in a build without it
 #endif

@@ -1,0 +1,57 @@
+// The CUDA plug-in's entry point: forwards the engine's calls to the CUDA backend built into the
+// same module (plugin.hpp).
+#include "backend/cuda/plugin.hpp"
+
+#include <utility>
+
+#include "core/check.hpp"
+
+#ifndef CONVEYOR_HAVE_NCCL
+#define CONVEYOR_HAVE_NCCL 0
+#endif
+#if CONVEYOR_HAVE_NCCL
+#include "backend/cuda/nccl_link.hpp"
+#endif
+
+namespace conveyor::cuda {
+namespace {
+
+class CudaPlugin final : public Plugin {
+ public:
+  const char* build_id() const override { return CONVEYOR_BUILD_ID; }
+  int device_count() const override { return cuda::device_count(); }
+  std::unique_ptr<StageBackend> make_stage(const ModelConfig& config, StageWeights weights,
+                                           const CudaStageOptions& options) const override {
+    return make_cuda_stage(config, std::move(weights), options);
+  }
+  std::unique_ptr<StageBackend> make_stage(const ModelConfig& config, const StageDraws& draws,
+                                           const CudaStageOptions& options) const override {
+    return make_cuda_stage(config, draws, options);
+  }
+  std::function<std::unique_ptr<Link>(int)> make_nccl_links(const std::vector<int>& devices,
+                                                            std::chrono::milliseconds timeout,
+                                                            const CudaStageOptions& stage_options,
+                                                            int64_t hidden) const override {
+#if CONVEYOR_HAVE_NCCL
+    auto world = std::make_shared<NcclWorld>(devices, timeout);
+    const int64_t max_tokens = stage_options.effective_max_tokens();
+    return [world, max_tokens, hidden](int from) -> std::unique_ptr<Link> {
+      return std::make_unique<NcclLink>(world, from, max_tokens, hidden, /*capacity=*/2);
+    };
+#else
+    (void)devices, (void)timeout, (void)stage_options, (void)hidden;
+    fail(ErrorCode::kInvalidArgument,
+         "the nccl transport was requested but this conveyor was built without NCCL; install "
+         "NCCL (its header and library) and rebuild, or use --transport local");
+#endif
+  }
+};
+
+}  // namespace
+}  // namespace conveyor::cuda
+
+extern "C" __attribute__((visibility("default"))) const conveyor::cuda::Plugin*
+conveyor_cuda_plugin_v1() {
+  static const conveyor::cuda::CudaPlugin plugin;
+  return &plugin;
+}

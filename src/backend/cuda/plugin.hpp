@@ -1,0 +1,49 @@
+// The CUDA backend as a plug-in: src/backend/cuda and kernels/ are built into a shared module
+// (libconveyor_cuda_plugin.so) that the engine loads the first time a run uses CUDA, so a CPU run
+// never maps the CUDA runtime, cuBLAS and cuBLASLt (cuBLASLt alone is ~150 MiB resident once
+// loaded). Includes no CUDA header. The engine's side is src/engine/cuda_plugin_loader.hpp.
+#pragma once
+
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <vector>
+
+#include "backend/cuda/cuda_stage.hpp"
+#include "backend/link.hpp"
+#include "backend/stage_backend.hpp"
+#include "conveyor/model_config.hpp"
+#include "model/weights.hpp"
+
+namespace conveyor::cuda {
+
+// What the engine calls. One instance lives in the plug-in for the life of the process; every
+// call may throw conveyor::Error as the functions it forwards to do.
+class Plugin {
+ public:
+  // CONVEYOR_BUILD_ID of the build that made the module (a random string chosen when the build
+  // tree is configured): the engine refuses a module from another build, whose structs may not
+  // match its own.
+  virtual const char* build_id() const = 0;
+  virtual int device_count() const = 0;  // cuda::device_count()
+  virtual std::unique_ptr<StageBackend> make_stage(const ModelConfig& config, StageWeights weights,
+                                                   const CudaStageOptions& options) const = 0;
+  virtual std::unique_ptr<StageBackend> make_stage(const ModelConfig& config,
+                                                   const StageDraws& draws,
+                                                   const CudaStageOptions& options) const = 0;
+  // NCCL links between `devices` (stage s on devices[s]), each sized for what a stage with
+  // `stage_options` takes. Throws kInvalidArgument naming the fix when built without NCCL.
+  virtual std::function<std::unique_ptr<Link>(int)> make_nccl_links(
+      const std::vector<int>& devices, std::chrono::milliseconds timeout,
+      const CudaStageOptions& stage_options, int64_t hidden) const = 0;
+
+ protected:
+  ~Plugin() = default;
+};
+
+// The module's one exported symbol: extern "C" const Plugin* conveyor_cuda_plugin_v1(). The
+// number changes with this interface, so a module from another build of conveyor is refused.
+inline constexpr const char* kPluginEntry = "conveyor_cuda_plugin_v1";
+using PluginEntry = const Plugin* (*)();
+
+}  // namespace conveyor::cuda
