@@ -65,6 +65,33 @@ BENCHMARK(BM_Linear)
     ->Args({128, 768, 2048, 2})
     ->UseRealTime();
 
+// Args: MiB, threads. Decode's weight stream: one row (n = 1) through a chain of SmolLM2 MLP
+// matrices ([1536, 576] fp32, 3.4 MiB each) holding MiB in all, far more than the caches, so
+// every weight comes from memory as in a decode step; compare with BM_ReadOnce of as many bytes.
+void BM_GemvStream(benchmark::State& state) {
+  constexpr int64_t kIn = 576, kOut = 1536;
+  const int64_t matrices = (state.range(0) << 20) / (kIn * kOut * int64_t{sizeof(float)});
+  ThreadPool pool(static_cast<int>(state.range(1)));
+  std::vector<std::vector<float>> weights;
+  for (int64_t i = 0; i < matrices; ++i)
+    weights.push_back(random_vector(static_cast<size_t>(kIn * kOut)));
+  const std::vector<float> x = random_vector(static_cast<size_t>(kIn));
+  std::vector<float> y(static_cast<size_t>(kOut));
+  for (auto _ : state) {
+    for (const std::vector<float>& w : weights) {
+      linear({.x = x.data(), .w = w.data(), .y = y.data(), .n = 1, .in = kIn, .out = kOut}, pool);
+    }
+    benchmark::DoNotOptimize(y.data());
+  }
+  state.SetBytesProcessed(state.iterations() * matrices * kIn * kOut *
+                          static_cast<int64_t>(sizeof(float)));
+}
+BENCHMARK(BM_GemvStream)
+    ->ArgNames({"MiB", "threads"})
+    ->Args({512, 1})
+    ->Args({512, 2})
+    ->UseRealTime();
+
 // Args: bytes, threads. Bytes processed = bytes copied (the baseline for BM_Linear n=1).
 void BM_Memcpy(benchmark::State& state) {
   const int64_t bytes = state.range(0);
@@ -109,6 +136,8 @@ BENCHMARK(BM_ReadOnce)
     ->ArgNames({"bytes", "threads"})
     ->Args({32 << 20, 1})
     ->Args({32 << 20, 2})
+    ->Args({512 << 20, 1})  // the bound for BM_GemvStream
+    ->Args({512 << 20, 2})
     ->UseRealTime();
 
 // Args: n, pos0, threads; Llama-2-7B-like heads with GQA 4 (32 query, 8 kv heads, head_dim 128).

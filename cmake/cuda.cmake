@@ -65,15 +65,19 @@ target_compile_definitions(conveyor_cuda_plugin PRIVATE CONVEYOR_BUILD_ID="${CON
 set_target_properties(conveyor_cuda_plugin PROPERTIES
   CXX_VISIBILITY_PRESET hidden VISIBILITY_INLINES_HIDDEN ON
   LIBRARY_OUTPUT_DIRECTORY ${PROJECT_BINARY_DIR}/lib)
-target_link_options(conveyor_cuda_plugin PRIVATE -Wl,--exclude-libs,ALL -Wl,--no-undefined)
+target_link_options(conveyor_cuda_plugin PRIVATE -Wl,--exclude-libs,ALL -Wl,--as-needed)
+if(NOT CONVEYOR_SANITIZE)  # clang links no sanitizer runtime into a shared object
+  target_link_options(conveyor_cuda_plugin PRIVATE -Wl,--no-undefined)
+endif()
 install(TARGETS conveyor_cuda_plugin LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR})
 
 # The engine loads the module (src/engine/cuda_plugin_loader.cpp) from beside the executable,
-# this build tree or the install prefix; it is built whenever the engine is.
+# (build/lib for the build tree's binaries) or the install prefix; it is built whenever the
+# engine is.
 add_dependencies(conveyor conveyor_cuda_plugin)
 set_source_files_properties(${PROJECT_SOURCE_DIR}/src/engine/cuda_plugin_loader.cpp PROPERTIES
   COMPILE_DEFINITIONS
-  "CONVEYOR_CUDA_PLUGIN_BUILD_PATH=\"$<TARGET_FILE:conveyor_cuda_plugin>\";CONVEYOR_CUDA_PLUGIN_INSTALL_PATH=\"${CMAKE_INSTALL_FULL_LIBDIR}/$<TARGET_FILE_NAME:conveyor_cuda_plugin>\"")
+  "CONVEYOR_CUDA_PLUGIN_INSTALL_PATH=\"${CMAKE_INSTALL_FULL_LIBDIR}/$<TARGET_FILE_NAME:conveyor_cuda_plugin>\"")
 target_compile_definitions(conveyor PRIVATE CONVEYOR_WITH_CUDA=1)
 
 # The gpu-labelled tests are added by tests/CMakeLists.txt when this target exists.

@@ -62,6 +62,10 @@ inline void add_engine_options(CLI::App& app, EngineArgs& args) {
                "launch decode kernels one by one instead of replaying CUDA graphs");
   app.add_option("--threads", args.engine.device.threads_per_stage, "threads per stage (cpu)")
       ->capture_default_str();
+  app.add_flag("!--no-mmap", args.engine.device.map_weights,
+               "cpu: copy every weight out of the checkpoint instead of computing from the "
+               "file's mapping where it already holds them as stored (F32, or BF16 with --dtype "
+               "bf16)");
   app.add_flag("--batch-invariant", args.engine.device.batch_invariant,
                "cpu: each token's result independent of what shares its step (slower prefill)");
   app.add_option("--stages", args.engine.n_stages,

@@ -5,6 +5,7 @@
 #include <CLI/CLI.hpp>
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include "cli_errors.hpp"
@@ -70,6 +71,10 @@ int main(int argc, char** argv) {
     options.out_dir = out_dir;
     options.shard_max_bytes = shard_mb * 1024 * 1024;
 
+    // Refuse a vocabulary the GGUF's tokenizer cannot hold before anything is written.
+    const auto tokenizer = gguf_path.empty()
+                               ? std::function<void(conveyor::GgufWriter&)>()
+                               : conveyor::placeholder_tokenizer(options.config.vocab_size);
     const conveyor::MakeModelResult result = conveyor::make_model(options);
     const conveyor::ModelConfig& c = options.config;
     fmt::print("wrote {} model to {}\n", conveyor::architecture_name(c.architecture), out_dir);
@@ -88,7 +93,7 @@ int main(int argc, char** argv) {
       const conveyor::SafeTensors tensors = conveyor::SafeTensors::open(out_dir);
       const uint64_t bytes = conveyor::write_gguf_model(
           c, tensors,
-          conveyor::GgufModelOptions{.add_tokenizer = conveyor::placeholder_tokenizer(c.vocab_size),
+          conveyor::GgufModelOptions{.add_tokenizer = tokenizer,
                                      .name = "conveyor-make-model " + preset},
           gguf_path);
       fmt::print("  {} ({:.2f} MiB, F32 GGUF, placeholder vocabulary)\n", gguf_path,

@@ -78,6 +78,11 @@ struct DeviceOptions {
   // count instead of OpenBLAS past 16 rows. Costs prefill speed (about 0.6x at 128 rows on one
   // thread, docs/benchmarks.md); decode is unchanged. Attention is row-independent either way.
   bool batch_invariant = false;
+  // cpu: compute from the checkpoint's file mapping in place wherever the file already holds a
+  // tensor as the stage stores it (F32; BF16 under kBF16): resident once, as page cache shared
+  // with other processes mapping the file, and no copy at load. Off (--no-mmap): copy every
+  // tensor, so a file overwritten in place while the engine runs cannot change its weights.
+  bool map_weights = true;
 };
 
 // How much the engine holds: sequences at once, positions per sequence, requests waiting.

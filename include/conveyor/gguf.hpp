@@ -147,11 +147,13 @@ class GgufFile {
   void release_pages(const GgufTensorInfo& info, uint64_t offset, uint64_t length) const;
   // Reads the tensor's pages in and maps them (for a tensor computed from in place).
   void populate(const GgufTensorInfo& info) const;
+  // Holds the mapping alive (for tensors computed from in place), not the parsed metadata.
+  std::shared_ptr<const void> mapping() const { return map_; }
 
  private:
   GgufFile() = default;
   std::filesystem::path path_;
-  std::unique_ptr<MappedFile> map_;
+  std::shared_ptr<const MappedFile> map_;
   GgufContents contents_;
 };
 

@@ -11,9 +11,6 @@
 
 #include "core/check.hpp"
 
-#ifndef CONVEYOR_CUDA_PLUGIN_BUILD_PATH
-#define CONVEYOR_CUDA_PLUGIN_BUILD_PATH ""
-#endif
 #ifndef CONVEYOR_CUDA_PLUGIN_INSTALL_PATH
 #define CONVEYOR_CUDA_PLUGIN_INSTALL_PATH ""
 #endif
@@ -45,9 +42,9 @@ std::vector<std::filesystem::path> cuda_plugin_candidates() {
     paths.push_back(exe.parent_path() / kModuleName);
     paths.push_back(exe.parent_path().parent_path() / "lib" / kModuleName);
   }
-  for (const char* built : {CONVEYOR_CUDA_PLUGIN_BUILD_PATH, CONVEYOR_CUDA_PLUGIN_INSTALL_PATH}) {
-    if (*built != '\0') paths.emplace_back(built);
-  }
+  // The build tree's binaries find theirs as ../lib (build/lib); installed ones, in the prefix.
+  if (*CONVEYOR_CUDA_PLUGIN_INSTALL_PATH != '\0')
+    paths.emplace_back(CONVEYOR_CUDA_PLUGIN_INSTALL_PATH);
   return paths;
 }
 
@@ -62,22 +59,25 @@ CudaPluginLoad load_cuda_plugin(std::span<const std::filesystem::path> candidate
       load.error = fmt::format("{} could not be loaded: {}", path.string(), dl_error());
       return load;
     }
+    const auto build = reinterpret_cast<cuda::PluginBuild>(dlsym(handle, cuda::kPluginBuildSymbol));
     const auto entry = reinterpret_cast<cuda::PluginEntry>(dlsym(handle, cuda::kPluginEntry));
-    if (entry == nullptr) {
-      load.error = fmt::format("{} has no {} (not a CUDA plug-in of this conveyor version)",
-                               path.string(), cuda::kPluginEntry);
+    if (build == nullptr || entry == nullptr) {
+      load.error =
+          fmt::format("{} has no {} (not a CUDA plug-in of this conveyor version)", path.string(),
+                      build == nullptr ? cuda::kPluginBuildSymbol : cuda::kPluginEntry);
       dlclose(handle);
       return load;
     }
-    const cuda::Plugin* plugin = entry();
-    if (std::strcmp(plugin->build_id(), CONVEYOR_BUILD_ID) != 0) {
+    const std::string ours = cuda::plugin_build_tag(CONVEYOR_BUILD_ID);
+    if (ours != build()) {
       load.error = fmt::format(
-          "{} comes from another build of conveyor (build {}, this program is build {}); use "
-          "the plug-in built with this program",
-          path.string(), plugin->build_id(), CONVEYOR_BUILD_ID);
-      // The module stays loaded: its static objects may already be in use.
+          "{} comes from another build of conveyor (build \"{}\", this program is build \"{}\"); "
+          "use the plug-in built and installed with this program",
+          path.string(), build(), ours);
+      dlclose(handle);  // nothing of it has run but its constructors
       return load;
     }
+    const cuda::Plugin* plugin = entry();
     load.plugin = plugin;  // never unloaded: stages made by it may live until exit
     return load;
   }

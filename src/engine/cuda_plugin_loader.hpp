@@ -11,7 +11,8 @@
 namespace conveyor {
 
 // Where the module is looked for, in order: $CONVEYOR_CUDA_PLUGIN alone when it is set; else
-// beside the running executable (its folder, then ../lib), this build tree, the install prefix.
+// beside the running executable (its folder, then ../lib: build/lib for the build tree's
+// binaries), then the install prefix's library folder.
 std::vector<std::filesystem::path> cuda_plugin_candidates();
 
 struct CudaPluginLoad {
@@ -20,7 +21,7 @@ struct CudaPluginLoad {
   std::string error;
 };
 // Loads the first candidate that exists (dlopen, local symbols) and checks that it is a conveyor
-// CUDA plug-in of this build. Never throws.
+// CUDA plug-in of this build (plugin_build_tag). Never throws.
 CudaPluginLoad load_cuda_plugin(std::span<const std::filesystem::path> candidates);
 
 // The process' plug-in, loaded from cuda_plugin_candidates() on first use. Throws

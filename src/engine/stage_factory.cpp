@@ -144,7 +144,7 @@ std::function<std::unique_ptr<Link>(int)> make_links(BackendKind backend, const 
       config.hidden_size);
 #else
   (void)config, (void)devices, (void)max_context;
-  CONVEYOR_ASSERT(false);    // resolve_backend refuses kCuda in a build without it
+  fail(ErrorCode::kInternal, "make_links: the cuda backend in a build without it");
 #endif
 }
 
@@ -181,7 +181,7 @@ std::unique_ptr<StageBackend> make_stage_backend(BackendKind backend, const Mode
     return std::make_unique<cpu::CpuStage>(
         config,
         cpu::load_cpu_weights(*checkpoint->tensors, config, checkpoint->spec,
-                              cpu_options.weight_dtype),
+                              cpu_options.weight_dtype, options.device.map_weights),
         cpu_options);
   }
   StageWeights host = std::holds_alternative<StageDraws>(weights)

@@ -655,7 +655,7 @@ const GgufTensorInfo* GgufContents::find_tensor(std::string_view name) const {
 GgufFile GgufFile::open(const std::filesystem::path& path) {
   GgufFile file;
   file.path_ = path;
-  file.map_ = std::make_unique<MappedFile>(
+  file.map_ = std::make_shared<const MappedFile>(
       MappedFile::open(path, "GGUF file", "check --model (a .gguf file or a directory)"));
   file.contents_ = parse_gguf(file.map_->bytes(), path.string());
   if (file.contents_.gap_bytes > 0) {

@@ -466,7 +466,7 @@ class GgufTensors final : public TensorSource {
       return std::nullopt;
     file_->populate(*info);
     bytes_read_ += info->n_bytes;
-    return StoredTensor{.bytes = bytes, .keep_alive = file_};
+    return StoredTensor{.bytes = bytes, .keep_alive = file_->mapping()};
   }
 
   uint64_t bytes_read() const override { return bytes_read_.load(); }

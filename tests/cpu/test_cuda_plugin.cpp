@@ -4,8 +4,8 @@
 #include <dlfcn.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <link.h>
 
-#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
@@ -14,6 +14,7 @@
 
 #include "common/test_util.hpp"
 #include "conveyor/engine.hpp"
+#include "conveyor/error.hpp"
 #include "engine/cuda_plugin_loader.hpp"
 #include "model/make_model.hpp"
 
@@ -42,13 +43,17 @@ TEST(CudaPlugin, AMissingModuleNamesEveryPathTried) {
 }
 
 TEST(CudaPlugin, ALibraryThatIsNotThePluginIsRefusedByName) {
-  Dl_info info{};
-  ASSERT_NE(dladdr(reinterpret_cast<void*>(static_cast<double (*)(double)>(&std::cos)), &info), 0);
-  const std::vector<std::filesystem::path> paths = {"/nonexistent/first.so", info.dli_fname};
+  void* libm = dlopen("libm.so.6", RTLD_LAZY | RTLD_LOCAL);
+  ASSERT_NE(libm, nullptr) << dlerror();
+  link_map* map = nullptr;
+  ASSERT_EQ(dlinfo(libm, RTLD_DI_LINKMAP, &map), 0) << dlerror();
+  const std::filesystem::path path = map->l_name;
+  const std::vector<std::filesystem::path> paths = {"/nonexistent/first.so", path};
   const CudaPluginLoad load = load_cuda_plugin(paths);
   EXPECT_EQ(load.plugin, nullptr);
-  EXPECT_EQ(load.path, std::filesystem::path(info.dli_fname));
-  EXPECT_THAT(load.error, HasSubstr("has no conveyor_cuda_plugin_v1"));
+  EXPECT_EQ(load.path, path);
+  EXPECT_THAT(load.error, HasSubstr("has no conveyor_cuda_plugin_build"));
+  dlclose(libm);
 }
 
 TEST(CudaPlugin, TheEnvironmentVariableIsTheOnlyPlaceLookedAt) {
@@ -56,11 +61,12 @@ TEST(CudaPlugin, TheEnvironmentVariableIsTheOnlyPlaceLookedAt) {
   const std::vector<std::filesystem::path> paths = cuda_plugin_candidates();
   ::unsetenv("CONVEYOR_CUDA_PLUGIN");
   EXPECT_EQ(paths, (std::vector<std::filesystem::path>{"/opt/x/libconveyor_cuda_plugin.so"}));
-  // Without it: beside the executable first.
+  // Without it: beside the executable, then ../lib (build/lib for this test), then the prefix.
   const std::vector<std::filesystem::path> defaults = cuda_plugin_candidates();
+  const std::filesystem::path dir = std::filesystem::read_symlink("/proc/self/exe").parent_path();
   ASSERT_GE(defaults.size(), 2u);
-  EXPECT_EQ(defaults[0], std::filesystem::read_symlink("/proc/self/exe").parent_path() /
-                             "libconveyor_cuda_plugin.so");
+  EXPECT_EQ(defaults[0], dir / "libconveyor_cuda_plugin.so");
+  EXPECT_EQ(defaults[1], dir.parent_path() / "lib" / "libconveyor_cuda_plugin.so");
 }
 
 // A CPU run (the default backend, and kAuto without a driver) opens an engine, generates and
@@ -95,13 +101,21 @@ TEST(CudaPlugin, TheModuleOfThisBuildLoadsAndCountsDevices) {
   if (built.empty()) GTEST_SKIP() << "this build has no CUDA plug-in (built without CUDA)";
   const CudaPluginLoad load = load_cuda_plugin(built);
   ASSERT_NE(load.plugin, nullptr) << load.error;
-  const int devices = load.plugin->device_count();
-  EXPECT_GE(devices, 0);
-  if (!driver_installed()) {
-    EXPECT_EQ(devices, 0);
-    EXPECT_EQ(cuda_device_count(), 0);
-  }
   EXPECT_NE(process_maps().find("libconveyor_cuda_plugin"), std::string::npos);
+  if (!driver_installed()) {
+    EXPECT_EQ(load.plugin->device_count(), 0);
+    EXPECT_EQ(cuda_device_count(), 0);  // without loading the module again
+  }
+  // An error raised inside the module is a conveyor::Error here (the module's copy of the type
+  // matches by name): bad options are refused before any device is touched.
+  const ModelConfig config = preset_config("tiny");
+  try {
+    (void)load.plugin->make_stage(config, StageWeights{}, cuda::CudaStageOptions{.max_seqs = 0});
+    ADD_FAILURE() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kInvalidArgument) << e.what();
+    EXPECT_THAT(e.what(), HasSubstr("max_seqs"));
+  }
 }
 
 }  // namespace

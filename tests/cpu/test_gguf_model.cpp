@@ -166,6 +166,25 @@ TEST_F(GgufFromMadeModel, F32AndBf16TensorsAreUsedInPlaceExceptPermutedQueriesAn
   }
 }
 
+TEST_F(GgufFromMadeModel, EnginesComputeFromTheMappingUnlessToldToCopy) {
+  const ModelConfig config = make({});
+  for (uint32_t type : {0u, 30u}) {  // F32, BF16 (in place under --dtype bf16)
+    SCOPED_TRACE(type);
+    const auto gguf = write_gguf(config, type, type);
+    const DType dtype = type == 0 ? DType::kF32 : DType::kBF16;
+    Engine mapped = Engine::open(gguf, {.n_stages = 2, .device = {.dtype = dtype}});
+    Engine copied =
+        Engine::open(gguf, {.n_stages = 2, .device = {.dtype = dtype, .map_weights = false}});
+    for (const std::string& report : mapped.stage_reports())
+      EXPECT_THAT(report, ::testing::HasSubstr("read in place from the checkpoint's mapping"));
+    for (const std::string& report : copied.stage_reports())
+      EXPECT_THAT(report, ::testing::Not(::testing::HasSubstr("in place")));
+    const GenerateOptions options{.return_logits = true};
+    expect_same(mapped.generate(test::mixed_requests(3), options),
+                copied.generate(test::mixed_requests(3), options), 0.0);
+  }
+}
+
 TEST_F(GgufFromMadeModel, APlaceholderVocabularyIsAWholeSentencePieceTokenizer) {
   const ModelConfig config = make({});
   const SafeTensors tensors = SafeTensors::open(dir_.path() / "hf");

@@ -37,10 +37,14 @@ std::string blas_core_hint() {
 
 void reexec_for_blas_kernels(char** argv) {
   const std::string hint = blas_core_hint();
-  if (hint.empty()) return;
-  setenv("OPENBLAS_CORETYPE", hint.c_str(), 1);
+  const bool threads = std::getenv("OPENBLAS_NUM_THREADS") == nullptr;
+  if (hint.empty() && !threads) return;
+  if (!hint.empty()) setenv("OPENBLAS_CORETYPE", hint.c_str(), 1);
+  if (threads) setenv("OPENBLAS_NUM_THREADS", "1", 1);
   execv("/proc/self/exe", argv);
-  unsetenv("OPENBLAS_CORETYPE");  // exec failed: carry on with the kernels loaded
+  // exec failed: carry on with what is loaded
+  if (!hint.empty()) unsetenv("OPENBLAS_CORETYPE");
+  if (threads) unsetenv("OPENBLAS_NUM_THREADS");
 }
 
 }  // namespace conveyor::cpu

@@ -18,8 +18,11 @@ std::string blas_core();
 std::string blas_core_hint();
 
 // For main() of an executable, before anything else: when blas_core_hint() names better kernels,
-// sets OPENBLAS_CORETYPE to it and re-executes the program with the same arguments (once: the
-// variable is then set). Returns normally when nothing needs doing or the re-execution fails.
+// sets OPENBLAS_CORETYPE to it, and when OPENBLAS_NUM_THREADS is unset sets it to 1 (conveyor
+// runs OpenBLAS single-threaded from its own pools; otherwise OpenBLAS starts a thread per core
+// at load, which spins in sched_yield after start-up beside the stage's threads: ~2 % of a
+// 2-thread prefill), then re-executes the program with the same arguments (once: the variables
+// are then set). Returns normally when nothing needs doing or the re-execution fails.
 void reexec_for_blas_kernels(char** argv);
 
 }  // namespace conveyor::cpu

@@ -688,10 +688,15 @@ void swiglu(const float* gate, const float* up, int64_t count, float* out, Threa
   check_pointer(gate, "swiglu", "gate");
   check_pointer(up, "swiglu", "up");
   check_pointer(out, "swiglu", "out");
+  // silu(g) = g sigmoid(g), with sigmoid from e = e^-|g| <= 1 on either side (1 / (1 + e) for
+  // g >= 0, e / (1 + e) below): exp_nonpositive vectorizes, where a call to expf per element
+  // was 6 % of a prefill.
   pool.parallel_for(count, 16384, [&](int64_t begin, int64_t end) {
     for (int64_t j = begin; j < end; ++j) {
       const float g = gate[j];
-      out[j] = g / (1.0f + std::exp(-g)) * up[j];
+      const float e = exp_nonpositive(-std::fabs(g));
+      const float sigmoid = (g >= 0.0f ? 1.0f : e) / (1.0f + e);
+      out[j] = g * sigmoid * up[j];
     }
   });
 }

@@ -84,13 +84,14 @@ int64_t total_bytes(const CpuWeights& w, bool in_place_only = false) {
 }  // namespace
 
 CpuWeights load_cpu_weights(const TensorSource& tensors, const ModelConfig& config,
-                            const StageWeightsSpec& spec, DType dtype) {
+                            const StageWeightsSpec& spec, DType dtype, bool in_place) {
   check_weight_dtype(dtype);
   return build_stage_tensors<CpuTensor>(
       config, spec, [&](std::string_view name, const std::vector<int64_t>& shape) {
         const bool matrix = shape.size() == 2;
         const DType as = dtype == DType::kBF16 && matrix ? DType::kBF16 : DType::kF32;
-        if (std::optional<StoredTensor> stored = tensors.stored(name, shape, as)) {
+        if (std::optional<StoredTensor> stored =
+                in_place ? tensors.stored(name, shape, as) : std::nullopt) {
           return CpuTensor{.in_place = std::move(*stored), .in_place_bf16 = as == DType::kBF16};
         }
         return keep(tensors.load_f32(name, shape), shape, dtype);

@@ -43,7 +43,9 @@ struct CpuTensor {
     return bf16.empty() ? WeightView(f32.data()) : WeightView(bf16.data());
   }
   const float* values() const {  // norms, biases (always fp32)
-    if (!in_place.bytes.empty()) return static_cast<const float*>(view().data);
+    if (!in_place.bytes.empty()) {
+      return in_place_bf16 ? nullptr : reinterpret_cast<const float*>(in_place.bytes.data());
+    }
     return f32.empty() ? nullptr : f32.data();
   }
   int64_t bytes() const {
@@ -55,10 +57,10 @@ using CpuLayer = LayerTensors<CpuTensor>;
 using CpuWeights = StageTensors<CpuTensor>;
 
 // Loads a stage's tensors from a checkpoint straight into the form the stage stores (`dtype`:
-// kF32 or kBF16), one tensor at a time; a tensor the file stores in that form already is used in
-// place (TensorSource::stored), not copied.
+// kF32 or kBF16), one tensor at a time; with `in_place`, a tensor the file stores in that form
+// already is used where it is (TensorSource::stored), not copied.
 CpuWeights load_cpu_weights(const TensorSource& tensors, const ModelConfig& config,
-                            const StageWeightsSpec& spec, DType dtype);
+                            const StageWeightsSpec& spec, DType dtype, bool in_place = true);
 
 class CpuStage final : public StageBackend {
  public:

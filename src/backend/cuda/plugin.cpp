@@ -2,6 +2,7 @@
 // same module (plugin.hpp).
 #include "backend/cuda/plugin.hpp"
 
+#include <string>
 #include <utility>
 
 #include "core/check.hpp"
@@ -18,7 +19,6 @@ namespace {
 
 class CudaPlugin final : public Plugin {
  public:
-  const char* build_id() const override { return CONVEYOR_BUILD_ID; }
   int device_count() const override { return cuda::device_count(); }
   std::unique_ptr<StageBackend> make_stage(const ModelConfig& config, StageWeights weights,
                                            const CudaStageOptions& options) const override {
@@ -49,6 +49,11 @@ class CudaPlugin final : public Plugin {
 
 }  // namespace
 }  // namespace conveyor::cuda
+
+extern "C" __attribute__((visibility("default"))) const char* conveyor_cuda_plugin_build() {
+  static const std::string tag = conveyor::cuda::plugin_build_tag(CONVEYOR_BUILD_ID);
+  return tag.c_str();
+}
 
 extern "C" __attribute__((visibility("default"))) const conveyor::cuda::Plugin*
 conveyor_cuda_plugin_v1() {

@@ -7,6 +7,8 @@
 #include <chrono>
 #include <functional>
 #include <memory>
+#include <string>
+#include <string_view>
 #include <vector>
 
 #include "backend/cuda/cuda_stage.hpp"
@@ -21,10 +23,6 @@ namespace conveyor::cuda {
 // call may throw conveyor::Error as the functions it forwards to do.
 class Plugin {
  public:
-  // CONVEYOR_BUILD_ID of the build that made the module (a random string chosen when the build
-  // tree is configured): the engine refuses a module from another build, whose structs may not
-  // match its own.
-  virtual const char* build_id() const = 0;
   virtual int device_count() const = 0;  // cuda::device_count()
   virtual std::unique_ptr<StageBackend> make_stage(const ModelConfig& config, StageWeights weights,
                                                    const CudaStageOptions& options) const = 0;
@@ -41,9 +39,23 @@ class Plugin {
   ~Plugin() = default;
 };
 
-// The module's one exported symbol: extern "C" const Plugin* conveyor_cuda_plugin_v1(). The
-// number changes with this interface, so a module from another build of conveyor is refused.
+// The module exports two functions. extern "C" const char* conveyor_cuda_plugin_build() returns
+// plugin_build_tag(CONVEYOR_BUILD_ID) of the build that made it; the engine compares it with its
+// own before it calls anything else, so a module from another build tree (CONVEYOR_BUILD_ID is
+// a random string chosen when a tree is configured) or with other struct layouts is refused.
+// extern "C" const Plugin* conveyor_cuda_plugin_v1() is the entry; its number changes with this
+// interface.
+inline constexpr const char* kPluginBuildSymbol = "conveyor_cuda_plugin_build";
 inline constexpr const char* kPluginEntry = "conveyor_cuda_plugin_v1";
+using PluginBuild = const char* (*)();
 using PluginEntry = const Plugin* (*)();
+
+// The build id and the sizes of what crosses the boundary.
+inline std::string plugin_build_tag(std::string_view build_id) {
+  return std::string(build_id) + " " + std::to_string(sizeof(ModelConfig)) + " " +
+         std::to_string(sizeof(StageWeights)) + " " + std::to_string(sizeof(StageDraws)) + " " +
+         std::to_string(sizeof(CudaStageOptions)) + " " + std::to_string(sizeof(MicroBatch)) + " " +
+         std::to_string(sizeof(StepContext)) + " " + std::to_string(sizeof(Activations));
+}
 
 }  // namespace conveyor::cuda
