@@ -348,47 +348,65 @@ using Float16 = float __attribute__((vector_size(64)));
 // How many value rows ahead P V prefetches (8-16 KiB at head_dim 64-128).
 constexpr int64_t kPrefetchKeys = 32;
 
-// o[r, :] += sum_j p[r, j] v[j, :] for R rows (p rows ldp apart), their outputs held in
-// registers (D a constant): V is read once per R rows. The first pass prefetches V ahead of
-// its reads (later passes find it in cache). Each row sums over j in order.
-template <int64_t D, int R>
+// o[r, c0 : c0 + 16 kParts] += sum_j p[r, j] v[j, same columns] for R rows (p rows ldp apart),
+// those outputs held in registers (D a constant): these columns of V are read once per R rows.
+// With `prefetch` it fetches V ahead of its reads (when V comes from memory). Each output sums
+// over j in order.
+template <int64_t D, int R, int64_t kParts>
 void probs_times_values_fixed(const float* p, int64_t ldp, int64_t bk, const float* v, float* o,
-                              bool prefetch) {
-  static_assert(D % 16 == 0);
-  constexpr int64_t kParts = D / 16;
+                              int64_t c0, bool prefetch) {
+  static_assert(D % 16 == 0 && kParts <= D / 16);
   Float16 acc[R][kParts];
   for (int r = 0; r < R; ++r)
     for (int64_t c = 0; c < kParts; ++c)
-      std::memcpy(&acc[r][c], o + r * D + 16 * c, sizeof(Float16));
+      std::memcpy(&acc[r][c], o + r * D + 16 * (c0 + c), sizeof(Float16));
   for (int64_t j = 0; j < bk; ++j) {
     if (prefetch) {
       // A hint only: addresses past the block do not fault.
       for (int64_t c = 0; c < kParts; ++c)
-        __builtin_prefetch(v + (j + kPrefetchKeys) * D + 16 * c, 0, 3);
+        __builtin_prefetch(v + (j + kPrefetchKeys) * D + 16 * (c0 + c), 0, 3);
     }
     Float16 pj[R];
     for (int r = 0; r < R; ++r)
       pj[r] = Float16{} + p[r * ldp + j];
     for (int64_t c = 0; c < kParts; ++c) {
       Float16 vj;
-      std::memcpy(&vj, v + j * D + 16 * c, sizeof(Float16));
+      std::memcpy(&vj, v + j * D + 16 * (c0 + c), sizeof(Float16));
       for (int r = 0; r < R; ++r)
         acc[r][c] += pj[r] * vj;
     }
   }
   for (int r = 0; r < R; ++r)
     for (int64_t c = 0; c < kParts; ++c)
-      std::memcpy(o + r * D + 16 * c, &acc[r][c], sizeof(Float16));
+      std::memcpy(o + r * D + 16 * (c0 + c), &acc[r][c], sizeof(Float16));
 }
 
-// Rows in pairs (16 accumulators at D = 128 leave room for the loads), then a single one.
+// R rows, in column slices of 16 / R vectors (16 accumulators leave registers for the loads):
+// each slice of V is read once for all R rows, so V is read once per group of R rows.
+template <int64_t D, int R>
+void probs_times_values_group(const float* p, int64_t ldp, int64_t bk, const float* v, float* o,
+                              bool prefetch) {
+  constexpr int64_t kAll = D / 16;
+  constexpr int64_t kSlice = std::min<int64_t>(kAll, 16 / R);
+  static_assert(kAll % kSlice == 0);
+  for (int64_t c0 = 0; c0 < kAll; c0 += kSlice)
+    probs_times_values_fixed<D, R, kSlice>(p, ldp, bk, v, o, c0, prefetch);
+}
+
+// Rows in groups of 8, 4, 2, 1. The first group prefetches V (it reads V from memory); later
+// groups find it in cache. At D = 128 a decode step's four query heads per kv head read V once
+// (in two column halves), where pairs of rows read it twice.
 template <int64_t D>
 void probs_times_values_rows(const float* p, int64_t ldp, int64_t bk, const float* v, float* o,
                              int64_t rows) {
   int64_t r = 0;
+  for (; r + 8 <= rows; r += 8)
+    probs_times_values_group<D, 8>(p + r * ldp, ldp, bk, v, o + r * D, r == 0);
+  for (; r + 4 <= rows; r += 4)
+    probs_times_values_group<D, 4>(p + r * ldp, ldp, bk, v, o + r * D, r == 0);
   for (; r + 2 <= rows; r += 2)
-    probs_times_values_fixed<D, 2>(p + r * ldp, ldp, bk, v, o + r * D, r == 0);
-  if (r < rows) probs_times_values_fixed<D, 1>(p + r * ldp, ldp, bk, v, o + r * D, r == 0);
+    probs_times_values_group<D, 2>(p + r * ldp, ldp, bk, v, o + r * D, r == 0);
+  if (r < rows) probs_times_values_group<D, 1>(p + r * ldp, ldp, bk, v, o + r * D, r == 0);
 }
 
 // o[r, :] += sum_j p[r, j] v[j, :] over keys j < bk, p rows ldp apart.
