@@ -8,6 +8,7 @@
 #include <string>
 
 #include "backend/cpu/cpu_ops.hpp"
+#include "backend/cpu/weight_arena.hpp"
 #include "backend/sampler.hpp"
 #include "core/check.hpp"
 #include "core/dtype_convert.hpp"
@@ -31,17 +32,22 @@ void check_weight_dtype(DType dtype) {
   }
 }
 
-// A tensor as the stage stores it: matrices (2-D) in the stage's dtype, rounded to bf16 with
-// their fp32 values released at once; norms and biases kept fp32.
-CpuTensor keep(std::vector<float>&& values, const std::vector<int64_t>& shape, DType dtype) {
-  CpuTensor t;
-  if (dtype != DType::kBF16 || shape.size() != 2) {
-    t.f32 = std::move(values);
-    return t;
+// A tensor as the stage stores it, copied into `arena`: matrices (2-D) in the stage's dtype
+// (rounded to bf16 under kBF16), norms and biases fp32. `values` is released at once.
+CpuTensor keep(std::vector<float>&& values, const std::vector<int64_t>& shape, DType dtype,
+               const std::shared_ptr<WeightArena>& arena) {
+  const bool bf16 = dtype == DType::kBF16 && shape.size() == 2;
+  CpuTensor t{.data = {.keep_alive = arena}, .bf16 = bf16};
+  const std::span<std::byte> bytes =
+      arena->allocate(values.size() * (bf16 ? sizeof(uint16_t) : sizeof(float)));
+  if (bf16) {
+    auto* out = reinterpret_cast<uint16_t*>(bytes.data());
+    for (size_t i = 0; i < values.size(); ++i)
+      out[i] = f32_to_bf16(values[i]);
+  } else if (!bytes.empty()) {
+    std::memcpy(bytes.data(), values.data(), bytes.size());
   }
-  t.bf16.resize(values.size());
-  for (size_t i = 0; i < values.size(); ++i)
-    t.bf16[i] = f32_to_bf16(values[i]);
+  t.data.bytes = bytes;
   std::vector<float>().swap(values);
   return t;
 }
@@ -50,28 +56,29 @@ CpuTensor keep(std::vector<float>&& values, const std::vector<int64_t>& shape, D
 // that also embeds (the embedding serves both).
 CpuWeights convert(StageWeights&& w, const ModelConfig& config, DType dtype) {
   check_weight_dtype(dtype);
+  const auto arena = std::make_shared<WeightArena>();
   const std::vector<int64_t> table{config.vocab_size, config.hidden_size};
   CpuWeights out;
   out.spec = w.spec;
-  out.embedding = keep(std::move(w.embedding), table, dtype);
+  out.embedding = keep(std::move(w.embedding), table, dtype, arena);
   for (LayerWeights& layer : w.layers) {
     zip_layer_tensors(layer, out.layers.emplace_back(),
                       [&](size_t index, std::vector<float>& from, CpuTensor& to) {
-                        to = keep(std::move(from), layer_tensor_shape(config, index), dtype);
+                        to = keep(std::move(from), layer_tensor_shape(config, index), dtype, arena);
                       });
   }
-  out.final_norm = keep(std::move(w.final_norm), {config.hidden_size}, dtype);
+  out.final_norm = keep(std::move(w.final_norm), {config.hidden_size}, dtype, arena);
   // Weights built by hand may still carry the tied copy: drop it.
   const bool shared = config.tie_word_embeddings && w.spec.embedding && w.spec.head;
-  if (!shared) out.lm_head = keep(std::move(w.lm_head), table, dtype);
+  if (!shared) out.lm_head = keep(std::move(w.lm_head), table, dtype, arena);
   return out;
 }
 
-// Bytes of the stage's tensors (`in_place_only`: of those in the checkpoint's mapping).
-int64_t total_bytes(const CpuWeights& w, bool in_place_only = false) {
+// Bytes of the stage's tensors (`mapped_only`: of those in the checkpoint's mapping).
+int64_t total_bytes(const CpuWeights& w, bool mapped_only = false) {
   int64_t bytes = 0;
   const auto add = [&](const CpuTensor& t) {
-    if (!in_place_only || !t.in_place.bytes.empty()) bytes += t.bytes();
+    if (!mapped_only || t.mapped) bytes += t.bytes();
   };
   add(w.embedding);
   add(w.final_norm);
@@ -86,15 +93,16 @@ int64_t total_bytes(const CpuWeights& w, bool in_place_only = false) {
 CpuWeights load_cpu_weights(const TensorSource& tensors, const ModelConfig& config,
                             const StageWeightsSpec& spec, DType dtype, bool in_place) {
   check_weight_dtype(dtype);
+  const auto arena = std::make_shared<WeightArena>();
   return build_stage_tensors<CpuTensor>(
       config, spec, [&](std::string_view name, const std::vector<int64_t>& shape) {
-        const bool matrix = shape.size() == 2;
-        const DType as = dtype == DType::kBF16 && matrix ? DType::kBF16 : DType::kF32;
+        const bool bf16 = dtype == DType::kBF16 && shape.size() == 2;
         if (std::optional<StoredTensor> stored =
-                in_place ? tensors.stored(name, shape, as) : std::nullopt) {
-          return CpuTensor{.in_place = std::move(*stored), .in_place_bf16 = as == DType::kBF16};
+                in_place ? tensors.stored(name, shape, bf16 ? DType::kBF16 : DType::kF32)
+                         : std::nullopt) {
+          return CpuTensor{.data = std::move(*stored), .bf16 = bf16, .mapped = true};
         }
-        return keep(tensors.load_f32(name, shape), shape, dtype);
+        return keep(tensors.load_f32(name, shape), shape, dtype, arena);
       });
 }
 
@@ -107,7 +115,7 @@ CpuStage::CpuStage(const ModelConfig& config, CpuWeights weights, const CpuStage
       batch_invariant_(options.batch_invariant),
       weights_(std::move(weights)),
       weight_bytes_(total_bytes(weights_)),
-      in_place_bytes_(total_bytes(weights_, /*in_place_only=*/true)),
+      mapped_bytes_(total_bytes(weights_, /*mapped_only=*/true)),
       inv_freq_(rope_inv_freq(config)),
       pool_(options.n_threads),
       kv_(KvCacheShape{
@@ -128,10 +136,9 @@ std::string CpuStage::describe() const {
       pool_.n_threads(), pool_.n_threads() == 1 ? "" : "s", to_string(small_gemm_isa()),
       batch_invariant_ ? ", batch-invariant" : "", static_cast<double>(weight_bytes_) / (1 << 20),
       weight_dtype_ == DType::kBF16 ? "bf16 (norms fp32)" : "fp32",
-      in_place_bytes_ == 0
-          ? std::string()
-          : fmt::format(" ({:.1f} MiB read in place from the checkpoint's mapping)",
-                        static_cast<double>(in_place_bytes_) / (1 << 20)),
+      mapped_bytes_ == 0 ? std::string()
+                         : fmt::format(" ({:.1f} MiB read in place from the checkpoint's mapping)",
+                                       static_cast<double>(mapped_bytes_) / (1 << 20)),
       kv.max_seqs * kv.max_context, kv.max_seqs, kv.max_context,
       static_cast<double>(kv.bytes_per_token()) / 1024);
 }

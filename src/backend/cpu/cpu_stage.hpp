@@ -26,32 +26,23 @@ struct CpuStageOptions {
   bool batch_invariant = false;  // DeviceOptions::batch_invariant
 };
 
-// A tensor as the stage holds it: fp32 values, or bf16 ones for a matrix under bf16; either
-// copied into the stage or, where the checkpoint stores exactly that, in place in its mapping.
+// A tensor as the stage holds it: fp32 values, or bf16 ones for a matrix under bf16; either in
+// place in the checkpoint's mapping (TensorSource::stored) or copied into the stage's
+// WeightArena (huge pages). `data.keep_alive` holds whichever it is.
 struct CpuTensor {
-  std::vector<float> f32;
-  std::vector<uint16_t> bf16;
-  StoredTensor in_place;  // empty bytes: not in place
-  bool in_place_bf16 = false;
+  StoredTensor data;    // empty: an absent tensor (a bias the model does not have)
+  bool bf16 = false;    // data holds bf16 values, else fp32
+  bool mapped = false;  // data is the checkpoint's mapping, else the arena
 
   WeightView view() const {
-    if (!in_place.bytes.empty()) {
-      const void* p = in_place.bytes.data();
-      return in_place_bf16 ? WeightView(static_cast<const uint16_t*>(p))
-                           : WeightView(static_cast<const float*>(p));
-    }
-    return bf16.empty() ? WeightView(f32.data()) : WeightView(bf16.data());
+    const void* p = data.bytes.data();
+    return bf16 ? WeightView(static_cast<const uint16_t*>(p))
+                : WeightView(static_cast<const float*>(p));
   }
-  const float* values() const {  // norms, biases (always fp32)
-    if (!in_place.bytes.empty()) {
-      return in_place_bf16 ? nullptr : reinterpret_cast<const float*>(in_place.bytes.data());
-    }
-    return f32.empty() ? nullptr : f32.data();
+  const float* values() const {  // norms, biases (never bf16)
+    return bf16 ? nullptr : reinterpret_cast<const float*>(data.bytes.data());
   }
-  int64_t bytes() const {
-    return static_cast<int64_t>(f32.size() * sizeof(float) + bf16.size() * sizeof(uint16_t) +
-                                in_place.bytes.size());
-  }
+  int64_t bytes() const { return static_cast<int64_t>(data.bytes.size()); }
 };
 using CpuLayer = LayerTensors<CpuTensor>;
 using CpuWeights = StageTensors<CpuTensor>;
@@ -92,7 +83,7 @@ class CpuStage final : public StageBackend {
   bool batch_invariant_;
   CpuWeights weights_;
   int64_t weight_bytes_ = 0;
-  int64_t in_place_bytes_ = 0;   // of weight_bytes_, in the checkpoint's mapping
+  int64_t mapped_bytes_ = 0;     // of weight_bytes_, in the checkpoint's mapping
   std::vector<float> inv_freq_;  // [head_dim / 2]
   ThreadPool pool_;
   KvCache kv_;
