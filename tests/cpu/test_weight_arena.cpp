@@ -14,7 +14,7 @@ namespace conveyor::cpu {
 namespace {
 
 TEST(WeightArena, AllocationsAreZeroedAlignedAndDisjoint) {
-  WeightArena arena;
+  WeightArena arena(/*huge_pages=*/true);
   EXPECT_TRUE(arena.allocate(0).empty());
   const std::span<std::byte> a = arena.allocate(100);
   const std::span<std::byte> b = arena.allocate(3 << 20);
@@ -35,7 +35,7 @@ TEST(WeightArena, AllocationsAreZeroedAlignedAndDisjoint) {
 }
 
 TEST(WeightArena, ATensorLargerThanAChunkGetsItsOwn) {
-  WeightArena arena;
+  WeightArena arena(/*huge_pages=*/true);
   (void)arena.allocate(1000);
   const std::span<std::byte> big = arena.allocate((std::size_t{64} << 20) + 1);
   EXPECT_EQ(big.size(), (std::size_t{64} << 20) + 1);
@@ -45,7 +45,7 @@ TEST(WeightArena, ATensorLargerThanAChunkGetsItsOwn) {
 }
 
 TEST(WeightArena, AnImpossibleSizeIsAnOutOfMemoryErrorNamingIt) {
-  WeightArena arena;
+  WeightArena arena(/*huge_pages=*/true);
   test::expect_error([&] { (void)arena.allocate(std::numeric_limits<std::size_t>::max() / 4); },
                      ErrorCode::kOutOfMemory, {"could not map", "MiB of host memory"});
 }

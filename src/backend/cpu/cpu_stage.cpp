@@ -32,14 +32,27 @@ void check_weight_dtype(DType dtype) {
   }
 }
 
-// A tensor as the stage stores it, copied into `arena`: matrices (2-D) in the stage's dtype
-// (rounded to bf16 under kBF16), norms and biases fp32. `values` is released at once.
+// A tensor as the stage stores it: matrices (2-D) in the stage's dtype (rounded to bf16 under
+// kBF16, `values` released at once), norms and biases fp32. With an arena the values are copied
+// into it (huge pages); without, the tensor keeps `values` itself (no copy, no second peak).
 CpuTensor keep(std::vector<float>&& values, const std::vector<int64_t>& shape, DType dtype,
                const std::shared_ptr<WeightArena>& arena) {
   const bool bf16 = dtype == DType::kBF16 && shape.size() == 2;
-  CpuTensor t{.data = {.keep_alive = arena}, .bf16 = bf16};
-  const std::span<std::byte> bytes =
-      arena->allocate(values.size() * (bf16 ? sizeof(uint16_t) : sizeof(float)));
+  if (!bf16 && arena == nullptr) {
+    auto owned = std::make_shared<std::vector<float>>(std::move(values));
+    const std::span<const std::byte> bytes = std::as_bytes(std::span(*owned));
+    return CpuTensor{.data = {.bytes = bytes, .keep_alive = std::move(owned)}};
+  }
+  std::span<std::byte> bytes;
+  std::shared_ptr<const void> keep_alive;
+  if (arena != nullptr) {
+    bytes = arena->allocate(values.size() * (bf16 ? sizeof(uint16_t) : sizeof(float)));
+    keep_alive = arena;
+  } else {
+    auto owned = std::make_shared<std::vector<uint16_t>>(values.size());
+    bytes = std::as_writable_bytes(std::span(*owned));
+    keep_alive = std::move(owned);
+  }
   if (bf16) {
     auto* out = reinterpret_cast<uint16_t*>(bytes.data());
     for (size_t i = 0; i < values.size(); ++i)
@@ -47,16 +60,15 @@ CpuTensor keep(std::vector<float>&& values, const std::vector<int64_t>& shape, D
   } else if (!bytes.empty()) {
     std::memcpy(bytes.data(), values.data(), bytes.size());
   }
-  t.data.bytes = bytes;
   std::vector<float>().swap(values);
-  return t;
+  return CpuTensor{.data = {.bytes = bytes, .keep_alive = std::move(keep_alive)}, .bf16 = bf16};
 }
 
 // The stage's tensors in the form it computes with. A tied lm_head is left empty on a stage
 // that also embeds (the embedding serves both).
 CpuWeights convert(StageWeights&& w, const ModelConfig& config, DType dtype) {
   check_weight_dtype(dtype);
-  const auto arena = std::make_shared<WeightArena>();
+  const std::shared_ptr<WeightArena> arena;  // drawn or built by hand: the tensors keep their own
   const std::vector<int64_t> table{config.vocab_size, config.hidden_size};
   CpuWeights out;
   out.spec = w.spec;
@@ -93,7 +105,10 @@ int64_t total_bytes(const CpuWeights& w, bool mapped_only = false) {
 CpuWeights load_cpu_weights(const TensorSource& tensors, const ModelConfig& config,
                             const StageWeightsSpec& spec, DType dtype, bool in_place) {
   check_weight_dtype(dtype);
-  const auto arena = std::make_shared<WeightArena>();
+  // Copying every weight (--no-mmap): into an arena of huge pages, where decode is 5-10 % faster
+  // (docs/benchmarks.md). Otherwise the copies are the few tensors converted (Llama's GGUF
+  // queries and keys) or a bf16 stage, and clearing huge pages at load costs more than they give.
+  const auto arena = in_place ? nullptr : std::make_shared<WeightArena>(/*huge_pages=*/true);
   return build_stage_tensors<CpuTensor>(
       config, spec, [&](std::string_view name, const std::vector<int64_t>& shape) {
         const bool bf16 = dtype == DType::kBF16 && shape.size() == 2;

@@ -49,7 +49,7 @@ std::span<std::byte> WeightArena::allocate(std::size_t bytes) {
     if (end > aligned + size)
       ::munmap(reinterpret_cast<void*>(aligned + size), end - aligned - size);
     auto* base = reinterpret_cast<std::byte*>(aligned);
-    ::madvise(base, size, MADV_HUGEPAGE);  // a hint: refused where THP is off, which is fine
+    if (huge_pages_) ::madvise(base, size, MADV_HUGEPAGE);  // a hint: refused where THP is off
     chunks_.push_back(Chunk{.base = base, .size = size, .used = 0});
   }
   Chunk& chunk = chunks_.back();

@@ -1,7 +1,8 @@
 // WeightArena: host memory for the weights a CPU stage copies (converted from the checkpoint, or
-// drawn), in 2 MiB-aligned anonymous chunks advised MADV_HUGEPAGE: where transparent huge pages
-// are enabled ("always" or "madvise"), the decode weight stream then walks 512x fewer pages
-// (bench_cpu_ops BM_GemvStream huge:1 against huge:0, docs/benchmarks.md).
+// drawn), in 2 MiB-aligned anonymous chunks, optionally advised MADV_HUGEPAGE: where transparent
+// huge pages are enabled ("always" or "madvise") the decode weight stream then walks 512x fewer
+// pages (bench_cpu_ops BM_GemvStream huge:1 against huge:0, docs/benchmarks.md), at the price of
+// clearing whole huge pages at load.
 #pragma once
 
 #include <cstddef>
@@ -13,7 +14,7 @@ namespace conveyor::cpu {
 
 class WeightArena {
  public:
-  WeightArena() = default;
+  explicit WeightArena(bool huge_pages) : huge_pages_(huge_pages) {}
   ~WeightArena();
   WeightArena(const WeightArena&) = delete;
   WeightArena& operator=(const WeightArena&) = delete;
@@ -30,6 +31,7 @@ class WeightArena {
     std::size_t size = 0;
     std::size_t used = 0;
   };
+  bool huge_pages_ = false;
   std::vector<Chunk> chunks_;
 };
 
