@@ -16,6 +16,8 @@ export LD_LIBRARY_PATH="$work/lib:${cuda_dirs}${LD_LIBRARY_PATH:-}"
   nvidia-smi
   echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
   ldd "$work/bin/test_cuda_stage" | grep -E 'not found|cublas|cudart|nccl'
+  echo "CUDA plug-in (the engine loads it from ../lib beside the binaries):"
+  ldd "$work/lib/libconveyor_cuda_plugin.so" | grep -E 'not found|cublas|cudart|nccl'
 } 2>&1 | tee "$out/environment.log"
 
 status=0
