@@ -60,42 +60,65 @@ conveyor_run() {  # threads, prompt tokens, new tokens, batch, extra options...
     awk '/prefill [0-9]+ tok in/ { for (i = 1; i <= NF; ++i) if ($i == "tok/s") r[++n] = $(i - 1) }
          END { print r[1], (n > 1 ? r[2] : 0) }'
 }
-conveyor_median() {  # column (1 prefill, 2 decode), args of conveyor_run
-  local col=$1
-  shift
-  for _ in $(seq 1 "$repeats"); do conveyor_run "$@" | cut -d' ' -f"$col"; done | median
+# Runs each command (a string, eval'd, printing one number per field) once per repeat, in turn,
+# so the machine's drift (it is shared and noisy) falls on all of them alike; prints the median
+# of every command's fields, in order.
+interleaved() {
+  local dir i
+  dir=$(mktemp -d)
+  for _ in $(seq 1 "$repeats"); do
+    i=0
+    for cmd in "$@"; do
+      eval "$cmd" >>"$dir/$i"
+      i=$((i + 1))
+    done
+  done
+  for i in $(seq 0 $(($# - 1))); do
+    for field in $(seq 1 "$(head -n 1 "$dir/$i" | wc -w)"); do
+      cut -d' ' -f"$field" "$dir/$i" | median | tr '\n' ' '
+    done
+  done
+  rm -rf "$dir"
+  echo
 }
 # llama-bench: tokens/s of one test (pp or tg) at some threads. llama-bench runs its default
 # pp512 and tg128 unless told otherwise, so the other test is set to 0.
 llama_bench() {  # threads, -p N | -n N
   local other=-n
   [ "$2" = -n ] && other=-p
-  "$bin/llama-bench" -m "$model" -t "$1" "$2" "$3" "$other" 0 -r "$repeats" -o json 2>/dev/null |
+  "$bin/llama-bench" -m "$model" -t "$1" "$2" "$3" "$other" 0 -r 1 -o json 2>/dev/null |
     python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["avg_ts"])'
 }
 
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
-echo "weights: $f32 (both); llama.cpp vendored in llama-cpp-python $version; median of $repeats"
-printf "%-34s %12s %12s %8s\n" "" "conveyor" "llama.cpp" "ratio"
-row() { awk -v n="$1" -v c="$2" -v l="$3" 'BEGIN { printf "%-34s %12.1f %12.1f %8.2f\n", n, c, l, c / l }'; }
+echo "weights: $f32 (both); llama.cpp vendored in llama-cpp-python $version"
+echo "median of $repeats, the runs of each row interleaved (conveyor, llama.cpp, conveyor, ...)"
+printf "%-40s %12s %12s %8s\n" "" "conveyor" "llama.cpp" "ratio"
+row() { awk -v n="$1" -v c="$2" -v l="$3" 'BEGIN { printf "%-40s %12.1f %12.1f %8.2f\n", n, c, l, c / l }'; }
+batched() {
+  "$bin/llama-batched-bench" -m "$f32" -t "$(nproc)" -c 4096 -npp 128 -ntg 64 -npl 8 2>/dev/null |
+    awk -F'|' '/^\|[ ]+128/ { gsub(/ /, "", $9); print $9 }' | head -n 1
+}
 for t in 1 2; do
-  row "prefill 128 tok, $t thread(s)" "$(conveyor_median 1 "$t" 128 1 1)" "$(llama_bench "$t" -p 128)"
-  row "decode 64 tok, $t thread(s)" "$(conveyor_median 2 "$t" 128 65 1)" "$(llama_bench "$t" -n 64)"
-  row "decode bf16 weights, $t thread(s)" "$(conveyor_median 2 "$t" 128 65 1 --dtype bf16)" \
-    "$(llama_bench "$t" -n 64)"
+  read -r c l < <(interleaved "conveyor_run $t 128 1 1 | cut -d' ' -f1" "llama_bench $t -p 128")
+  row "prefill 128 tok, $t thread(s)" "$c" "$l"
+  read -r c b l < <(interleaved "conveyor_run $t 128 65 1 | cut -d' ' -f2" \
+    "conveyor_run $t 128 65 1 --dtype bf16 | cut -d' ' -f2" "llama_bench $t -n 64")
+  row "decode 64 tok, $t thread(s)" "$c" "$l"
+  row "decode bf16 weights, $t thread(s)" "$b" "$l"
+  row "  bf16 / conveyor f32 decode, $t thread(s)" "$b" "$c"
 done
-row "prefill 2048 tok, 1 thread" "$(conveyor_median 1 1 2048 1 1)" "$(llama_bench 1 -p 2048)"
-batched=$("$bin/llama-batched-bench" -m "$f32" -t "$(nproc)" -c 4096 -npp 128 -ntg 64 -npl 8 2>/dev/null |
-  awk -F'|' '/^\|[ ]+128/ { gsub(/ /, "", $9); print $9 }' | head -n 1)
-row "batch 8 decode, $(nproc) threads" "$(conveyor_median 2 "$(nproc)" 128 65 8)" "${batched:-0}"
+read -r c l < <(interleaved "conveyor_run 1 2048 1 1 | cut -d' ' -f1" "llama_bench 1 -p 2048")
+row "prefill 2048 tok, 1 thread" "$c" "$l"
+read -r c l < <(interleaved "conveyor_run $(nproc) 128 65 8 | cut -d' ' -f2" batched)
+row "batch 8 decode, $(nproc) threads" "$c" "$l"
 
 echo
-echo "memory and system time (one run: 128-token prompt, 64 new tokens, 2 threads)"
-read -r c_rss c_sys < <(measure "$generate" --model "$f32" --threads 2 --max-new-tokens 64 \
-  --ignore-eos --prompt-ids "$(ids 128)")
-read -r b_rss b_sys < <(measure "$generate" --model "$f32" --threads 2 --max-new-tokens 64 \
-  --ignore-eos --dtype bf16 --prompt-ids "$(ids 128)")
-read -r l_rss l_sys < <(measure "$bin/llama-bench" -m "$f32" -t 2 -p 128 -n 64 -r 1)
+echo "memory and system time (128-token prompt, 64 new tokens, 2 threads; medians, interleaved)"
+read -r c_rss c_sys b_rss b_sys l_rss l_sys < <(interleaved \
+  "measure $generate --model $f32 --threads 2 --max-new-tokens 64 --ignore-eos --prompt-ids $(ids 128)" \
+  "measure $generate --model $f32 --threads 2 --max-new-tokens 64 --ignore-eos --dtype bf16 --prompt-ids $(ids 128)" \
+  "measure $bin/llama-bench -m $f32 -t 2 -p 128 -n 64 -r 1")
 printf "%-20s %10s %10s\n" "" "peak MiB" "system s"
 printf "%-20s %10s %10s\n" "conveyor f32" "$c_rss" "$c_sys" "conveyor bf16" "$b_rss" "$b_sys" \
   "llama.cpp" "$l_rss" "$l_sys"
@@ -104,6 +127,6 @@ echo
 echo "small preset ($small, both)"
 model=$small
 for t in 1 2; do
-  row "small: decode 64 tok, $t thread(s)" "$(conveyor_median 2 "$t" 128 65 1)" \
-    "$(llama_bench "$t" -n 64)"
+  read -r c l < <(interleaved "conveyor_run $t 128 65 1 | cut -d' ' -f2" "llama_bench $t -n 64")
+  row "small: decode 64 tok, $t thread(s)" "$c" "$l"
 done
