@@ -20,6 +20,11 @@ namespace conveyor {
 struct StoredTensor {
   std::span<const std::byte> bytes;        // numel values of the requested dtype, aligned for it
   std::shared_ptr<const void> keep_alive;  // the file's mapping
+  // A Llama query or key (weight or bias) whose rows are in llama.cpp's GGUF order rather than
+  // Hugging Face's: within each head, rows (i, i + head_dim/2) — a RoPE pair — sit at (2i, 2i+1).
+  // q.k is the same sum in another order, so a backend that rotates adjacent pairs can use it;
+  // one that cannot calls load_f32, which returns Hugging Face order.
+  bool rope_pairs_adjacent = false;
 };
 
 // Tensors by Hugging Face name ("model.layers.3.self_attn.q_proj.weight"), row-major, in
@@ -32,10 +37,11 @@ class TensorSource {
   // tensor, both shapes and the file.
   virtual std::vector<float> load_f32(std::string_view name,
                                       std::span<const int64_t> expected_shape) const = 0;
-  // The tensor's values in place, when the file stores them exactly as a backend computing in
-  // `dtype` (kF32 or kBF16) needs: that dtype, Hugging Face layout, aligned. nullopt otherwise
-  // (load_f32 converts). Checks the shape as load_f32 does; the pages are read in before it
-  // returns, so the first step does not pay for them.
+  // The tensor's values in place, when the file stores them as a backend computing in `dtype`
+  // (kF32 or kBF16) needs: that dtype, aligned, in Hugging Face layout or, for a query or key,
+  // flagged rope_pairs_adjacent. nullopt otherwise (load_f32 converts). Checks the shape as
+  // load_f32 does; the pages are read in before it returns, so the first step does not pay for
+  // them.
   virtual std::optional<StoredTensor> stored(std::string_view name,
                                              std::span<const int64_t> expected_shape,
                                              DType dtype) const = 0;

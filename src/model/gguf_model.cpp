@@ -450,15 +450,15 @@ class GgufTensors final : public TensorSource {
     return values;
   }
 
-  // F32 and BF16 tensors in place, except a Llama query or key: GGUF stores those rows permuted
-  // for its RoPE, and load_f32 puts them back in Hugging Face order.
+  // F32 and BF16 tensors in place. A Llama query or key is in place too, flagged: GGUF stores
+  // its rows permuted for llama.cpp's RoPE (load_f32 puts them back in Hugging Face order).
   std::optional<StoredTensor> stored(std::string_view name, std::span<const int64_t> expected_shape,
                                      DType dtype) const override {
     const GgufTensorInfo* info = find_checked(name, expected_shape).first;
     const bool permuted = config_.architecture != Architecture::kQwen2 && is_query_or_key(name);
     const auto want =
         static_cast<uint32_t>(dtype == DType::kF32 ? GgmlType::kF32 : GgmlType::kBF16);
-    if (permuted || (dtype != DType::kF32 && dtype != DType::kBF16) || info->type != want) {
+    if ((dtype != DType::kF32 && dtype != DType::kBF16) || info->type != want) {
       return std::nullopt;
     }
     const std::span<const std::byte> bytes = file_->bytes(*info);
@@ -466,7 +466,8 @@ class GgufTensors final : public TensorSource {
       return std::nullopt;
     file_->populate(*info);
     bytes_read_ += info->n_bytes;
-    return StoredTensor{.bytes = bytes, .keep_alive = file_->mapping()};
+    return StoredTensor{
+        .bytes = bytes, .keep_alive = file_->mapping(), .rope_pairs_adjacent = permuted};
   }
 
   uint64_t bytes_read() const override { return bytes_read_.load(); }

@@ -291,6 +291,23 @@ TEST(CpuOps, Rope) {
           std::vector<float> y = x;
           rope(y.data(), positions.data(), n, n_heads, head_dim, inv_freq.data(), pool);
           EXPECT_LE(rel_error(y, expected), kTolerance);
+          // The same heads with rows in llama.cpp's order (pair i at 2i, 2i + 1) rotate to the
+          // same values in that order, bit for bit.
+          std::vector<float> adjacent(x.size());
+          for (int64_t r = 0; r < n * n_heads; ++r) {
+            for (int64_t i = 0; i < half; ++i) {
+              adjacent[r * head_dim + 2 * i] = x[r * head_dim + i];
+              adjacent[r * head_dim + 2 * i + 1] = x[r * head_dim + i + half];
+            }
+          }
+          rope(adjacent.data(), positions.data(), n, n_heads, head_dim, inv_freq.data(), pool,
+               /*adjacent_pairs=*/true);
+          for (int64_t r = 0; r < n * n_heads; ++r) {
+            for (int64_t i = 0; i < half; ++i) {
+              ASSERT_EQ(adjacent[r * head_dim + 2 * i], y[r * head_dim + i]);
+              ASSERT_EQ(adjacent[r * head_dim + 2 * i + 1], y[r * head_dim + i + half]);
+            }
+          }
         }
       }
     }

@@ -239,7 +239,7 @@ void linear(const LinearArgs& args, ThreadPool& pool) {
 }
 
 void rope(float* x, const int64_t* positions, int64_t n, int64_t n_heads, int64_t head_dim,
-          const float* inv_freq, ThreadPool& pool) {
+          const float* inv_freq, ThreadPool& pool, bool adjacent_pairs) {
   check_non_negative(n, "rope", "n");
   check_non_negative(n_heads, "rope", "n_heads");
   if (head_dim <= 0 || head_dim % 2 != 0) {
@@ -269,10 +269,20 @@ void rope(float* x, const int64_t* positions, int64_t n, int64_t n_heads, int64_
         }
         table_token = token;
       }
-      float* x1 = x + t * head_dim;
-      float* x2 = x1 + half;
       const float* c = cos_table.data();
       const float* s = sin_table.data();
+      if (adjacent_pairs) {
+        float* xh = x + t * head_dim;
+        for (int64_t i = 0; i < half; ++i) {
+          const float a = xh[2 * i];
+          const float b = xh[2 * i + 1];
+          xh[2 * i] = a * c[i] - b * s[i];
+          xh[2 * i + 1] = b * c[i] + a * s[i];
+        }
+        continue;
+      }
+      float* x1 = x + t * head_dim;
+      float* x2 = x1 + half;
       for (int64_t i = 0; i < half; ++i) {
         const float a = x1[i];
         const float b = x2[i];

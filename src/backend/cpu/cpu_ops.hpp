@@ -47,12 +47,13 @@ void linear(const LinearArgs& args, ThreadPool& pool);
 
 // Rotary embedding in the Hugging Face rotate-half convention, in place:
 // for pair (i, i + head_dim/2): x' = x*cos - x2*sin, x2' = x2*cos + x*sin with angle
-// pos*inv_freq[i].
+// pos*inv_freq[i]. With adjacent_pairs, pair i is (2i, 2i + 1) instead: the same rotation of a
+// head whose rows are in llama.cpp's GGUF order (StoredTensor::rope_pairs_adjacent).
 void rope(float* x,                  // [n, n_heads, head_dim]
           const int64_t* positions,  // [n]
           int64_t n, int64_t n_heads, int64_t head_dim,
           const float* inv_freq,  // [head_dim / 2]
-          ThreadPool& pool);
+          ThreadPool& pool, bool adjacent_pairs = false);
 
 // Causal GQA attention of the n new tokens of one sequence, at positions [pos0, pos0 + n),
 // against that sequence's keys/values at positions [0, pos0 + n) (the new ones already written).

@@ -3,6 +3,7 @@
 #include "backend/cpu/cpu_stage.hpp"
 
 #include <algorithm>
+#include <array>
 #include <cstring>
 #include <optional>
 #include <string>
@@ -109,7 +110,7 @@ CpuWeights load_cpu_weights(const TensorSource& tensors, const ModelConfig& conf
   // (docs/benchmarks.md). Otherwise the copies are the few tensors converted (Llama's GGUF
   // queries and keys) or a bf16 stage, and clearing huge pages at load costs more than they give.
   const auto arena = in_place ? nullptr : std::make_shared<WeightArena>(/*huge_pages=*/true);
-  return build_stage_tensors<CpuTensor>(
+  CpuWeights weights = build_stage_tensors<CpuTensor>(
       config, spec, [&](std::string_view name, const std::vector<int64_t>& shape) {
         const bool bf16 = dtype == DType::kBF16 && shape.size() == 2;
         if (std::optional<StoredTensor> stored =
@@ -119,6 +120,31 @@ CpuWeights load_cpu_weights(const TensorSource& tensors, const ModelConfig& conf
         }
         return keep(tensors.load_f32(name, shape), shape, dtype, arena);
       });
+  // A layer rotates adjacent RoPE pairs only when its queries and keys (weights and biases) all
+  // came in llama.cpp's row order; where some did and some did not (a quantized bias, say), the
+  // ones that did are read again in Hugging Face order.
+  constexpr std::array<size_t, 4> kQueryKey = {1, 2, 4, 5};  // wq, wk, bq, bk
+  for (size_t l = 0; l < weights.layers.size(); ++l) {
+    CpuLayer& layer = weights.layers[l];
+    const std::array<CpuTensor*, 4> qk = {&layer.wq, &layer.wk, &layer.bq, &layer.bk};
+    bool any = false, all = true;
+    for (const CpuTensor* t : qk) {
+      if (t->data.bytes.empty()) continue;  // an absent bias
+      any = any || t->data.rope_pairs_adjacent;
+      all = all && t->data.rope_pairs_adjacent;
+    }
+    if (!any || all) continue;
+    const std::string prefix =
+        weights_detail::layer_prefix(spec.first_layer + static_cast<int64_t>(l));
+    for (size_t i = 0; i < qk.size(); ++i) {
+      if (!qk[i]->data.rope_pairs_adjacent) continue;
+      const std::vector<int64_t> shape = layer_tensor_shape(config, kQueryKey[i]);
+      *qk[i] =
+          keep(tensors.load_f32(prefix + std::string(kLayerTensorSuffixes[kQueryKey[i]]), shape),
+               shape, dtype, arena);
+    }
+  }
+  return weights;
 }
 
 CpuStage::CpuStage(const ModelConfig& config, StageWeights weights, const CpuStageOptions& options)
@@ -227,8 +253,11 @@ void CpuStage::run_layer(const CpuLayer& w, int64_t local_layer, const MicroBatc
   linear(
       {.x = normed, .w = w.wv.view(), .bias = bias(w.bv), .y = v, .n = n, .in = h, .out = kv_dim},
       pool_);
-  rope(q, positions_.data(), n, c.n_heads, c.head_dim, inv_freq_.data(), pool_);
-  rope(k, positions_.data(), n, c.n_kv_heads, c.head_dim, inv_freq_.data(), pool_);
+  // Queries and keys in llama.cpp's row order (computed in place from a GGUF) rotate adjacent
+  // pairs; the keys go into the cache in that order too, so q.k sums the same products.
+  const bool adjacent = w.wq.data.rope_pairs_adjacent;
+  rope(q, positions_.data(), n, c.n_heads, c.head_dim, inv_freq_.data(), pool_, adjacent);
+  rope(k, positions_.data(), n, c.n_kv_heads, c.head_dim, inv_freq_.data(), pool_, adjacent);
 
   float* attn = grow(attn_, n * q_dim);
   int64_t row = 0;
