@@ -145,8 +145,6 @@ class GgufFile {
   void release_pages(const GgufTensorInfo& info) const;
   // The same for bytes [offset, offset + length) of the tensor's data (whole pages inside it).
   void release_pages(const GgufTensorInfo& info, uint64_t offset, uint64_t length) const;
-  // Reads the tensor's pages in and maps them (for a tensor computed from in place).
-  void populate(const GgufTensorInfo& info) const;
   // Holds the mapping alive (for tensors computed from in place), not the parsed metadata.
   std::shared_ptr<const void> mapping() const { return map_; }
 

@@ -51,8 +51,6 @@ class SafeTensorsFile {
   const std::vector<TensorInfo>& tensors() const { return tensors_; }
   const TensorInfo* find(std::string_view name) const;  // nullptr when absent
   std::span<const std::byte> bytes(const TensorInfo& info) const;
-  // Reads the tensor's pages in and maps them (for a tensor computed from in place).
-  void populate(const TensorInfo& info) const;
   // Holds the mapping alive (for tensors computed from in place).
   std::shared_ptr<const void> mapping() const { return map_; }
 

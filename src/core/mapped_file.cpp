@@ -65,22 +65,6 @@ MappedFile::~MappedFile() {
   if (data_ != nullptr) ::munmap(data_, size_);
 }
 
-void MappedFile::populate(std::size_t offset, std::size_t length) const noexcept {
-  if (data_ == nullptr || offset >= size_) return;
-  length = std::min(length, size_ - offset);
-  const auto page = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
-  const auto base = reinterpret_cast<std::uintptr_t>(data_);
-  const std::uintptr_t begin = (base + offset) / page * page;
-  const std::uintptr_t end = base + offset + length;
-#ifndef MADV_POPULATE_READ
-  constexpr int MADV_POPULATE_READ = 22;  // Linux 5.14
-#endif
-  void* const start = reinterpret_cast<void*>(begin);
-  if (::madvise(start, end - begin, MADV_POPULATE_READ) != 0) {
-    ::madvise(start, end - begin, MADV_WILLNEED);
-  }
-}
-
 void MappedFile::release(std::size_t offset, std::size_t length) const noexcept {
   if (data_ == nullptr || offset >= size_) return;
   length = std::min(length, size_ - offset);
@@ -90,6 +74,21 @@ void MappedFile::release(std::size_t offset, std::size_t length) const noexcept 
   const std::uintptr_t end = (base + offset + length) / page * page;
   if (end > begin) {
     ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
+  }
+}
+
+void populate_pages(std::span<const std::byte> bytes) noexcept {
+  if (bytes.empty()) return;
+  const auto page = static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const auto first = reinterpret_cast<std::uintptr_t>(bytes.data());
+  const std::uintptr_t begin = first / page * page;
+  const std::uintptr_t end = first + bytes.size();
+#ifndef MADV_POPULATE_READ
+  constexpr int MADV_POPULATE_READ = 22;  // Linux 5.14
+#endif
+  void* const start = reinterpret_cast<void*>(begin);
+  if (::madvise(start, end - begin, MADV_POPULATE_READ) != 0) {
+    ::madvise(start, end - begin, MADV_WILLNEED);
   }
 }
 

@@ -30,14 +30,15 @@ class MappedFile {
   // from the file again if touched. Lets a loader that converted some bytes stop holding both
   // copies in memory. Best effort: errors are ignored.
   void release(std::size_t offset, std::size_t length) const noexcept;
-  // Reads the pages of [offset, offset + length) in now and maps them, so touching them later
-  // costs no page fault (MADV_POPULATE_READ; MADV_WILLNEED read-ahead on older kernels).
-  // Best effort: errors are ignored.
-  void populate(std::size_t offset, std::size_t length) const noexcept;
 
  private:
   void* data_ = nullptr;
   std::size_t size_ = 0;
 };
+
+// Reads the pages under `bytes` (part of a file mapping) in now and maps them, so touching them
+// later costs no page fault (MADV_POPULATE_READ; MADV_WILLNEED read-ahead on older kernels).
+// Best effort: errors are ignored.
+void populate_pages(std::span<const std::byte> bytes) noexcept;
 
 }  // namespace conveyor

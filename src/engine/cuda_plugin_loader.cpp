@@ -77,8 +77,7 @@ CudaPluginLoad load_cuda_plugin(std::span<const std::filesystem::path> candidate
       dlclose(handle);  // nothing of it has run but its constructors
       return load;
     }
-    const cuda::Plugin* plugin = entry();
-    load.plugin = plugin;  // never unloaded: stages made by it may live until exit
+    load.plugin = entry();  // never unloaded: stages made by it may live until exit
     return load;
   }
   std::vector<std::string> tried;

@@ -685,10 +685,6 @@ std::span<const std::byte> GgufFile::bytes(const GgufTensorInfo& info) const {
   return map_->bytes().subspan(begin, info.n_bytes);
 }
 
-void GgufFile::populate(const GgufTensorInfo& info) const {
-  map_->populate(contents_.data_offset + info.offset, info.n_bytes);
-}
-
 void GgufFile::release_pages(const GgufTensorInfo& info) const {
   map_->release(contents_.data_offset + info.offset, info.n_bytes);
 }

@@ -455,19 +455,14 @@ class GgufTensors final : public TensorSource {
   std::optional<StoredTensor> stored(std::string_view name, std::span<const int64_t> expected_shape,
                                      DType dtype) const override {
     const GgufTensorInfo* info = find_checked(name, expected_shape).first;
+    std::optional<DType> type;
+    if (info->type == static_cast<uint32_t>(GgmlType::kF32)) type = DType::kF32;
+    if (info->type == static_cast<uint32_t>(GgmlType::kBF16)) type = DType::kBF16;
     const bool permuted = config_.architecture != Architecture::kQwen2 && is_query_or_key(name);
-    const auto want =
-        static_cast<uint32_t>(dtype == DType::kF32 ? GgmlType::kF32 : GgmlType::kBF16);
-    if ((dtype != DType::kF32 && dtype != DType::kBF16) || info->type != want) {
-      return std::nullopt;
-    }
-    const std::span<const std::byte> bytes = file_->bytes(*info);
-    if (reinterpret_cast<std::uintptr_t>(bytes.data()) % dtype_size(dtype) != 0)
-      return std::nullopt;
-    file_->populate(*info);
-    bytes_read_ += info->n_bytes;
-    return StoredTensor{
-        .bytes = bytes, .keep_alive = file_->mapping(), .rope_pairs_adjacent = permuted};
+    std::optional<StoredTensor> tensor =
+        tensor_in_place(file_->bytes(*info), type, dtype, file_->mapping(), permuted);
+    if (tensor) bytes_read_ += info->n_bytes;
+    return tensor;
   }
 
   uint64_t bytes_read() const override { return bytes_read_.load(); }

@@ -21,6 +21,7 @@
 #include "core/dtype_convert.hpp"
 #include "core/json_util.hpp"
 #include "core/mapped_file.hpp"
+#include "model/weights.hpp"
 
 namespace conveyor {
 namespace {
@@ -321,11 +322,6 @@ std::span<const std::byte> SafeTensorsFile::bytes(const TensorInfo& info) const 
                                static_cast<std::size_t>(info.data_end - info.data_begin));
 }
 
-void SafeTensorsFile::populate(const TensorInfo& info) const {
-  map_->populate(data_offset_ + info.data_begin,
-                 static_cast<std::size_t>(info.data_end - info.data_begin));
-}
-
 // ---- SafeTensors -----------------------------------------------------------------------------
 
 struct SafeTensors::Impl {
@@ -338,7 +334,6 @@ struct SafeTensors::Impl {
   mutable std::mutex mutex;  // guards files[] slots while they are filled
   std::atomic<uint64_t> bytes_read{0};
 
-  // The file holding `name` and its entry; maps the shard on first use.
   // locate, after checking the tensor's shape equals `expected_shape`.
   std::pair<const SafeTensorsFile*, const TensorInfo*> locate_checked(
       std::string_view name, std::span<const int64_t> expected_shape) {
@@ -353,6 +348,7 @@ struct SafeTensors::Impl {
     return {file, info};
   }
 
+  // The file holding `name` and its entry; maps the shard on first use.
   std::pair<const SafeTensorsFile*, const TensorInfo*> locate(std::string_view name) {
     if (!sharded) {
       const SafeTensorsFile& file = *files[0];
@@ -476,12 +472,10 @@ std::optional<StoredTensor> SafeTensors::stored(std::string_view name,
                                                 std::span<const int64_t> expected_shape,
                                                 DType dtype) const {
   auto [file, info] = impl_->locate_checked(name, expected_shape);
-  if (info->dtype != dtype || (dtype != DType::kF32 && dtype != DType::kBF16)) return std::nullopt;
   const std::span<const std::byte> bytes = file->bytes(*info);
-  if (reinterpret_cast<std::uintptr_t>(bytes.data()) % dtype_size(dtype) != 0) return std::nullopt;
-  file->populate(*info);
-  impl_->bytes_read += bytes.size();
-  return StoredTensor{.bytes = bytes, .keep_alive = file->mapping()};
+  std::optional<StoredTensor> tensor = tensor_in_place(bytes, info->dtype, dtype, file->mapping());
+  if (tensor) impl_->bytes_read += bytes.size();
+  return tensor;
 }
 
 std::vector<float> SafeTensors::load_f32(std::string_view name,

@@ -5,10 +5,12 @@
 #include <fmt/format.h>
 
 #include <cmath>
+#include <cstdint>
 #include <string>
 #include <unordered_map>
 
 #include "core/check.hpp"
+#include "core/mapped_file.hpp"
 #include "core/random_bits.hpp"
 #include "model/make_model.hpp"
 
@@ -99,6 +101,18 @@ StageWeights load_stage_weights(const TensorSource& tensors, const ModelConfig& 
       config, spec, [&](std::string_view name, const std::vector<int64_t>& shape) {
         return tensors.load_f32(name, shape);
       });
+}
+
+std::optional<StoredTensor> tensor_in_place(std::span<const std::byte> bytes,
+                                            std::optional<DType> stored, DType wanted,
+                                            std::shared_ptr<const void> keep_alive,
+                                            bool rope_pairs_adjacent) {
+  if (stored != wanted || (wanted != DType::kF32 && wanted != DType::kBF16)) return std::nullopt;
+  if (reinterpret_cast<std::uintptr_t>(bytes.data()) % dtype_size(wanted) != 0) return std::nullopt;
+  populate_pages(bytes);
+  return StoredTensor{.bytes = bytes,
+                      .keep_alive = std::move(keep_alive),
+                      .rope_pairs_adjacent = rope_pairs_adjacent};
 }
 
 int64_t stage_f32_bytes(const ModelConfig& config, const StageWeightsSpec& spec) {

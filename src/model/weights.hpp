@@ -5,7 +5,11 @@
 
 #include <array>
 #include <concepts>
+#include <cstddef>
 #include <cstdint>
+#include <memory>
+#include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <tuple>
@@ -198,6 +202,15 @@ struct StageCheckpoint {
   const TensorSource* tensors = nullptr;
   StageWeightsSpec spec;
 };
+
+// A TensorSource's tensor in place (TensorSource::stored): `bytes` of the file mapping held by
+// `keep_alive`, stored as `stored` (nullopt: a type no backend computes with), when a backend
+// wants `wanted` (kF32 or kBF16), the types agree and the bytes are aligned for it; its pages
+// are read in first. nullopt otherwise (the caller's load_f32 converts).
+std::optional<StoredTensor> tensor_in_place(std::span<const std::byte> bytes,
+                                            std::optional<DType> stored, DType wanted,
+                                            std::shared_ptr<const void> keep_alive,
+                                            bool rope_pairs_adjacent = false);
 
 // Bytes of the fp32 tensors `spec` loads (a tied head on a stage that embeds counted once).
 int64_t stage_f32_bytes(const ModelConfig& config, const StageWeightsSpec& spec);

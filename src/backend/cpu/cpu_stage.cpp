@@ -34,32 +34,32 @@ void check_weight_dtype(DType dtype) {
 }
 
 // A tensor as the stage stores it: matrices (2-D) in the stage's dtype (rounded to bf16 under
-// kBF16, `values` released at once), norms and biases fp32. With an arena the values are copied
-// into it (huge pages); without, the tensor keeps `values` itself (no copy, no second peak).
+// kBF16, `values` released at once), norms and biases fp32. fp32 values stay in `values` itself
+// (no copy) unless an arena is given, which takes a copy of every tensor (huge pages).
 CpuTensor keep(std::vector<float>&& values, const std::vector<int64_t>& shape, DType dtype,
-               const std::shared_ptr<WeightArena>& arena) {
+               const std::shared_ptr<WeightArena>& arena = nullptr) {
   const bool bf16 = dtype == DType::kBF16 && shape.size() == 2;
   if (!bf16 && arena == nullptr) {
     auto owned = std::make_shared<std::vector<float>>(std::move(values));
     const std::span<const std::byte> bytes = std::as_bytes(std::span(*owned));
     return CpuTensor{.data = {.bytes = bytes, .keep_alive = std::move(owned)}};
   }
+  const size_t size = values.size() * (bf16 ? sizeof(uint16_t) : sizeof(float));
+  std::shared_ptr<const void> keep_alive = arena;
   std::span<std::byte> bytes;
-  std::shared_ptr<const void> keep_alive;
   if (arena != nullptr) {
-    bytes = arena->allocate(values.size() * (bf16 ? sizeof(uint16_t) : sizeof(float)));
-    keep_alive = arena;
+    bytes = arena->allocate(size);
   } else {
-    auto owned = std::make_shared<std::vector<uint16_t>>(values.size());
-    bytes = std::as_writable_bytes(std::span(*owned));
+    auto owned = std::make_shared<std::vector<std::byte>>(size);
+    bytes = *owned;
     keep_alive = std::move(owned);
   }
   if (bf16) {
     auto* out = reinterpret_cast<uint16_t*>(bytes.data());
     for (size_t i = 0; i < values.size(); ++i)
       out[i] = f32_to_bf16(values[i]);
-  } else if (!bytes.empty()) {
-    std::memcpy(bytes.data(), values.data(), bytes.size());
+  } else if (size != 0) {
+    std::memcpy(bytes.data(), values.data(), size);
   }
   std::vector<float>().swap(values);
   return CpuTensor{.data = {.bytes = bytes, .keep_alive = std::move(keep_alive)}, .bf16 = bf16};
@@ -69,21 +69,20 @@ CpuTensor keep(std::vector<float>&& values, const std::vector<int64_t>& shape, D
 // that also embeds (the embedding serves both).
 CpuWeights convert(StageWeights&& w, const ModelConfig& config, DType dtype) {
   check_weight_dtype(dtype);
-  const std::shared_ptr<WeightArena> arena;  // drawn or built by hand: the tensors keep their own
   const std::vector<int64_t> table{config.vocab_size, config.hidden_size};
   CpuWeights out;
   out.spec = w.spec;
-  out.embedding = keep(std::move(w.embedding), table, dtype, arena);
+  out.embedding = keep(std::move(w.embedding), table, dtype);
   for (LayerWeights& layer : w.layers) {
     zip_layer_tensors(layer, out.layers.emplace_back(),
                       [&](size_t index, std::vector<float>& from, CpuTensor& to) {
-                        to = keep(std::move(from), layer_tensor_shape(config, index), dtype, arena);
+                        to = keep(std::move(from), layer_tensor_shape(config, index), dtype);
                       });
   }
-  out.final_norm = keep(std::move(w.final_norm), {config.hidden_size}, dtype, arena);
+  out.final_norm = keep(std::move(w.final_norm), {config.hidden_size}, dtype);
   // Weights built by hand may still carry the tied copy: drop it.
   const bool shared = config.tie_word_embeddings && w.spec.embedding && w.spec.head;
-  if (!shared) out.lm_head = keep(std::move(w.lm_head), table, dtype, arena);
+  if (!shared) out.lm_head = keep(std::move(w.lm_head), table, dtype);
   return out;
 }
 

@@ -26,13 +26,13 @@ struct CpuStageOptions {
   bool batch_invariant = false;  // DeviceOptions::batch_invariant
 };
 
-// A tensor as the stage holds it: fp32 values, or bf16 ones for a matrix under bf16; either in
-// place in the checkpoint's mapping (TensorSource::stored) or copied into the stage's
-// WeightArena (huge pages). `data.keep_alive` holds whichever it is.
+// A tensor as the stage holds it: fp32 values, or bf16 ones for a matrix under bf16; in place in
+// the checkpoint's mapping (TensorSource::stored), in a buffer of its own, or (--no-mmap) in the
+// stage's WeightArena. `data.keep_alive` holds whichever it is.
 struct CpuTensor {
   StoredTensor data;    // empty: an absent tensor (a bias the model does not have)
   bool bf16 = false;    // data holds bf16 values, else fp32
-  bool mapped = false;  // data is the checkpoint's mapping, else the arena
+  bool mapped = false;  // data is the checkpoint's mapping
 
   WeightView view() const {
     const void* p = data.bytes.data();

@@ -4,6 +4,8 @@
 // loaded). Includes no CUDA header. The engine's side is src/engine/cuda_plugin_loader.hpp.
 #pragma once
 
+#include <fmt/format.h>
+
 #include <chrono>
 #include <functional>
 #include <memory>
@@ -52,10 +54,9 @@ using PluginEntry = const Plugin* (*)();
 
 // The build id and the sizes of what crosses the boundary.
 inline std::string plugin_build_tag(std::string_view build_id) {
-  return std::string(build_id) + " " + std::to_string(sizeof(ModelConfig)) + " " +
-         std::to_string(sizeof(StageWeights)) + " " + std::to_string(sizeof(StageDraws)) + " " +
-         std::to_string(sizeof(CudaStageOptions)) + " " + std::to_string(sizeof(MicroBatch)) + " " +
-         std::to_string(sizeof(StepContext)) + " " + std::to_string(sizeof(Activations));
+  return fmt::format("{} {} {} {} {} {} {} {}", build_id, sizeof(ModelConfig), sizeof(StageWeights),
+                     sizeof(StageDraws), sizeof(CudaStageOptions), sizeof(MicroBatch),
+                     sizeof(StepContext), sizeof(Activations));
 }
 
 }  // namespace conveyor::cuda
