@@ -117,6 +117,10 @@ int main(int argc, char** argv) {
   app.add_option("--http-threads", args.server.http_threads,
                  "connections served at once (each stream holds one)")
       ->capture_default_str();
+  app.add_option("--listen-backlog", args.server.listen_backlog,
+                 "connections the kernel queues before they are accepted (capped by "
+                 "net.core.somaxconn)")
+      ->capture_default_str();
   app.add_option("--grace", args.grace_seconds,
                  "seconds running requests may finish after SIGINT/SIGTERM before cancellation")
       ->capture_default_str();

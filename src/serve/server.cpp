@@ -6,8 +6,12 @@
 #include <httplib.h>
 #include <spdlog/spdlog.h>
 
+#include <sys/socket.h>
+
 #include <atomic>
+#include <cerrno>
 #include <condition_variable>
+#include <cstring>
 #include <deque>
 #include <mutex>
 #include <optional>
@@ -180,6 +184,7 @@ struct Server::Impl {
   httplib::Server http;
   std::thread listener;
   int port = 0;
+  socket_t listen_socket = INVALID_SOCKET;  // the bound socket, once bound
   std::atomic<bool> stopping{false};
   std::mutex stop_mutex;
   std::condition_variable stopped_cv;
@@ -447,6 +452,10 @@ void Server::start() {
     fail(ErrorCode::kInvalidArgument, "http_threads is {} but must be at least 1",
          d.options.http_threads);
   }
+  if (d.options.listen_backlog < 1) {
+    fail(ErrorCode::kInvalidArgument, "listen_backlog is {} but must be at least 1",
+         d.options.listen_backlog);
+  }
   const int threads = d.options.http_threads;
   d.http.new_task_queue = [threads] {
     return new httplib::ThreadPool(static_cast<size_t>(threads));
@@ -456,6 +465,12 @@ void Server::start() {
   // A connection's first request is awaited with the keep-alive timeout: the same allowance.
   d.http.set_keep_alive_timeout(static_cast<time_t>(d.options.request_timeout.count()));
   d.routes();
+  // cpp-httplib hands each socket it tries to bind to this hook (the last one is the one bound)
+  // and then listens with a backlog of 5; listening again on it sets the real backlog.
+  d.http.set_socket_options([&d](socket_t sock) {
+    httplib::default_socket_options(sock);
+    d.listen_socket = sock;
+  });
   d.port = d.options.port == 0
                ? d.http.bind_to_any_port(d.options.host)
                : (d.http.bind_to_port(d.options.host, d.options.port) ? d.options.port : -1);
@@ -464,6 +479,10 @@ void Server::start() {
          "cannot listen on {}:{} (in use, or not an address of this machine); pick another "
          "--host/--port",
          d.options.host, d.options.port);
+  }
+  if (::listen(d.listen_socket, d.options.listen_backlog) != 0) {
+    fail(ErrorCode::kInvalidArgument, "cannot set the listen backlog of {}:{} to {}: {}",
+         d.options.host, d.port, d.options.listen_backlog, std::strerror(errno));
   }
   d.engine.start_serving();
   d.listener = std::thread([&d] { d.http.listen_after_bind(); });

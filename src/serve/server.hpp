@@ -25,9 +25,14 @@ struct ServerOptions {
   std::chrono::milliseconds heartbeat{1000};
   size_t max_body_bytes = size_t{16} << 20;
   // How long a connection may take to deliver its request (and, kept alive, the next one).
-  // cpp-httplib's 5 s closed connections whose request was delayed by its full listen queue
-  // (backlog 5) on a loaded machine, which the client saw as a read error with no response.
+  // cpp-httplib's 5 s closed connections whose request was delayed by a full listen queue on a
+  // loaded machine, which the client saw as a read error with no response.
   std::chrono::seconds request_timeout{30};
+  // Connections the kernel queues before the server accepts them (capped by
+  // net.core.somaxconn). cpp-httplib listens with 5: a burst of clients on a busy machine then
+  // overflows the queue, and a connection whose handshake the kernel gave up on is reset when
+  // its request arrives (the client sees a read error, the server never sees the request).
+  int listen_backlog = 1024;
 };
 
 class Server {

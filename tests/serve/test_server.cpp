@@ -15,6 +15,7 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <regex>
+#include <sstream>
 #include <thread>
 
 #include "common/test_util.hpp"
@@ -246,6 +247,36 @@ TEST_F(TinyServerTest, AClientLeavingMidStreamCancelsItsRequestAndFreesTheSlot) 
   EXPECT_EQ(m.kv_slots_used, 0);
   EXPECT_EQ(m.requests_cancelled, 1);
   EXPECT_LT(m.generated_tokens, 900);
+}
+
+// cpp-httplib listens with a backlog of 5, which a burst of clients on a loaded machine overflows
+// (SmolLm2ServerTest.ThirtyTwoConcurrentStreams saw connections reset); the server sets its own.
+TEST_F(TinyServerTest, ListensWithTheBacklogItWasGiven) {
+  engine_.emplace(Engine::open(dir_->path(), {}));
+  Server refused(*engine_, nullptr, nullptr, ServerOptions{.port = 0, .listen_backlog = 0});
+  try {
+    refused.start();
+    ADD_FAILURE() << "a backlog of 0 was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("listen_backlog is 0"), std::string::npos) << e.what();
+  }
+  server_ = std::make_unique<Server>(*engine_, nullptr, nullptr,
+                                     ServerOptions{.port = 0, .listen_backlog = 77});
+  server_->start();
+  // ss shows a listening socket's backlog in its Send-Q column.
+  FILE* ss = popen(fmt::format("ss -Hltn 'sport = :{}' 2>&1", server_->port()).c_str(), "r");
+  ASSERT_NE(ss, nullptr);
+  std::string out;
+  char buffer[256];
+  while (std::fgets(buffer, sizeof buffer, ss) != nullptr)
+    out += buffer;
+  const int status = pclose(ss);
+  if (WIFEXITED(status) && WEXITSTATUS(status) == 127) GTEST_SKIP() << "no ss (iproute2): " << out;
+  std::istringstream fields(out);
+  std::string state, recv_q, send_q;
+  fields >> state >> recv_q >> send_q;
+  EXPECT_EQ(state, "LISTEN") << out;
+  EXPECT_EQ(send_q, "77") << out;
 }
 
 // ---- SmolLM2: text, chat, streaming, stop strings, 32 concurrent clients ------------------------
