@@ -138,10 +138,13 @@ int run(Args& args) {
   std::optional<conveyor::Tokenizer> tokenizer;
   std::string mode = "token ids";
   std::vector<std::vector<int32_t>> prompts;
-  if (text) {
+  // Under mpirun only rank 0 reads the prompts (their files need exist on its host alone); the
+  // other ranks run the steps it plans.
+  const bool follower = options.processes && options.processes->rank() != 0;
+  if (!follower && text) {
     tokenizer = conveyor::cli::open_tokenizer(args.engine_args);
     prompts = encode_text_prompts(args, *tokenizer, mode);
-  } else {
+  } else if (!follower) {
     prompts = collect_prompts(args);
   }
   if (static_cast<int64_t>(prompts.size()) > options.capacity.max_batch) {

@@ -78,12 +78,13 @@ done
 # slot and waits on the loader lock: 1 run in 5-8 deadlocked. ignore_noninstrumented_modules
 # stops TSan from reporting accesses inside Open MPI's uninstrumented libraries at all (conveyor's
 # own threads are still checked); Open MPI also keeps its plug-ins loaded (disable_dlclose), and
-# flush_symbolizer_ms=0 keeps TSan's background symbolizer flush out of the same lock.
+# flush_symbolizer_ms=0 keeps TSan's background symbolizer flush out of the same lock. The real
+# model's runs exercise the same threads as the random one's and cost minutes under TSan.
 echo "-- test_mpi_engine, 3 ranks (tsan)"
 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 timeout -k 10 120 mpirun -np 3 \
   --oversubscribe --mca btl self,vader --mca mca_base_component_disable_dlclose 1 \
   -x TSAN_OPTIONS="$tsan_options flush_symbolizer_ms=0 ignore_noninstrumented_modules=1" \
-  build-tsan/tests/test_mpi_engine --gtest_brief=1
+  build-tsan/tests/test_mpi_engine --gtest_brief=1 --gtest_filter=-MpiRealModel.*
 
 echo "== fuzz: safetensors, config.json and GGUF parsers (10 s each) =="
 for target in safetensors config gguf; do

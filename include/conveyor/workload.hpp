@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <string_view>
 
+#include "conveyor/schedule.hpp"
 #include "conveyor/step_plan.hpp"
 
 namespace conveyor {
@@ -38,7 +39,7 @@ struct Workload {
   // one).
   static Workload decode(int64_t n_seqs, int64_t context);
   // The work of micro-batch `mb` of a plan in `phase` (chunks may have different pasts).
-  static Workload of(const MicroBatch& mb, Phase phase, bool all_logits = false);
+  static Workload of(const MicroBatch& mb, Phase phase, LogitsRows head = LogitsRows::kSampled);
 };
 
 }  // namespace conveyor

@@ -1,4 +1,5 @@
-// Partition factories (even, explicit counts, parsed counts), their validation and printing.
+// Partition factories (even, explicit counts), their validation and printing; spellings are parsed
+// in partition_spec.cpp.
 #include "conveyor/partition.hpp"
 
 #include <algorithm>

@@ -168,7 +168,9 @@ class Replay {
         const DeviceSpec& device = options_.topology.device(s);
         const MicroBatch* mb = ins.kind == OpKind::kCommit ? nullptr : q.by_id.at(ins.micro_batch);
         const Workload work =
-            mb ? Workload::of(*mb, q.plan->phase, options_.all_logits) : Workload{};
+            mb ? Workload::of(*mb, q.plan->phase,
+                              options_.all_logits ? LogitsRows::kAll : LogitsRows::kSampled)
+               : Workload{};
         switch (ins.kind) {
           case OpKind::kRecv: {
             LinkState& link = links_[static_cast<size_t>(s - 1)];

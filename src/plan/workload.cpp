@@ -44,7 +44,7 @@ Workload Workload::decode(int64_t n_seqs, int64_t context) {
                   .n_head_rows = n_seqs};
 }
 
-Workload Workload::of(const MicroBatch& mb, Phase phase, bool all_logits) {
+Workload Workload::of(const MicroBatch& mb, Phase phase, LogitsRows head) {
   Workload w;
   w.phase = phase;
   for (const SeqChunk& c : mb.chunks) {
@@ -53,7 +53,7 @@ Workload Workload::of(const MicroBatch& mb, Phase phase, bool all_logits) {
     // Row p attends to positions [0, p].
     w.attention_pairs += t * c.begin + t * (t + 1) / 2;
     w.kv_tokens_read += c.end;
-    if (all_logits) {
+    if (head == LogitsRows::kAll) {
       w.n_head_rows += t;
     } else if (c.sample) {
       w.n_head_rows += 1;

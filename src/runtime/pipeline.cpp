@@ -634,7 +634,9 @@ void Pipeline::on_report(StepReport&& report) {
       const auto now = Clock::now();
       for (StepReport::Failure& failure : report.failures) {
         f.errors[static_cast<size_t>(failure.stage)] = {
-            std::make_exception_ptr(Error(failure.code, failure.message)), failure.code, now};
+            std::make_exception_ptr(
+                Error(failure.code, fmt::format("rank {}: {}", report.rank, failure.message))),
+            failure.code, now};
       }
       if (report.result) f.result = std::move(*report.result);
       f.traces[static_cast<size_t>(report.first_stage)] = std::move(report.trace);

@@ -46,7 +46,7 @@ TEST(Workload, OfMicroBatchMatchesFactories) {
   EXPECT_EQ(Workload::of(mb, Phase::kPrefill).n_head_rows, 2);
   mb.chunks[1].sample = false;  // a chunk that continues later does not sample
   EXPECT_EQ(Workload::of(mb, Phase::kPrefill).n_head_rows, 1);
-  EXPECT_EQ(Workload::of(mb, Phase::kPrefill, true).n_head_rows, 8);
+  EXPECT_EQ(Workload::of(mb, Phase::kPrefill, LogitsRows::kAll).n_head_rows, 8);
   MicroBatch dec{.id = 0, .step = 5, .chunks = {{0, 99, 100, true}, {1, 99, 100, true}}};
   const Workload d = Workload::of(dec, Phase::kDecode);
   EXPECT_EQ(d.attention_pairs, Workload::decode(2, 100).attention_pairs);
