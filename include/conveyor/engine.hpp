@@ -120,7 +120,8 @@ struct EngineOptions {
   // Every process opens the engine with the same options; of S stages (n_stages, 0: one per
   // process; a multiple of the process count) rank r runs [r*S/N, (r+1)*S/N) and loads only
   // their weights. Rank 0, the leader, plans every step, takes every request and gets every
-  // token; the others call follow(). cpu backend only for now. Unset: all stages run here.
+  // token; the others call follow(). CUDA stages pass activations between processes over NCCL
+  // (one GPU per process; not yet run on GPUs). Unset: all stages run here.
   std::shared_ptr<ProcessGroup> processes;
 
   // Throws conveyor::Error(kInvalidArgument) naming the field, value, limit and fix.

@@ -1,12 +1,15 @@
 // Link: the ordered channel that carries one micro-batch's activations from stage s to s+1.
 // HostLink is the in-process implementation for host memory (CPU backend): bounded,
 // double-buffered, cancellable, with receive timeouts so a dead peer never hangs a stage.
+// PeerChannel is what a link between two processes exchanges besides its rows.
 #pragma once
 
 #include <chrono>
 #include <condition_variable>
+#include <cstddef>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <mutex>
 #include <vector>
 
@@ -54,6 +57,21 @@ class HostLink final : public Link {
   std::condition_variable changed_;
   std::deque<LinkMessage> queue_;
   bool cancelled_ = false;
+};
+
+// The bytes the two ends of a link in different processes exchange besides its rows, when the
+// rows travel another way (NCCL between GPUs): message headers, a communicator's bootstrap id,
+// reset markers. FIFO, like the link. Made by the transport that joins the processes (MPI:
+// src/dist), so that a backend's link needs no knowledge of it.
+class PeerChannel {
+ public:
+  using StopFn = std::function<bool()>;
+  virtual ~PeerChannel() = default;
+  // Both throw conveyor::Error naming the peer: kTimeout past `timeout` (zero: no deadline),
+  // kAborted once `stop` returns true, kCommunication when the transport fails.
+  virtual void send(std::vector<std::byte> bytes, std::chrono::milliseconds timeout,
+                    const StopFn& stop) = 0;
+  virtual std::vector<std::byte> recv(std::chrono::milliseconds timeout, const StopFn& stop) = 0;
 };
 
 }  // namespace conveyor

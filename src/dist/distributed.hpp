@@ -32,6 +32,9 @@ class Distributed {
   // The link from stage `from_stage` here to the next stage on rank `peer`, or into this
   // process' first stage from the previous one on `peer`.
   virtual std::unique_ptr<Link> make_link(int from_stage, int peer, int capacity) = 0;
+  // The channel to rank `peer` of a link whose rows travel another way (CUDA stages: NCCL). One
+  // per neighbouring pair of processes (the pipeline has one link between them).
+  virtual std::unique_ptr<PeerChannel> make_peer_channel(int peer) = 0;
   // The leader: the followers, named by rank for error messages.
   virtual std::shared_ptr<RemoteStages> make_remote(std::vector<std::string> rank_names) = 0;
   // A follower: sends a finished step's report to the leader (never throws: logs a failure,

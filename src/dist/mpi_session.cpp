@@ -423,6 +423,17 @@ void MpiLink::reset() {
   }
 }
 
+void MpiPeerChannel::send(std::vector<std::byte> bytes, std::chrono::milliseconds timeout,
+                          const StopFn& stop) {
+  session_->send(peer_, kPeerTag, std::move(bytes), timeout,
+                 fmt::format("sending a link's message to rank {}", peer_), stop);
+}
+
+std::vector<std::byte> MpiPeerChannel::recv(std::chrono::milliseconds timeout, const StopFn& stop) {
+  return session_->recv(peer_, kPeerTag, timeout,
+                        fmt::format("a link's message from rank {}", peer_), stop);
+}
+
 // ---- the leader's view of the followers ------------------------------------------------------
 
 namespace {
@@ -660,6 +671,9 @@ class MpiDistributed final : public Distributed {
   std::unique_ptr<Link> make_link(int from_stage, int peer, int capacity) override {
     return std::make_unique<MpiLink>(session_, peer, from_stage, peer > session_->rank(), capacity,
                                      timeout_);
+  }
+  std::unique_ptr<PeerChannel> make_peer_channel(int peer) override {
+    return std::make_unique<MpiPeerChannel>(session_, peer);
   }
   std::shared_ptr<RemoteStages> make_remote(std::vector<std::string> rank_names) override {
     return make_mpi_remote(session_, std::move(rank_names), timeout_);

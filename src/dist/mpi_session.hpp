@@ -42,7 +42,7 @@ class MpiGroup final : public ProcessGroup {
 };
 
 // Tags of the engine's communicator.
-enum Tag : int { kControlTag = 1, kReportTag = 2, kLinkTag = 3, kOpenTag = 4 };
+enum Tag : int { kControlTag = 1, kReportTag = 2, kLinkTag = 3, kPeerTag = 4 };
 
 class MpiSession {
  public:
@@ -120,6 +120,21 @@ class MpiLink final : public Link {
   std::atomic<bool> cancelled_{false};
   std::string failed_;            // why the link is unusable for good
   std::vector<Pending> pending_;  // the sender's messages in flight (used by one thread)
+};
+
+// A PeerChannel to rank `peer` over the session (tag kPeerTag): blocking sends and receives polled
+// like every other wait.
+class MpiPeerChannel final : public PeerChannel {
+ public:
+  MpiPeerChannel(std::shared_ptr<const MpiSession> session, int peer)
+      : session_(std::move(session)), peer_(peer) {}
+  void send(std::vector<std::byte> bytes, std::chrono::milliseconds timeout,
+            const StopFn& stop) override;
+  std::vector<std::byte> recv(std::chrono::milliseconds timeout, const StopFn& stop) override;
+
+ private:
+  std::shared_ptr<const MpiSession> session_;
+  int peer_;
 };
 
 // The leader's RemoteStages over MPI: control messages to every follower, a thread that

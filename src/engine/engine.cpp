@@ -10,6 +10,7 @@
 #include <chrono>
 #include <map>
 #include <optional>
+#include <sstream>
 #include <thread>
 #include <utility>
 
@@ -99,6 +100,38 @@ Partition make_partition(const ModelConfig& config, const EngineOptions& options
   partitioner.max_context = max_context;
   partitioner.max_batch = options.capacity.max_batch;
   return balanced_partition(model, partitioner).partition;
+}
+
+// NCCL runs one rank per GPU, so two processes with neighbouring CUDA stages on one host must not
+// share a device (their link would be a communicator of one GPU twice). Collective: throws on
+// every rank.
+void check_neighbour_gpus(dist::Distributed& processes, const std::string& host,
+                          const std::vector<int>& devices, int first_stage, int end_stage) {
+  const std::vector<std::string> all =
+      processes.gather(fmt::format("{} {} {}", devices[static_cast<size_t>(first_stage)],
+                                   devices[static_cast<size_t>(end_stage - 1)], host));
+  processes.decided_by_rank0([&] {
+    struct Rank {
+      int first = 0, last = 0;
+      std::string host;
+    };
+    std::vector<Rank> ranks(all.size());
+    for (size_t r = 0; r < all.size(); ++r) {
+      std::istringstream in(all[r]);
+      in >> ranks[r].first >> ranks[r].last >> std::ws;
+      std::getline(in, ranks[r].host);
+    }
+    for (size_t r = 1; r < ranks.size(); ++r) {
+      if (ranks[r].host == ranks[r - 1].host && ranks[r].first == ranks[r - 1].last) {
+        fail(ErrorCode::kInvalidArgument,
+             "ranks {} and {} run neighbouring CUDA stages on the same GPU {} of {}, but NCCL "
+             "runs one rank per GPU; give each process its own GPU (--devices, one id per "
+             "stage) or run those stages in one process",
+             r - 1, r, ranks[r].first, ranks[r].host);
+      }
+    }
+    return std::string();
+  });
 }
 }  // namespace
 
@@ -273,10 +306,10 @@ Engine Engine::open(const std::filesystem::path& model, const EngineOptions& opt
   std::shared_ptr<dist::Distributed> processes;
   EngineOptions effective = options;
   if (options.processes && options.processes->size() > 1) {
-    if (backend != BackendKind::kCpu) {
+    if (backend == BackendKind::kCuda && options.device.transport == Transport::kNccl) {
       fail(ErrorCode::kInvalidArgument,
-           "stages in several processes run on the cpu backend only for now (CUDA stages would "
-           "need NCCL between ranks); use --backend cpu, or one process");
+           "CUDA stages in different processes always pass activations over NCCL, and the "
+           "stages inside one process use the local transport; drop --transport nccl");
     }
     processes = dist::Distributed::create(*options.processes,
                                           std::chrono::milliseconds(options.link_timeout_ms));
@@ -292,10 +325,11 @@ Engine Engine::open(const std::filesystem::path& model, const EngineOptions& opt
     partition = Partition::parse(counts, config.n_layers);
     processes->check_same_everywhere(
         fmt::format("{} layers, hidden {}, vocab {}, max_context {}, max_batch {}, dtype {}, {} "
-                    "stages",
+                    "stages, {} backend",
                     config.n_layers, config.hidden_size, config.vocab_size, max_context,
                     options.capacity.max_batch,
-                    dtype_flag(options.device.dtype.value_or(DType::kF32)), partition.n_stages()),
+                    dtype_flag(options.device.dtype.value_or(DType::kF32)), partition.n_stages(),
+                    backend == BackendKind::kCuda ? "cuda" : "cpu"),
         "engine");
     if (partition.n_stages() % processes->size() != 0) {
       fail(ErrorCode::kInvalidArgument,
@@ -329,11 +363,23 @@ Engine Engine::open(const std::filesystem::path& model, const EngineOptions& opt
   // Before any weights load: a transport that cannot work fails fast.
   auto make_link = make_links(impl->backend, config, options, devices, impl->max_context);
   if (processes) {
-    // The links that cross into the previous process and out to the next one.
-    make_link = [processes, first_stage, end_stage, rank,
+    if (backend == BackendKind::kCuda) {
+      check_neighbour_gpus(*processes, options.processes->host(), devices, first_stage, end_stage);
+    }
+    // The links that cross into the previous process and out to the next one: host rows over
+    // the process transport, or CUDA rows over NCCL with the rest over the transport.
+    auto crossing = [processes, backend, config, options, devices, max_context = impl->max_context](
+                        int from, int peer) -> std::unique_ptr<Link> {
+      if (backend != BackendKind::kCuda) return processes->make_link(from, peer, 2);
+      const bool sender = peer > processes->rank();
+      return make_cuda_peer_link(config, options, max_context, from, sender,
+                                 devices[static_cast<size_t>(sender ? from : from + 1)],
+                                 processes->make_peer_channel(peer));
+    };
+    make_link = [first_stage, end_stage, rank, crossing,
                  inner = std::move(make_link)](int from) -> std::unique_ptr<Link> {
-      if (from == first_stage - 1) return processes->make_link(from, rank - 1, 2);
-      if (from == end_stage - 1) return processes->make_link(from, rank + 1, 2);
+      if (from == first_stage - 1) return crossing(from, rank - 1);
+      if (from == end_stage - 1) return crossing(from, rank + 1);
       return inner ? inner(from) : std::make_unique<HostLink>();
     };
   }

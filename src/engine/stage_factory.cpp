@@ -148,6 +148,26 @@ std::function<std::unique_ptr<Link>(int)> make_links(BackendKind backend, const 
 #endif
 }
 
+std::unique_ptr<Link> make_cuda_peer_link(const ModelConfig& config, const EngineOptions& options,
+                                          int64_t max_context, int from, bool sender, int device,
+                                          std::unique_ptr<PeerChannel> channel) {
+#if CONVEYOR_WITH_CUDA
+  // The link carries at most what the receiving CUDA stage takes.
+  return cuda_plugin().make_nccl_peer_link(
+      std::move(channel),
+      cuda::NcclPeerLinkOptions{.sender = sender,
+                                .from_stage = from,
+                                .device = device,
+                                .hidden = config.hidden_size,
+                                .timeout = std::chrono::milliseconds(options.link_timeout_ms)},
+      cuda::CudaStageOptions{.max_seqs = options.capacity.max_batch, .max_context = max_context});
+#else
+  (void)config, (void)options, (void)max_context, (void)from, (void)sender, (void)device,
+      (void)channel;
+  fail(ErrorCode::kInternal, "make_cuda_peer_link: the cuda backend in a build without it");
+#endif
+}
+
 std::unique_ptr<StageBackend> make_stage_backend(BackendKind backend, const ModelConfig& config,
                                                  StageSource weights, const EngineOptions& options,
                                                  const StageResources& resources) {

@@ -40,6 +40,13 @@ std::function<std::unique_ptr<Link>(int)> make_links(BackendKind backend, const 
                                                      const std::vector<int>& devices,
                                                      int64_t max_context);
 
+// One end of the link between this process' CUDA stage and its neighbour's in another process:
+// rows over NCCL (one GPU per process), everything else over `channel`. `sender`: this process
+// runs stage `from`, else from + 1, on `device`. Collective with the other end.
+std::unique_ptr<Link> make_cuda_peer_link(const ModelConfig& config, const EngineOptions& options,
+                                          int64_t max_context, int from, bool sender, int device,
+                                          std::unique_ptr<PeerChannel> channel);
+
 // Builds the stage from weights read from a checkpoint or from the recipe of random ones (drawn
 // on the host for the CPU backend, on the device for CUDA).
 std::unique_ptr<StageBackend> make_stage_backend(BackendKind backend, const ModelConfig& config,

@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 #include <mpi.h>
 
+#include <cstring>
 #include <functional>
 #include <future>
 #include <memory>
@@ -16,6 +17,8 @@
 #include "conveyor/engine.hpp"
 #include "conveyor/process_group.hpp"
 #include "conveyor/tokenizer.hpp"
+#include "dist/distributed.hpp"
+#include "engine/cuda_plugin_loader.hpp"
 
 namespace conveyor {
 namespace {
@@ -172,6 +175,12 @@ TEST_F(MpiEngineTest, FaultAtEveryRankAndInstruction) {
         EXPECT_NE(message.find(where), std::string::npos) << message;
         EXPECT_NE(message.find(fmt::format(") of step {} (", step)), std::string::npos) << message;
         EXPECT_NE(message.find("injected fault"), std::string::npos) << message;
+        // Stage s runs on rank s: a follower's failure says which rank it came from.
+        if (stage > 0) {
+          EXPECT_NE(message.find(fmt::format("rank {}: stage {} failed", stage, stage)),
+                    std::string::npos)
+              << message;
+        }
         expect_same(engine->generate(requests(), logits_options()), *clean, message);
       }
     }
@@ -210,7 +219,85 @@ TEST_F(MpiEngineTest, RolesAndMismatchedOptions) {
   }
 }
 
-// SmolLM2-135M-Instruct (the fetched GGUF asset) over the ranks against one process.
+// The channel a CUDA link between processes sends its headers and NCCL ids over: FIFO between
+// neighbours, a silent peer is a timeout that names it, a stop request ends a wait.
+TEST(MpiPeerChannel, InOrderWithTimeoutsAndStop) {
+  auto processes = dist::Distributed::create(*g_world, std::chrono::milliseconds(30'000));
+  const int rank = processes->rank();
+  std::unique_ptr<PeerChannel> next, previous;
+  if (rank + 1 < ranks()) next = processes->make_peer_channel(rank + 1);
+  if (rank > 0) previous = processes->make_peer_channel(rank - 1);
+  const auto bytes_of = [](const std::string& text) {
+    std::vector<std::byte> out(text.size());
+    std::memcpy(out.data(), text.data(), text.size());
+    return out;
+  };
+  const auto text_of = [](const std::vector<std::byte>& bytes) {
+    return std::string(reinterpret_cast<const char*>(bytes.data()), bytes.size());
+  };
+  const std::chrono::milliseconds timeout(10'000);
+  for (int i = 0; i < 3; ++i) {
+    if (next) next->send(bytes_of(fmt::format("{} from {}", i, rank)), timeout, {});
+  }
+  if (previous) {
+    for (int i = 0; i < 3; ++i)
+      EXPECT_EQ(text_of(previous->recv(timeout, {})), fmt::format("{} from {}", i, rank - 1));
+    const std::string silent =
+        error_of([&] { previous->recv(std::chrono::milliseconds(200), {}); });
+    EXPECT_NE(silent.find(fmt::format("rank {}", rank - 1)), std::string::npos) << silent;
+    try {
+      previous->recv(timeout, [] { return true; });
+      ADD_FAILURE() << "a stopped receive returned";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), ErrorCode::kAborted) << e.what();
+    }
+  }
+  MPI_Barrier(MPI_COMM_WORLD);  // nobody leaves (and frees the session) while others wait
+}
+
+// CUDA stages as ranks, one GPU per rank on this host: activations cross between processes over
+// NCCL (a communicator per neighbouring pair, its id sent over MPI). Against the same stages in
+// one process; then a fault on the last rank's stage, after which the link's communicators are
+// made again and the engine reproduces the clean run. Skips without a GPU per rank.
+TEST_F(MpiEngineTest, CudaStagesOverNcclMatchOneProcess) {
+  int gpus = 0;
+  std::string why;
+  try {
+    gpus = cuda_device_count();
+  } catch (const Error& e) {
+    why = e.what();
+  }
+  MPI_Allreduce(MPI_IN_PLACE, &gpus, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
+  if (gpus < ranks()) {
+    GTEST_SKIP() << fmt::format("needs {} CUDA devices on this host (one per rank), {} visible{}",
+                                ranks(), gpus, why.empty() ? "" : ": " + why);
+  }
+  EngineOptions options{.n_stages = ranks(), .device = {.backend = BackendKind::kCuda}};
+  options.link_timeout_ms = 60'000;
+  for (const int micro : {1, 4}) {
+    options.schedule.prefill_micro_batches = micro;
+    std::optional<Engine> engine = open_everywhere(model(), options);
+    if (!engine) continue;
+    const GenerateResult want =
+        Engine::open(model(), options).generate(requests(), logits_options());
+    expect_same(engine->generate(requests(), logits_options()), want,
+                fmt::format("cuda, {} ranks, M={}", ranks(), micro));
+  }
+  const int last = ranks() - 1;
+  auto faults = test::FaultInjector::create({.stage = last, .step = 0, .instruction = 1});
+  const detail::EngineHooks hooks = faults->hooks();
+  std::optional<Engine> engine = open_everywhere(model(), options, &hooks);
+  if (!engine) return;
+  const std::string message = error_of([&] { engine->generate(requests(), logits_options()); });
+  EXPECT_NE(message.find(fmt::format("rank {}: stage {} failed", last, last)), std::string::npos)
+      << message;
+  expect_same(engine->generate(requests(), logits_options()),
+              Engine::open(model(), options).generate(requests(), logits_options()),
+              "cuda, after a failed step");
+}
+
+// SmolLM2-135M-Instruct (the fetched GGUF asset) over the ranks against one process, with one
+// and four prefill micro-batches, whole and chunked prompts.
 TEST(MpiRealModel, SmolLm2MatchesOneProcess) {
   const char* kSmolLm2 = "SmolLM2-135M-Instruct.Q4_1.gguf";
   const std::optional<std::filesystem::path> path = test::asset_path(kSmolLm2);
@@ -218,17 +305,29 @@ TEST(MpiRealModel, SmolLm2MatchesOneProcess) {
     GTEST_SKIP() << test::missing_asset_reason(kSmolLm2, "smollm2");
   }
   const Tokenizer tokenizer = Tokenizer::open(*path);
-  Request request;
-  request.prompt = tokenizer.encode("The capital of France is");
-  request.max_new_tokens = 8;
+  std::vector<Request> requests(4);
+  const char* prompts[] = {"The capital of France is", "Write a haiku about rivers.", "1, 2, 3, 4,",
+                           "Bread is made of"};
+  for (size_t r = 0; r < requests.size(); ++r) {
+    requests[r].prompt = tokenizer.encode(prompts[r]);
+    requests[r].max_new_tokens = 6;
+  }
   const GenerateOptions gen{.return_logits = true};
-  std::optional<Engine> engine =
-      open_everywhere(*path, {.n_stages = ranks(), .link_timeout_ms = 60'000});
-  if (!engine) return;
-  const GenerateResult got = engine->generate({request}, gen);
-  Engine local = Engine::open(*path, {.n_stages = ranks()});
-  expect_same(got, local.generate({request}, gen), "SmolLM2");
-  EXPECT_EQ(got.requests[0].tokens.size(), 8u);
+  for (const int micro : {1, 4}) {
+    for (const int64_t chunk : {int64_t{0}, int64_t{4}}) {
+      EngineOptions options{.n_stages = ranks(), .link_timeout_ms = 60'000};
+      options.schedule.prefill_micro_batches = micro;
+      options.schedule.chunking = chunk > 0 ? Chunking::fixed(chunk) : Chunking::never();
+      std::optional<Engine> engine = open_everywhere(*path, options);
+      if (!engine) continue;
+      const std::string what =
+          fmt::format("SmolLM2, {} ranks, M={} chunk={}", ranks(), micro, chunk);
+      const GenerateResult got = engine->generate(requests, gen);
+      Engine local = Engine::open(*path, {.n_stages = ranks(), .schedule = options.schedule});
+      expect_same(got, local.generate(requests, gen), what);
+      EXPECT_EQ(got.requests[0].tokens.size(), 6u) << what;
+    }
+  }
 }
 
 }  // namespace

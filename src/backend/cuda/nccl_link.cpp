@@ -2,6 +2,7 @@
 #include "backend/cuda/nccl_link.hpp"
 
 #include <cuda_runtime_api.h>
+#include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
 #include <set>
@@ -111,19 +112,83 @@ void NcclWorld::recover() {
   failed_.store(false);
 }
 
+NcclRowSender::NcclRowSender(int device, int peer, int capacity)
+    : device_(device), peer_(peer), capacity_(capacity), stream_(stream_on(device)) {}
+
+void NcclRowSender::send(NcclCommunicator& comm, const CudaActivations& rows,
+                         const std::function<void()>& announce, std::chrono::milliseconds timeout,
+                         const std::atomic<bool>* cancelled) {
+  set_device(device_);
+  const NcclTransfer transfer{.kind = NcclTransfer::Kind::kSend,
+                              .local_rank = 0,
+                              .peer = peer_,
+                              .buffer = rows.data(),
+                              .bytes = rows.bytes(),
+                              .stream = stream_.get()};
+  if (unconfirmed_ >= capacity_) {
+    // Bounded like a host link: the receiver has taken the earlier rows before more are sent.
+    comm.wait(std::span<const NcclTransfer>(&transfer, 1), timeout, cancelled);
+    unconfirmed_ = 0;
+  }
+  announce();
+  rows.wait_ready(stream_.get());
+  comm.enqueue(std::span<const NcclTransfer>(&transfer, 1), timeout, cancelled);
+  // The producer reuses the slot once `consumed` fires, after the send read it.
+  rows.record_consumed(device_, stream_.get());
+  ++unconfirmed_;
+}
+
+NcclRowReceiver::NcclRowReceiver(int device, int peer, int64_t max_tokens, int64_t hidden,
+                                 int capacity)
+    : device_(device),
+      peer_(peer),
+      max_tokens_(max_tokens),
+      stream_(stream_on(device)),
+      pool_(device, max_tokens, hidden, capacity + 1) {}
+
+std::shared_ptr<CudaActivations> NcclRowReceiver::recv(NcclCommunicator& comm, int64_t n_tokens,
+                                                       int32_t micro_batch, const std::string& link,
+                                                       std::chrono::milliseconds timeout,
+                                                       const std::atomic<bool>* cancelled) {
+  if (n_tokens > max_tokens_) {
+    fail(ErrorCode::kCommunication, "micro-batch {} has {} rows but {} holds at most {}",
+         micro_batch, n_tokens, link, max_tokens_);
+  }
+  set_device(device_);
+  std::shared_ptr<CudaActivations> rows = pool_.acquire(n_tokens, stream_.get());
+  const NcclTransfer transfer{.kind = NcclTransfer::Kind::kRecv,
+                              .local_rank = 0,
+                              .peer = peer_,
+                              .buffer = rows->data(),
+                              .bytes = rows->bytes(),
+                              .stream = stream_.get()};
+  comm.enqueue(std::span<const NcclTransfer>(&transfer, 1), timeout, cancelled);
+  comm.wait(std::span<const NcclTransfer>(&transfer, 1), timeout, cancelled);
+  rows->record_ready(stream_.get());
+  return rows;
+}
+
+const CudaActivations& cuda_rows_of(const LinkMessage& message, int device, int64_t hidden,
+                                    const std::string& link) {
+  const auto* rows = dynamic_cast<const CudaActivations*>(message.activations.device.get());
+  if (rows == nullptr || rows->device() != device || rows->hidden() != hidden) {
+    fail(ErrorCode::kCommunication,
+         "{} carries CUDA activations of hidden size {} on device {}; micro-batch {} brought "
+         "something else (NCCL links need the cuda backend)",
+         link, hidden, device, message.micro_batch);
+  }
+  return *rows;
+}
+
 NcclLink::NcclLink(std::shared_ptr<NcclWorld> world, int from, int64_t max_tokens, int64_t hidden,
                    int capacity)
     : world_(std::move(world)),
       from_(from),
       to_(from + 1),
-      max_tokens_(max_tokens),
       hidden_(hidden),
-      capacity_(capacity),
       announcements_(capacity),
-      send_stream_(stream_on(world_->device(from_))),
-      recv_stream_(stream_on(world_->device(to_))),
-      // The receiver holds at most `capacity` announced buffers plus the one its stage reads.
-      pool_(world_->device(to_), max_tokens, hidden, capacity + 1) {}
+      sender_(world_->device(from_), to_, capacity),
+      receiver_(world_->device(to_), from_, max_tokens, hidden, capacity) {}
 
 void NcclLink::send(LinkMessage&& message, std::chrono::milliseconds timeout) {
   if (cancelled_.load()) {
@@ -134,37 +199,17 @@ void NcclLink::send(LinkMessage&& message, std::chrono::milliseconds timeout) {
     announcements_.send(std::move(message), timeout);
     return;
   }
-  const auto* source = dynamic_cast<const CudaActivations*>(message.activations.device.get());
-  if (source == nullptr || source->device() != world_->device(from_) ||
-      source->hidden() != hidden_) {
-    fail(ErrorCode::kCommunication,
-         "the NCCL link {} -> {} carries CUDA activations of hidden size {} on device {}; "
-         "micro-batch {} brought something else (the nccl transport needs the cuda backend)",
-         from_, to_, hidden_, world_->device(from_), message.micro_batch);
-  }
-  set_device(world_->device(from_));
-  NcclCommunicator& rank = world_->rank(from_);
-  const NcclTransfer transfer{.kind = NcclTransfer::Kind::kSend,
-                              .local_rank = 0,
-                              .peer = to_,
-                              .buffer = source->data(),
-                              .bytes = source->bytes(),
-                              .stream = send_stream_.get()};
-  if (unconfirmed_sends_ >= capacity_) {
-    // Bounded like a host link: the receiver has taken the earlier rows before more are sent.
-    rank.wait(std::span<const NcclTransfer>(&transfer, 1), timeout, &cancelled_);
-    unconfirmed_sends_ = 0;
-  }
-  // Announce first: the receiver posts its recv on the announcement, and NCCL may need it to
-  // accept this send. The rows stay alive (`rows`) until the send is enqueued.
-  const std::shared_ptr<DeviceActivations> rows = std::move(message.activations.device);
-  message.activations.device = std::make_shared<Announcement>(source->n_tokens(), hidden_);
-  announcements_.send(std::move(message), timeout);
-  source->wait_ready(send_stream_.get());
-  rank.enqueue(std::span<const NcclTransfer>(&transfer, 1), timeout, &cancelled_);
-  // The producer reuses the slot once `consumed` fires, after the send read it.
-  source->record_consumed(world_->device(from_), send_stream_.get());
-  ++unconfirmed_sends_;
+  const CudaActivations& rows = cuda_rows_of(message, world_->device(from_), hidden_,
+                                             fmt::format("the NCCL link {} -> {}", from_, to_));
+  // The rows stay alive (`held`) until their send is enqueued; the announcement goes ahead.
+  const std::shared_ptr<DeviceActivations> held = std::move(message.activations.device);
+  sender_.send(
+      world_->rank(from_), rows,
+      [&] {
+        message.activations.device = std::make_shared<Announcement>(rows.n_tokens(), hidden_);
+        announcements_.send(std::move(message), timeout);
+      },
+      timeout, &cancelled_);
 }
 
 LinkMessage NcclLink::recv(std::chrono::milliseconds timeout) {
@@ -172,26 +217,9 @@ LinkMessage NcclLink::recv(std::chrono::milliseconds timeout) {
   if (message.aborted) return message;
   const auto* announced = dynamic_cast<const Announcement*>(message.activations.device.get());
   CONVEYOR_ASSERT(announced != nullptr);
-  const int64_t n_tokens = announced->n_tokens;
-  if (n_tokens > max_tokens_) {
-    fail(ErrorCode::kCommunication,
-         "micro-batch {} has {} rows but the NCCL link {} -> {} holds at most {}",
-         message.micro_batch, n_tokens, from_, to_, max_tokens_);
-  }
-  set_device(world_->device(to_));
-  std::shared_ptr<CudaActivations> rows = pool_.acquire(n_tokens, recv_stream_.get());
-  const NcclTransfer transfer{.kind = NcclTransfer::Kind::kRecv,
-                              .local_rank = 0,
-                              .peer = from_,
-                              .buffer = rows->data(),
-                              .bytes = rows->bytes(),
-                              .stream = recv_stream_.get()};
-  NcclCommunicator& rank = world_->rank(to_);
-  rank.enqueue(std::span<const NcclTransfer>(&transfer, 1), timeout, &cancelled_);
-  // Deadline-bounded: a dead sender ends in kTimeout (rank aborted), never in a hang.
-  rank.wait(std::span<const NcclTransfer>(&transfer, 1), timeout, &cancelled_);
-  rows->record_ready(recv_stream_.get());
-  message.activations.device = std::move(rows);
+  message.activations.device =
+      receiver_.recv(world_->rank(to_), announced->n_tokens, message.micro_batch,
+                     fmt::format("the NCCL link {} -> {}", from_, to_), timeout, &cancelled_);
   return message;
 }
 
@@ -204,7 +232,7 @@ void NcclLink::cancel() {
 void NcclLink::reset() {
   announcements_.reset();
   cancelled_.store(false);
-  unconfirmed_sends_ = 0;  // after a success every send was received; after a failure, aborted
+  sender_.reset();
   world_->recover();
 }
 

@@ -1,12 +1,16 @@
 // NcclLink: the pipeline's Link over NCCL point-to-point transfers, for stages on distinct GPUs
 // (EngineOptions::transport = kNccl). NcclWorld is the one communicator over the stage devices
 // (rank s = stage s), split so that each stage's worker thread drives its own rank.
+// NcclRowSender and NcclRowReceiver move the rows for it and for the link between processes
+// (nccl_peer_link.hpp).
 #pragma once
 
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "backend/cuda/activation_pool.hpp"
@@ -44,6 +48,59 @@ class NcclWorld {
   std::atomic<bool> failed_{false};
 };
 
+// The sending end's rows: the producer's CudaActivations go to `peer` (a global rank of the
+// communicator they are sent over) on this end's own stream, at most `capacity` of them
+// unconfirmed, so a link stays bounded like a host link.
+class NcclRowSender {
+ public:
+  NcclRowSender(int device, int peer, int capacity);  // `device` current
+  // Waits (deadline-bounded) for the earlier sends when `capacity` are unconfirmed, calls
+  // `announce` (which tells the receiver that rows are coming: it posts its receive on that, and
+  // NCCL may need the receive to accept the send), then enqueues the send of `rows` after the
+  // producer's writes and records the producer's `consumed` after it. `cancelled` as in
+  // NcclCommunicator::wait.
+  void send(NcclCommunicator& comm, const CudaActivations& rows,
+            const std::function<void()>& announce, std::chrono::milliseconds timeout,
+            const std::atomic<bool>* cancelled);
+  // After a success every send was received; after a failure, aborted.
+  void reset() { unconfirmed_ = 0; }
+
+ private:
+  int device_;
+  int peer_;
+  int capacity_;
+  Stream stream_;
+  int unconfirmed_ = 0;
+};
+
+// The receiving end's rows: buffers of its own pool on its device, filled by a receive from
+// `peer`.
+class NcclRowReceiver {
+ public:
+  // `device` current. The pool holds `capacity` announced micro-batches plus the one the stage
+  // reads.
+  NcclRowReceiver(int device, int peer, int64_t max_tokens, int64_t hidden, int capacity);
+  // Receives `n_tokens` rows (at most max_tokens: kCommunication naming `link` otherwise) and
+  // waits for them, deadline-bounded: a dead sender ends in kTimeout (the communicator aborted),
+  // never in a hang.
+  std::shared_ptr<CudaActivations> recv(NcclCommunicator& comm, int64_t n_tokens,
+                                        int32_t micro_batch, const std::string& link,
+                                        std::chrono::milliseconds timeout,
+                                        const std::atomic<bool>* cancelled);
+
+ private:
+  int device_;
+  int peer_;
+  int64_t max_tokens_;
+  Stream stream_;
+  ActivationPool pool_;
+};
+
+// The rows of `message` as CUDA activations of `hidden` columns on `device`; kCommunication
+// naming `link` when they are anything else.
+const CudaActivations& cuda_rows_of(const LinkMessage& message, int device, int64_t hidden,
+                                    const std::string& link);
+
 // Link stage `from` -> from + 1. send() (on stage from's thread) announces the micro-batch (id,
 // step, rows) through a bounded host queue, then enqueues an ncclSend of the producer's
 // CudaActivations on the link's send stream, ordered after the producer's `ready` event, and
@@ -69,14 +126,10 @@ class NcclLink final : public Link {
   std::shared_ptr<NcclWorld> world_;
   int from_;
   int to_;
-  int64_t max_tokens_;
   int64_t hidden_;
-  int capacity_;
   HostLink announcements_;
-  Stream send_stream_;         // on the sender's device
-  Stream recv_stream_;         // on the receiver's device
-  ActivationPool pool_;        // on the receiver's device
-  int unconfirmed_sends_ = 0;  // sender's thread only
+  NcclRowSender sender_;      // on the sender's device, its thread only
+  NcclRowReceiver receiver_;  // on the receiver's device, its thread only
   std::atomic<bool> cancelled_{false};
 };
 

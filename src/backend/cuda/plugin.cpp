@@ -12,6 +12,7 @@
 #endif
 #if CONVEYOR_HAVE_NCCL
 #include "backend/cuda/nccl_link.hpp"
+#include "backend/cuda/nccl_peer_link.hpp"
 #endif
 
 namespace conveyor::cuda {
@@ -45,6 +46,20 @@ class CudaPlugin final : public Plugin {
          "NCCL (its header and library) and rebuild, or use --transport local");
 #endif
   }
+  std::unique_ptr<Link> make_nccl_peer_link(std::unique_ptr<PeerChannel> channel,
+                                            NcclPeerLinkOptions options,
+                                            const CudaStageOptions& stage_options) const override {
+#if CONVEYOR_HAVE_NCCL
+    options.max_tokens = stage_options.effective_max_tokens();
+    return std::make_unique<NcclPeerLink>(std::move(channel), options);
+#else
+    (void)channel, (void)options, (void)stage_options;
+    fail(ErrorCode::kInvalidArgument,
+         "CUDA stages in several processes pass activations over NCCL, but this conveyor was "
+         "built without NCCL; install NCCL (its header and library) and rebuild, or run the "
+         "stages in one process");
+#endif
+  }
 };
 
 }  // namespace
@@ -56,7 +71,7 @@ extern "C" __attribute__((visibility("default"))) const char* conveyor_cuda_plug
 }
 
 extern "C" __attribute__((visibility("default"))) const conveyor::cuda::Plugin*
-conveyor_cuda_plugin_v1() {
+conveyor_cuda_plugin_v2() {
   static const conveyor::cuda::CudaPlugin plugin;
   return &plugin;
 }

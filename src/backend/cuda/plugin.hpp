@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "backend/cuda/cuda_stage.hpp"
+#include "backend/cuda/nccl_peer_link.hpp"
 #include "backend/link.hpp"
 #include "backend/stage_backend.hpp"
 #include "conveyor/model_config.hpp"
@@ -36,6 +37,12 @@ class Plugin {
   virtual std::function<std::unique_ptr<Link>(int)> make_nccl_links(
       const std::vector<int>& devices, std::chrono::milliseconds timeout,
       const CudaStageOptions& stage_options, int64_t hidden) const = 0;
+  // One end of the link to a neighbouring stage in another process: rows over NCCL, the rest
+  // over `channel` (collective with the other end), sized (options.max_tokens) for what a stage
+  // with `stage_options` takes. Throws kInvalidArgument naming the fix when built without NCCL.
+  virtual std::unique_ptr<Link> make_nccl_peer_link(
+      std::unique_ptr<PeerChannel> channel, NcclPeerLinkOptions options,
+      const CudaStageOptions& stage_options) const = 0;
 
  protected:
   ~Plugin() = default;
@@ -45,18 +52,19 @@ class Plugin {
 // plugin_build_tag(CONVEYOR_BUILD_ID) of the build that made it; the engine compares it with its
 // own before it calls anything else, so a module from another build tree (CONVEYOR_BUILD_ID is
 // a random string chosen when a tree is configured) or with other struct layouts is refused.
-// extern "C" const Plugin* conveyor_cuda_plugin_v1() is the entry; its number changes with this
+// extern "C" const Plugin* conveyor_cuda_plugin_v2() is the entry; its number changes with this
 // interface.
 inline constexpr const char* kPluginBuildSymbol = "conveyor_cuda_plugin_build";
-inline constexpr const char* kPluginEntry = "conveyor_cuda_plugin_v1";
+inline constexpr const char* kPluginEntry = "conveyor_cuda_plugin_v2";
 using PluginBuild = const char* (*)();
 using PluginEntry = const Plugin* (*)();
 
 // The build id and the sizes of what crosses the boundary.
 inline std::string plugin_build_tag(std::string_view build_id) {
-  return fmt::format("{} {} {} {} {} {} {} {}", build_id, sizeof(ModelConfig), sizeof(StageWeights),
-                     sizeof(StageDraws), sizeof(CudaStageOptions), sizeof(MicroBatch),
-                     sizeof(StepContext), sizeof(Activations));
+  return fmt::format("{} {} {} {} {} {} {} {} {}", build_id, sizeof(ModelConfig),
+                     sizeof(StageWeights), sizeof(StageDraws), sizeof(CudaStageOptions),
+                     sizeof(MicroBatch), sizeof(StepContext), sizeof(Activations),
+                     sizeof(NcclPeerLinkOptions));
 }
 
 }  // namespace conveyor::cuda
