@@ -72,6 +72,10 @@ class PeerChannel {
   virtual void send(std::vector<std::byte> bytes, std::chrono::milliseconds timeout,
                     const StopFn& stop) = 0;
   virtual std::vector<std::byte> recv(std::chrono::milliseconds timeout, const StopFn& stop) = 0;
+  // Queues `bytes` behind what was sent and returns without waiting for the peer to take them
+  // (a reset marker: the peer resets only after this end's reset returned). A delivery failure
+  // surfaces at a later send.
+  virtual void post(std::vector<std::byte> bytes) = 0;
 };
 
 }  // namespace conveyor

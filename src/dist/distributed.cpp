@@ -36,6 +36,22 @@ void Distributed::check_same_everywhere(const std::string& mine, std::string_vie
   if (!verdict.empty()) fail(ErrorCode::kInvalidArgument, "{}", verdict);
 }
 
+void Distributed::fail_together(const std::function<void()>& check) {
+  std::string error;
+  try {
+    check();
+  } catch (const std::exception& e) {
+    error = e.what();
+  }
+  const std::vector<std::string> all = gather(error);
+  std::string verdict;
+  for (size_t r = 0; r < all.size() && verdict.empty(); ++r) {
+    if (!all[r].empty()) verdict = fmt::format("rank {}: {}", r, all[r]);
+  }
+  verdict = broadcast(verdict);
+  if (!verdict.empty()) fail(ErrorCode::kInvalidArgument, "{}", verdict);
+}
+
 #if !CONVEYOR_HAVE_MPI
 std::shared_ptr<Distributed> Distributed::create(const ProcessGroup&, std::chrono::milliseconds) {
   fail(ErrorCode::kInvalidArgument,

@@ -348,9 +348,9 @@ void MpiLink::send(LinkMessage&& message, std::chrono::milliseconds timeout) {
       "send of micro-batch {} of step {} from stage {} to stage {} (rank {} -> rank {})",
       message.micro_batch, message.step, from_stage_, from_stage_ + 1, session_->rank(), peer_);
   if (message.activations.device) {
-    fail(ErrorCode::kInvalidArgument,
-         "{}: MPI links carry host activations; CUDA stages in several processes are not "
-         "supported yet (run them in one process, or use the cpu backend)",
+    fail(ErrorCode::kInternal,
+         "{}: MPI links carry host activations; CUDA stages in several processes are linked by "
+         "NcclPeerLink",
          what);
   }
   if (!failed_.empty()) fail(ErrorCode::kCommunication, "{}: {}", what, failed_);
@@ -423,8 +423,38 @@ void MpiLink::reset() {
   }
 }
 
+MpiPeerChannel::~MpiPeerChannel() {
+  const auto start = Clock::now();
+  for (Backoff backoff; !posted_.empty() && Clock::now() - start < std::chrono::seconds(1);
+       backoff()) {
+    reap();
+  }
+  for (std::unique_ptr<Posted>& p : posted_) {
+    MPI_Request_free(&p->request);
+    (void)p.release();  // leaked on purpose: MPI may still read it
+  }
+}
+
+void MpiPeerChannel::reap() {
+  for (auto it = posted_.begin(); it != posted_.end();) {
+    int done = 0;
+    check_mpi(MPI_Test(&(*it)->request, &done, MPI_STATUS_IGNORE), "MPI_Test");
+    it = done ? posted_.erase(it) : it + 1;
+  }
+}
+
+void MpiPeerChannel::post(std::vector<std::byte> bytes) {
+  reap();
+  auto p = std::make_unique<Posted>(Posted{.bytes = std::move(bytes)});
+  check_mpi(MPI_Isend(p->bytes.data(), static_cast<int>(p->bytes.size()), MPI_BYTE, peer_, kPeerTag,
+                      session_->comm(), &p->request),
+            "MPI_Isend");
+  posted_.push_back(std::move(p));
+}
+
 void MpiPeerChannel::send(std::vector<std::byte> bytes, std::chrono::milliseconds timeout,
                           const StopFn& stop) {
+  reap();
   session_->send(peer_, kPeerTag, std::move(bytes), timeout,
                  fmt::format("sending a link's message to rank {}", peer_), stop);
 }

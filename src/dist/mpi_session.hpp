@@ -128,13 +128,21 @@ class MpiPeerChannel final : public PeerChannel {
  public:
   MpiPeerChannel(std::shared_ptr<const MpiSession> session, int peer)
       : session_(std::move(session)), peer_(peer) {}
+  ~MpiPeerChannel() override;  // posted messages still in flight are left to MPI
   void send(std::vector<std::byte> bytes, std::chrono::milliseconds timeout,
             const StopFn& stop) override;
   std::vector<std::byte> recv(std::chrono::milliseconds timeout, const StopFn& stop) override;
+  void post(std::vector<std::byte> bytes) override;
 
  private:
+  struct Posted {
+    std::vector<std::byte> bytes;
+    MPI_Request request = MPI_REQUEST_NULL;
+  };
+  void reap();  // forgets the posted messages that were delivered
   std::shared_ptr<const MpiSession> session_;
   int peer_;
+  std::vector<std::unique_ptr<Posted>> posted_;
 };
 
 // The leader's RemoteStages over MPI: control messages to every follower, a thread that

@@ -103,17 +103,20 @@ Partition make_partition(const ModelConfig& config, const EngineOptions& options
 }
 
 // NCCL runs one rank per GPU, so two processes with neighbouring CUDA stages on one host must not
-// share a device (their link would be a communicator of one GPU twice). Collective: throws on
+// share a GPU (their link would be a communicator of one GPU twice). Compared by PCI bus id: with
+// per-process CUDA_VISIBLE_DEVICES every rank's GPU may be its device 0. Collective: throws on
 // every rank.
 void check_neighbour_gpus(dist::Distributed& processes, const std::string& host,
                           const std::vector<int>& devices, int first_stage, int end_stage) {
-  const std::vector<std::string> all =
-      processes.gather(fmt::format("{} {} {}", devices[static_cast<size_t>(first_stage)],
-                                   devices[static_cast<size_t>(end_stage - 1)], host));
+  std::string mine;
+  processes.fail_together([&] {
+    mine = fmt::format("{} {} {}", cuda_pci_bus_id(devices[static_cast<size_t>(first_stage)]),
+                       cuda_pci_bus_id(devices[static_cast<size_t>(end_stage - 1)]), host);
+  });
+  const std::vector<std::string> all = processes.gather(mine);
   processes.decided_by_rank0([&] {
     struct Rank {
-      int first = 0, last = 0;
-      std::string host;
+      std::string first, last, host;
     };
     std::vector<Rank> ranks(all.size());
     for (size_t r = 0; r < all.size(); ++r) {
@@ -124,9 +127,9 @@ void check_neighbour_gpus(dist::Distributed& processes, const std::string& host,
     for (size_t r = 1; r < ranks.size(); ++r) {
       if (ranks[r].host == ranks[r - 1].host && ranks[r].first == ranks[r - 1].last) {
         fail(ErrorCode::kInvalidArgument,
-             "ranks {} and {} run neighbouring CUDA stages on the same GPU {} of {}, but NCCL "
-             "runs one rank per GPU; give each process its own GPU (--devices, one id per "
-             "stage) or run those stages in one process",
+             "ranks {} and {} run neighbouring CUDA stages on the same GPU (PCI {}) of {}, but "
+             "NCCL runs one rank per GPU; give each process its own GPU (--devices, one id per "
+             "stage, or CUDA_VISIBLE_DEVICES per rank) or run those stages in one process",
              r - 1, r, ranks[r].first, ranks[r].host);
       }
     }
@@ -306,11 +309,6 @@ Engine Engine::open(const std::filesystem::path& model, const EngineOptions& opt
   std::shared_ptr<dist::Distributed> processes;
   EngineOptions effective = options;
   if (options.processes && options.processes->size() > 1) {
-    if (backend == BackendKind::kCuda && options.device.transport == Transport::kNccl) {
-      fail(ErrorCode::kInvalidArgument,
-           "CUDA stages in different processes always pass activations over NCCL, and the "
-           "stages inside one process use the local transport; drop --transport nccl");
-    }
     processes = dist::Distributed::create(*options.processes,
                                           std::chrono::milliseconds(options.link_timeout_ms));
     if (effective.n_stages == 0 &&
@@ -325,12 +323,19 @@ Engine Engine::open(const std::filesystem::path& model, const EngineOptions& opt
     partition = Partition::parse(counts, config.n_layers);
     processes->check_same_everywhere(
         fmt::format("{} layers, hidden {}, vocab {}, max_context {}, max_batch {}, dtype {}, {} "
-                    "stages, {} backend",
+                    "stages, {} backend, {} transport",
                     config.n_layers, config.hidden_size, config.vocab_size, max_context,
                     options.capacity.max_batch,
                     dtype_flag(options.device.dtype.value_or(DType::kF32)), partition.n_stages(),
-                    backend == BackendKind::kCuda ? "cuda" : "cpu"),
+                    backend == BackendKind::kCuda ? "cuda" : "cpu",
+                    options.device.transport == Transport::kNccl ? "nccl" : "local"),
         "engine");
+    // Every rank has the same options now, so this refusal (and the one below) is everyone's.
+    if (backend == BackendKind::kCuda && options.device.transport == Transport::kNccl) {
+      fail(ErrorCode::kInvalidArgument,
+           "CUDA stages in different processes always pass activations over NCCL, and the "
+           "stages inside one process use the local transport; drop --transport nccl");
+    }
     if (partition.n_stages() % processes->size() != 0) {
       fail(ErrorCode::kInvalidArgument,
            "{} stages cannot be shared by {} processes; use a multiple of {} stages (--stages)",
@@ -351,14 +356,24 @@ Engine Engine::open(const std::filesystem::path& model, const EngineOptions& opt
          "overlap (use at most {}, or 0 for one per stage)",
          options.schedule.cohorts, n_stages, n_stages);
   }
-  std::vector<int> devices(static_cast<size_t>(n_stages), 0);
-  if (impl->backend == BackendKind::kCuda) devices = stage_devices(options.device, n_stages);
-
   // This process' stages: all of them, or its share of a pipeline that spans processes.
   const int per_rank = processes ? n_stages / processes->size() : n_stages;
   const int rank = processes ? processes->rank() : 0;
   const int first_stage = rank * per_rank;
   const int end_stage = first_stage + per_rank;
+
+  // CUDA: the device of each stage, checked where it runs (each process sees its own GPUs).
+  std::vector<int> devices(static_cast<size_t>(n_stages), 0);
+  const auto assign_devices = [&] {
+    if (impl->backend == BackendKind::kCuda) {
+      devices = stage_devices(options.device, n_stages, first_stage, end_stage);
+    }
+  };
+  if (processes) {
+    processes->fail_together(assign_devices);
+  } else {
+    assign_devices();
+  }
 
   // Before any weights load: a transport that cannot work fails fast.
   auto make_link = make_links(impl->backend, config, options, devices, impl->max_context);

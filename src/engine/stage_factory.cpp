@@ -101,7 +101,7 @@ void check_host_memory(const ModelConfig& config, DType weight_dtype, int proces
   }
 }
 
-std::vector<int> stage_devices(const DeviceOptions& options, int n_stages) {
+std::vector<int> stage_devices(const DeviceOptions& options, int n_stages, int first, int end) {
   std::vector<int> devices = options.cuda_devices;
   if (devices.empty()) {
     for (int s = 0; s < n_stages; ++s)
@@ -114,7 +114,8 @@ std::vector<int> stage_devices(const DeviceOptions& options, int n_stages) {
          devices.size(), n_stages);
   }
   const int available = device_count();
-  for (size_t s = 0; s < devices.size(); ++s) {
+  for (size_t s = static_cast<size_t>(first);
+       s < (end < 0 ? devices.size() : static_cast<size_t>(end)); ++s) {
     if (devices[s] < 0 || devices[s] >= available) {
       fail(ErrorCode::kInvalidArgument,
            "stage {} is assigned CUDA device {} but {} device{} visible (ids 0..{}); with fewer "
@@ -123,6 +124,15 @@ std::vector<int> stage_devices(const DeviceOptions& options, int n_stages) {
     }
   }
   return devices;
+}
+
+std::string cuda_pci_bus_id(int device) {
+#if CONVEYOR_WITH_CUDA
+  return cuda_plugin().pci_bus_id(device);
+#else
+  (void)device;
+  fail(ErrorCode::kInternal, "cuda_pci_bus_id: the cuda backend in a build without it");
+#endif
 }
 
 std::function<std::unique_ptr<Link>(int)> make_links(BackendKind backend, const ModelConfig& config,

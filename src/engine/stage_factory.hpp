@@ -23,8 +23,13 @@ BackendKind resolve_backend(BackendKind requested);
 void check_host_memory(const ModelConfig& config, DType weight_dtype, int processes = 1);
 
 // CUDA device of each of `n_stages` stages: options.cuda_devices, or 0..S-1 when empty. Checks
-// the count and that each id exists; stages may share a device.
-std::vector<int> stage_devices(const DeviceOptions& options, int n_stages);
+// the count and that the ids of stages [first, end) (the ones this process runs; end < 0: all)
+// exist here; stages may share a device.
+std::vector<int> stage_devices(const DeviceOptions& options, int n_stages, int first = 0,
+                               int end = -1);
+
+// Which physical GPU CUDA device `device` of this process is (its PCI bus id).
+std::string cuda_pci_bus_id(int device);
 
 struct StageResources {
   int stage = 0;

@@ -11,6 +11,7 @@
 #include <future>
 #include <memory>
 #include <optional>
+#include <tuple>
 
 #include "common/faults.hpp"
 #include "common/test_util.hpp"
@@ -220,7 +221,8 @@ TEST_F(MpiEngineTest, RolesAndMismatchedOptions) {
 }
 
 // The channel a CUDA link between processes sends its headers and NCCL ids over: FIFO between
-// neighbours, a silent peer is a timeout that names it, a stop request ends a wait.
+// neighbours (posted messages too), a silent peer is a timeout that names it, a stop request
+// ends a wait.
 TEST(MpiPeerChannel, InOrderWithTimeoutsAndStop) {
   auto processes = dist::Distributed::create(*g_world, std::chrono::milliseconds(30'000));
   const int rank = processes->rank();
@@ -236,12 +238,15 @@ TEST(MpiPeerChannel, InOrderWithTimeoutsAndStop) {
     return std::string(reinterpret_cast<const char*>(bytes.data()), bytes.size());
   };
   const std::chrono::milliseconds timeout(10'000);
-  for (int i = 0; i < 3; ++i) {
-    if (next) next->send(bytes_of(fmt::format("{} from {}", i, rank)), timeout, {});
+  if (next) {
+    for (int i = 0; i < 3; ++i)
+      next->send(bytes_of(fmt::format("{} from {}", i, rank)), timeout, {});
+    next->post(bytes_of(fmt::format("posted by {}", rank)));  // behind the sends, not awaited
   }
   if (previous) {
     for (int i = 0; i < 3; ++i)
       EXPECT_EQ(text_of(previous->recv(timeout, {})), fmt::format("{} from {}", i, rank - 1));
+    EXPECT_EQ(text_of(previous->recv(timeout, {})), fmt::format("posted by {}", rank - 1));
     const std::string silent =
         error_of([&] { previous->recv(std::chrono::milliseconds(200), {}); });
     EXPECT_NE(silent.find(fmt::format("rank {}", rank - 1)), std::string::npos) << silent;
@@ -257,8 +262,9 @@ TEST(MpiPeerChannel, InOrderWithTimeoutsAndStop) {
 
 // CUDA stages as ranks, one GPU per rank on this host: activations cross between processes over
 // NCCL (a communicator per neighbouring pair, its id sent over MPI). Against the same stages in
-// one process; then a fault on the last rank's stage, after which the link's communicators are
-// made again and the engine reproduces the clean run. Skips without a GPU per rank.
+// one process; then a failed receive on the last rank and a failed send on rank 0, after which the
+// links' communicators are made again and the engine reproduces the clean run. Skips without a
+// GPU per rank.
 TEST_F(MpiEngineTest, CudaStagesOverNcclMatchOneProcess) {
   int gpus = 0;
   std::string why;
@@ -283,17 +289,23 @@ TEST_F(MpiEngineTest, CudaStagesOverNcclMatchOneProcess) {
     expect_same(engine->generate(requests(), logits_options()), want,
                 fmt::format("cuda, {} ranks, M={}", ranks(), micro));
   }
+  // A failed receive on the last rank and a failed send on rank 0: both cancel every link, and
+  // the links' communicators are made again before the next step.
   const int last = ranks() - 1;
-  auto faults = test::FaultInjector::create({.stage = last, .step = 0, .instruction = 1});
-  const detail::EngineHooks hooks = faults->hooks();
-  std::optional<Engine> engine = open_everywhere(model(), options, &hooks);
-  if (!engine) return;
-  const std::string message = error_of([&] { engine->generate(requests(), logits_options()); });
-  EXPECT_NE(message.find(fmt::format("rank {}: stage {} failed", last, last)), std::string::npos)
-      << message;
-  expect_same(engine->generate(requests(), logits_options()),
-              Engine::open(model(), options).generate(requests(), logits_options()),
-              "cuda, after a failed step");
+  for (const auto& [stage, instruction, where] :
+       {std::tuple{last, 0, fmt::format("rank {}: stage {} failed at instruction 0", last, last)},
+        std::tuple{0, 1, std::string("stage 0 failed at instruction 1")}}) {
+    auto faults =
+        test::FaultInjector::create({.stage = stage, .step = 0, .instruction = instruction});
+    const detail::EngineHooks hooks = faults->hooks();
+    std::optional<Engine> engine = open_everywhere(model(), options, &hooks);
+    if (!engine) continue;
+    const std::string message = error_of([&] { engine->generate(requests(), logits_options()); });
+    EXPECT_NE(message.find(where), std::string::npos) << message;
+    expect_same(engine->generate(requests(), logits_options()),
+                Engine::open(model(), options).generate(requests(), logits_options()),
+                "cuda, after a failed step: " + message);
+  }
 }
 
 // SmolLM2-135M-Instruct (the fetched GGUF asset) over the ranks against one process, with one

@@ -472,6 +472,17 @@ int device_count() {
   return device_count_or_reason(nullptr);
 }
 
+std::string pci_bus_id(int device) {
+  char id[32] = {};
+  const cudaError_t result = cudaDeviceGetPCIBusId(id, sizeof id, device);
+  if (result != cudaSuccess) {
+    cudaGetLastError();
+    fail(ErrorCode::kInvalidArgument, "CUDA device {} has no PCI bus id: {} ({} devices visible)",
+         device, cudaGetErrorString(result), device_count());
+  }
+  return id;
+}
+
 void CudaStageOptions::validate() const {
   if (device < 0) {
     fail(ErrorCode::kInvalidArgument, "CUDA device id is {} but must be >= 0", device);

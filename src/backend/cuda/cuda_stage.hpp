@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
 
 #include "backend/stage_backend.hpp"
 #include "conveyor/dtype.hpp"
@@ -16,6 +17,9 @@ namespace conveyor::cuda {
 // CUDA devices visible to this process; 0 when there are none or the driver/runtime cannot be
 // used (never throws: "no device" is a normal answer on a CPU-only machine).
 int device_count();
+// The PCI bus id of `device` ("0000:3b:00.0"): which physical GPU a device number names, whatever
+// CUDA_VISIBLE_DEVICES renumbered. Throws kInvalidArgument for a device that does not exist.
+std::string pci_bus_id(int device);
 
 struct CudaStageOptions {
   int device = 0;

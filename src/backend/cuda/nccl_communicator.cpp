@@ -123,7 +123,8 @@ NcclUniqueId NcclCommunicator::make_unique_id() {
 
 NcclCommunicator NcclCommunicator::init_rank(const NcclUniqueId& unique_id, int world_size,
                                              int rank, int device,
-                                             std::chrono::milliseconds timeout) {
+                                             std::chrono::milliseconds timeout,
+                                             const std::atomic<bool>* cancelled) {
   if (world_size < 1 || rank < 0 || rank >= world_size) {
     fail(ErrorCode::kInvalidArgument,
          "NCCL rank {} of a world of {} ranks is invalid; ranks are 0..world_size-1", rank,
@@ -143,7 +144,7 @@ NcclCommunicator NcclCommunicator::init_rank(const NcclUniqueId& unique_id, int 
          "the same unique id and world size",
          rank, world_size, device, nccl_message(result, nullptr));
   }
-  communicator.settle("communicator initialization", Clock::now() + timeout);
+  communicator.settle("communicator initialization", Clock::now() + timeout, cancelled);
   return communicator;
 }
 

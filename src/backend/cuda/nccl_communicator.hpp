@@ -46,9 +46,11 @@ class NcclCommunicator {
                                    std::chrono::milliseconds timeout);
   // Rank 0 of a multi-process world calls this and shares the id.
   static NcclUniqueId make_unique_id();
-  // One rank of a world of `world_size` ranks (one per process), on `device`.
+  // One rank of a world of `world_size` ranks (one per process), on `device`. Waits for the other
+  // ranks to join, up to `timeout` or until `cancelled` becomes true (as in wait()).
   static NcclCommunicator init_rank(const NcclUniqueId& id, int world_size, int rank, int device,
-                                    std::chrono::milliseconds timeout);
+                                    std::chrono::milliseconds timeout,
+                                    const std::atomic<bool>* cancelled = nullptr);
 
   ~NcclCommunicator();  // never throws: destroys the communicators (aborts them after a failure)
   NcclCommunicator(NcclCommunicator&& other) noexcept;

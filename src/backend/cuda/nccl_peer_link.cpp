@@ -53,8 +53,10 @@ struct Header {
   static Header decode(std::span<const std::byte> in, const std::string& link) {
     Header h;
     if (in.size() < kFixed) {
-      fail(ErrorCode::kCommunication, "{}: a header of {} bytes arrived; {} expected", link,
-           in.size(), kFixed);
+      fail(ErrorCode::kCommunication,
+           "{}: a header of {} bytes arrived, {} expected; start every rank with the same "
+           "conveyor build",
+           link, in.size(), kFixed);
     }
     const std::byte* p = in.data();
     const auto get = [&p](void* value, size_t n) {
@@ -71,8 +73,8 @@ struct Header {
     if (kind < 1 || kind > 4 || in.size() != kFixed + (with_id ? h.id.bytes.size() : 0) ||
         h.n_tokens < 0) {
       fail(ErrorCode::kCommunication,
-           "{}: a malformed header arrived (kind {}, {} bytes, {} rows); both ends must run the "
-           "same conveyor",
+           "{}: a malformed header arrived (kind {}, {} bytes, {} rows); start every rank with "
+           "the same conveyor build",
            link, kind, in.size(), h.n_tokens);
     }
     if (with_id) get(h.id.bytes.data(), h.id.bytes.size());
@@ -97,7 +99,11 @@ NcclPeerLink::NcclPeerLink(std::unique_ptr<PeerChannel> channel, const NcclPeerL
                                                 options_.hidden, options_.capacity);
   const Header h = Header::decode(channel_->recv(options_.timeout, {}), name());
   if (h.kind != Kind::kJoin) {
-    fail(ErrorCode::kCommunication, "{}: the first message was not the communicator's id", name());
+    fail(ErrorCode::kCommunication,
+         "{}: the first message (kind {}) was not the communicator's id; the other end is not "
+         "an NCCL link of the same conveyor build (start every rank with the same build, "
+         "model and --backend)",
+         name(), static_cast<int>(h.kind));
   }
   join(h.id, options_.timeout);
 }
@@ -119,18 +125,30 @@ PeerChannel::StopFn NcclPeerLink::stop() const {
 void NcclPeerLink::join(const NcclUniqueId& id, std::chrono::milliseconds timeout) {
   if (comm_) comm_->abort();
   comm_.reset();
-  comm_.emplace(NcclCommunicator::init_rank(id, /*world_size=*/2, options_.sender ? 0 : 1,
-                                            options_.device, timeout));
+  try {
+    comm_.emplace(NcclCommunicator::init_rank(id, /*world_size=*/2, options_.sender ? 0 : 1,
+                                              options_.device, timeout, &cancelled_));
+  } catch (const Error& e) {
+    if (e.code() == ErrorCode::kAborted) throw;
+    fail(e.code(),
+         "{}: joining the communicator with the other end failed within {} ms: {}; the other "
+         "rank died or is still loading (raise --link-timeout-ms), or NCCL cannot reach it "
+         "(NCCL_DEBUG=INFO says why)",
+         name(), timeout.count(), e.what());
+  }
 }
 
 void NcclPeerLink::join_pending(std::chrono::milliseconds timeout) {
   if (!failed_.empty()) {
     fail(ErrorCode::kCommunication, "{} failed earlier: {}", name(), failed_);
   }
-  if (!pending_) return;
-  const NcclUniqueId id = *pending_;
-  pending_.reset();
-  join(id, timeout);
+  if (pending_) {
+    join(*pending_, timeout);
+    pending_.reset();  // after a failed join the next transfer tries again
+  }
+  if (!comm_) {
+    fail(ErrorCode::kCommunication, "{} has no communicator (an earlier join failed)", name());
+  }
 }
 
 void NcclPeerLink::send(LinkMessage&& message, std::chrono::milliseconds timeout) {
@@ -182,10 +200,12 @@ void NcclPeerLink::reset() {
     if (comm_) comm_->abort();
     if (options_.sender) {
       sender_->reset();
+      // Posted, not awaited: the receiving end resets only after this one returned. Always a new
+      // id: a join that was cancelled half-way may have registered with the old one's root.
+      pending_ = NcclCommunicator::make_unique_id();
       Header marker{.kind = Kind::kReset};
-      marker.id = NcclCommunicator::make_unique_id();
-      channel_->send(marker.encode(), options_.timeout, {});
-      pending_ = marker.id;
+      marker.id = *pending_;
+      channel_->post(marker.encode());
       return;
     }
     for (;;) {  // the headers the sender sent before its marker belong to the failed step

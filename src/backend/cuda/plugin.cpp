@@ -21,6 +21,7 @@ namespace {
 class CudaPlugin final : public Plugin {
  public:
   int device_count() const override { return cuda::device_count(); }
+  std::string pci_bus_id(int device) const override { return cuda::pci_bus_id(device); }
   std::unique_ptr<StageBackend> make_stage(const ModelConfig& config, StageWeights weights,
                                            const CudaStageOptions& options) const override {
     return make_cuda_stage(config, std::move(weights), options);

@@ -26,7 +26,8 @@ namespace conveyor::cuda {
 // call may throw conveyor::Error as the functions it forwards to do.
 class Plugin {
  public:
-  virtual int device_count() const = 0;  // cuda::device_count()
+  virtual int device_count() const = 0;                  // cuda::device_count()
+  virtual std::string pci_bus_id(int device) const = 0;  // cuda::pci_bus_id()
   virtual std::unique_ptr<StageBackend> make_stage(const ModelConfig& config, StageWeights weights,
                                                    const CudaStageOptions& options) const = 0;
   virtual std::unique_ptr<StageBackend> make_stage(const ModelConfig& config,
