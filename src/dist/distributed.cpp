@@ -37,19 +37,27 @@ void Distributed::check_same_everywhere(const std::string& mine, std::string_vie
 }
 
 void Distributed::fail_together(const std::function<void()>& check) {
-  std::string error;
+  std::string error;  // "<code> <message>"
   try {
     check();
+  } catch (const Error& e) {
+    error = fmt::format("{} {}", static_cast<int>(e.code()), e.what());
   } catch (const std::exception& e) {
-    error = e.what();
+    error = fmt::format("{} {}", static_cast<int>(ErrorCode::kInternal), e.what());
   }
   const std::vector<std::string> all = gather(error);
   std::string verdict;
   for (size_t r = 0; r < all.size() && verdict.empty(); ++r) {
-    if (!all[r].empty()) verdict = fmt::format("rank {}: {}", r, all[r]);
+    if (!all[r].empty()) verdict = fmt::format("{} {}", r, all[r]);
   }
   verdict = broadcast(verdict);
-  if (!verdict.empty()) fail(ErrorCode::kInvalidArgument, "{}", verdict);
+  if (verdict.empty()) return;
+  // "<rank> <code> <message>"
+  const size_t rank_end = verdict.find(' ');
+  const size_t code_end = verdict.find(' ', rank_end + 1);
+  const auto code =
+      static_cast<ErrorCode>(std::stoi(verdict.substr(rank_end + 1, code_end - rank_end - 1)));
+  fail(code, "rank {}: {}", verdict.substr(0, rank_end), verdict.substr(code_end + 1));
 }
 
 #if !CONVEYOR_HAVE_MPI

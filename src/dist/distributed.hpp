@@ -49,9 +49,9 @@ class Distributed {
   // Collective: throws on every rank (kInvalidArgument, naming both) when some rank's `mine`
   // differs from rank 0's; `what` says what was compared.
   void check_same_everywhere(const std::string& mine, std::string_view what);
-  // Collective: runs `check` here; when it throws on any rank, every rank throws
-  // (kInvalidArgument) the first failing rank's message, prefixed with its rank, so that a check
-  // that fails on one process only does not leave the others waiting in the next collective.
+  // Collective: runs `check` here; when it throws on any rank, every rank throws the first
+  // failing rank's error (its code; its message prefixed with its rank), so that a check that
+  // fails on one process only does not leave the others waiting in the next collective.
   void fail_together(const std::function<void()>& check);
 };
 

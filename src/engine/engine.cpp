@@ -264,57 +264,69 @@ Engine Engine::open(const std::filesystem::path& model, const EngineOptions& opt
                     const detail::EngineHooks* hooks) {
   const auto start = Clock::now();
   options.validate();
-  const bool random_weights = options.random_weights_seed.has_value();
-  if (random_weights && !std::filesystem::exists(model)) {
-    fail(ErrorCode::kInvalidArgument,
-         "model {} does not exist; with random weights pass a config.json file or a directory "
-         "holding one",
-         model.string());
-  }
-  // Random weights read only the config; otherwise the checkpoint (safetensors or GGUF) is
-  // opened and validated as a whole before any stage loads.
-  std::optional<Checkpoint> checkpoint;
-  if (!random_weights) checkpoint = Checkpoint::open(model);
-  ModelConfig config = checkpoint ? checkpoint->config : ModelConfig::load(model);
-  const int64_t default_context = std::min<int64_t>(config.max_position_embeddings, 4096);
-  const int64_t max_context =
-      options.capacity.max_context > 0 ? options.capacity.max_context : default_context;
-  if (max_context > config.max_position_embeddings) {
-    fail(ErrorCode::kInvalidArgument,
-         "max_context {} exceeds the model's max_position_embeddings {}; lower "
-         "EngineOptions::capacity.max_context (--max-context)",
-         max_context, config.max_position_embeddings);
-  }
-  if (config.sliding_window && max_context > *config.sliding_window) {
-    fail(ErrorCode::kInvalidArgument,
-         "max_context {} exceeds the model's sliding_window {}, and conveyor does not implement "
-         "windowed attention; lower EngineOptions::capacity.max_context to at most {}",
-         max_context, *config.sliding_window, *config.sliding_window);
-  }
-  const BackendKind backend = resolve_backend(options.device.backend);
-  if (const std::optional<DType> dtype = options.device.dtype) {
-    const bool gpu = backend == BackendKind::kCuda;
-    const bool ok = gpu ? (*dtype == DType::kBF16 || *dtype == DType::kF16)
-                        : (*dtype == DType::kF32 || *dtype == DType::kBF16);
-    if (!ok) {
-      fail(ErrorCode::kInvalidArgument, "dtype {} is not one the {} backend computes with; use {}",
-           dtype_flag(*dtype), gpu ? "cuda" : "cpu", gpu ? "bf16 or f16" : "f32 or bf16");
-    }
-  }
-  if (backend == BackendKind::kCpu) {
-    check_host_memory(config, options.device.dtype.value_or(DType::kF32),
-                      options.processes ? options.processes->size() : 1);
-  }
-  // Across processes: an engine's own channel; rank 0 decides the partition for every rank.
+  // Across processes: an engine's own channel (collective), made first so that a check that
+  // fails on one process only (a model file missing on its host, too little memory there) fails
+  // on every one instead of leaving the others waiting; rank 0 decides the partition for all.
   std::shared_ptr<dist::Distributed> processes;
-  EngineOptions effective = options;
   if (options.processes && options.processes->size() > 1) {
     processes = dist::Distributed::create(*options.processes,
                                           std::chrono::milliseconds(options.link_timeout_ms));
-    if (effective.n_stages == 0 &&
-        (effective.partition == "even" || effective.partition == "balanced")) {
-      effective.n_stages = processes->size();
+  }
+  const bool random_weights = options.random_weights_seed.has_value();
+  std::optional<Checkpoint> checkpoint;
+  ModelConfig config;
+  int64_t max_context = 0;
+  BackendKind backend = BackendKind::kCpu;
+  const auto open_model = [&] {
+    if (random_weights && !std::filesystem::exists(model)) {
+      fail(ErrorCode::kInvalidArgument,
+           "model {} does not exist; with random weights pass a config.json file or a directory "
+           "holding one",
+           model.string());
     }
+    // Random weights read only the config; otherwise the checkpoint (safetensors or GGUF) is
+    // opened and validated as a whole before any stage loads.
+    if (!random_weights) checkpoint = Checkpoint::open(model);
+    config = checkpoint ? checkpoint->config : ModelConfig::load(model);
+    const int64_t default_context = std::min<int64_t>(config.max_position_embeddings, 4096);
+    max_context = options.capacity.max_context > 0 ? options.capacity.max_context : default_context;
+    if (max_context > config.max_position_embeddings) {
+      fail(ErrorCode::kInvalidArgument,
+           "max_context {} exceeds the model's max_position_embeddings {}; lower "
+           "EngineOptions::capacity.max_context (--max-context)",
+           max_context, config.max_position_embeddings);
+    }
+    if (config.sliding_window && max_context > *config.sliding_window) {
+      fail(ErrorCode::kInvalidArgument,
+           "max_context {} exceeds the model's sliding_window {}, and conveyor does not "
+           "implement windowed attention; lower EngineOptions::capacity.max_context to at most {}",
+           max_context, *config.sliding_window, *config.sliding_window);
+    }
+    backend = resolve_backend(options.device.backend);
+    if (const std::optional<DType> dtype = options.device.dtype) {
+      const bool gpu = backend == BackendKind::kCuda;
+      const bool ok = gpu ? (*dtype == DType::kBF16 || *dtype == DType::kF16)
+                          : (*dtype == DType::kF32 || *dtype == DType::kBF16);
+      if (!ok) {
+        fail(ErrorCode::kInvalidArgument,
+             "dtype {} is not one the {} backend computes with; use {}", dtype_flag(*dtype),
+             gpu ? "cuda" : "cpu", gpu ? "bf16 or f16" : "f32 or bf16");
+      }
+    }
+    if (backend == BackendKind::kCpu) {
+      check_host_memory(config, options.device.dtype.value_or(DType::kF32),
+                        options.processes ? options.processes->size() : 1);
+    }
+  };
+  if (processes) {
+    processes->fail_together(open_model);
+  } else {
+    open_model();
+  }
+  EngineOptions effective = options;
+  if (processes && effective.n_stages == 0 &&
+      (effective.partition == "even" || effective.partition == "balanced")) {
+    effective.n_stages = processes->size();
   }
   Partition partition = Partition::even(1, 1);
   if (processes) {

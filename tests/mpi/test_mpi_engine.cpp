@@ -220,6 +220,18 @@ TEST_F(MpiEngineTest, RolesAndMismatchedOptions) {
   }
 }
 
+// A model that only rank 0's host has: every rank fails at open, naming the first rank without it
+// (nobody is left waiting for the others).
+TEST_F(MpiEngineTest, AModelMissingOnOneRankFailsOnEveryRank) {
+  const std::filesystem::path path = leader() ? model() : model() / "missing";
+  const std::string message =
+      error_of([&] { Engine::open(path, {.n_stages = ranks(), .processes = g_world}); });
+  if (ranks() > 1) {
+    EXPECT_NE(message.find("rank 1: "), std::string::npos) << message;
+    EXPECT_NE(message.find("missing"), std::string::npos) << message;
+  }
+}
+
 // The channel a CUDA link between processes sends its headers and NCCL ids over: FIFO between
 // neighbours (posted messages too), a silent peer is a timeout that names it, a stop request
 // ends a wait.
