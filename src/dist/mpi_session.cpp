@@ -279,37 +279,39 @@ MpiLink::MpiLink(std::shared_ptr<const MpiSession> session, int peer, int from_s
       capacity_(static_cast<size_t>(std::max(capacity, 1))),
       reset_timeout_(reset_timeout) {}
 
-MpiLink::~MpiLink() {
-  // Sends still in flight: their buffers must outlive them. Give the receiver a moment, then
-  // leave what remains allocated (the pipeline failed, or the process is ending).
+SendsInFlight::~SendsInFlight() {
+  // The pipeline failed or the process is ending: give the receiver a moment, then leave what
+  // remains allocated.
   const auto start = Clock::now();
-  for (Backoff backoff; !pending_.empty() && Clock::now() - start < std::chrono::seconds(1);
-       backoff()) {
-    reap();
+  for (Backoff backoff; reap() > 0 && Clock::now() - start < std::chrono::seconds(1); backoff()) {
   }
-  for (Pending& p : pending_) {
-    for (MPI_Request& r : p.requests) {
+  for (Send& send : sends_) {
+    for (MPI_Request& r : send.requests) {
       if (r != MPI_REQUEST_NULL) MPI_Request_free(&r);
     }
-    new Pending(std::move(p));  // leaked on purpose: MPI may still read it
+    new Send(std::move(send));  // leaked on purpose: MPI may still read it
   }
 }
 
-void MpiLink::reap() {
-  for (auto it = pending_.begin(); it != pending_.end();) {
+size_t SendsInFlight::reap() {
+  for (auto it = sends_.begin(); it != sends_.end();) {
     int done = 0;
     check_mpi(MPI_Testall(2, it->requests, &done, MPI_STATUSES_IGNORE), "MPI_Testall");
-    it = done ? pending_.erase(it) : it + 1;
+    it = done ? sends_.erase(it) : it + 1;
   }
+  return sends_.size();
 }
 
-void MpiLink::post(Pending& p, const std::string& what) {
-  check_mpi(MPI_Isend(p.header.data(), static_cast<int>(p.header.size()), MPI_BYTE, peer_, kLinkTag,
-                      session_->comm(), &p.requests[0]),
+void SendsInFlight::post(const MpiSession& session, int peer, int tag,
+                         std::vector<std::byte> header, std::vector<float> rows,
+                         const std::string& what) {
+  Send& send = sends_.emplace_back(Send{.header = std::move(header), .rows = std::move(rows)});
+  check_mpi(MPI_Isend(send.header.data(), byte_count(send.header.size(), what), MPI_BYTE, peer, tag,
+                      session.comm(), &send.requests[0]),
             "MPI_Isend");
-  if (!p.rows.empty()) {
-    check_mpi(MPI_Isend(p.rows.data(), byte_count(p.rows.size() * sizeof(float), what), MPI_BYTE,
-                        peer_, kLinkTag, session_->comm(), &p.requests[1]),
+  if (!send.rows.empty()) {
+    check_mpi(MPI_Isend(send.rows.data(), byte_count(send.rows.size() * sizeof(float), what),
+                        MPI_BYTE, peer, tag, session.comm(), &send.requests[1]),
               "MPI_Isend");
   }
 }
@@ -355,20 +357,14 @@ void MpiLink::send(LinkMessage&& message, std::chrono::milliseconds timeout) {
   }
   if (!failed_.empty()) fail(ErrorCode::kCommunication, "{}: {}", what, failed_);
   const auto stop = [this] { return cancelled_.load(); };
-  poll_until(
-      [&] {
-        reap();
-        return pending_.size() < capacity_ && !stop();
-      },
-      timeout, what, stop);
-  Pending& p = pending_.emplace_back();
-  p.rows = std::move(message.activations.host);
-  p.header = LinkHeader{.step = message.step,
-                        .micro_batch = message.micro_batch,
-                        .flags = message.aborted ? kAbortedFlag : uint8_t{0},
-                        .n_floats = p.rows.size()}
-                 .encode();
-  post(p, what);
+  poll_until([&] { return in_flight_.reap() < capacity_ && !stop(); }, timeout, what, stop);
+  std::vector<float> rows = std::move(message.activations.host);
+  std::vector<std::byte> header = LinkHeader{.step = message.step,
+                                             .micro_batch = message.micro_batch,
+                                             .flags = message.aborted ? kAbortedFlag : uint8_t{0},
+                                             .n_floats = rows.size()}
+                                      .encode();
+  in_flight_.post(*session_, peer_, kLinkTag, std::move(header), std::move(rows), what);
 }
 
 LinkMessage MpiLink::recv(std::chrono::milliseconds timeout) {
@@ -404,9 +400,8 @@ void MpiLink::reset() {
   try {
     if (sender_) {
       // Behind whatever this end sent: the receiver drops up to here.
-      Pending& p = pending_.emplace_back();
-      p.header = LinkHeader{.flags = kMarkerFlag}.encode();
-      post(p, "reset marker");
+      in_flight_.post(*session_, peer_, kLinkTag, LinkHeader{.flags = kMarkerFlag}.encode(), {},
+                      "reset marker");
       return;
     }
     const std::string what = fmt::format(
@@ -423,38 +418,15 @@ void MpiLink::reset() {
   }
 }
 
-MpiPeerChannel::~MpiPeerChannel() {
-  const auto start = Clock::now();
-  for (Backoff backoff; !posted_.empty() && Clock::now() - start < std::chrono::seconds(1);
-       backoff()) {
-    reap();
-  }
-  for (std::unique_ptr<Posted>& p : posted_) {
-    MPI_Request_free(&p->request);
-    (void)p.release();  // leaked on purpose: MPI may still read it
-  }
-}
-
-void MpiPeerChannel::reap() {
-  for (auto it = posted_.begin(); it != posted_.end();) {
-    int done = 0;
-    check_mpi(MPI_Test(&(*it)->request, &done, MPI_STATUS_IGNORE), "MPI_Test");
-    it = done ? posted_.erase(it) : it + 1;
-  }
-}
-
 void MpiPeerChannel::post(std::vector<std::byte> bytes) {
-  reap();
-  auto p = std::make_unique<Posted>(Posted{.bytes = std::move(bytes)});
-  check_mpi(MPI_Isend(p->bytes.data(), static_cast<int>(p->bytes.size()), MPI_BYTE, peer_, kPeerTag,
-                      session_->comm(), &p->request),
-            "MPI_Isend");
-  posted_.push_back(std::move(p));
+  posted_.reap();
+  posted_.post(*session_, peer_, kPeerTag, std::move(bytes), {},
+               fmt::format("a link's message posted to rank {}", peer_));
 }
 
 void MpiPeerChannel::send(std::vector<std::byte> bytes, std::chrono::milliseconds timeout,
                           const StopFn& stop) {
-  reap();
+  posted_.reap();
   session_->send(peer_, kPeerTag, std::move(bytes), timeout,
                  fmt::format("sending a link's message to rank {}", peer_), stop);
 }

@@ -84,6 +84,30 @@ class MpiSession {
   int size_ = 1;
 };
 
+// Non-blocking sends whose buffers must outlive them (used by one thread): a header and, when
+// there are any, rows straight from a stage's buffer. On destruction the receiver gets a second
+// to take what is still in flight; the rest is left to MPI (its buffers leaked on purpose).
+class SendsInFlight {
+ public:
+  SendsInFlight() = default;
+  SendsInFlight(const SendsInFlight&) = delete;
+  SendsInFlight& operator=(const SendsInFlight&) = delete;
+  ~SendsInFlight();
+  // Posts `header`, then `rows` unless empty, to `peer` on `tag`.
+  void post(const MpiSession& session, int peer, int tag, std::vector<std::byte> header,
+            std::vector<float> rows, const std::string& what);
+  // Forgets the sends that completed; returns how many are still in flight.
+  size_t reap();
+
+ private:
+  struct Send {
+    std::vector<std::byte> header;
+    std::vector<float> rows;
+    MPI_Request requests[2] = {MPI_REQUEST_NULL, MPI_REQUEST_NULL};
+  };
+  std::vector<Send> sends_;  // moving a Send keeps its buffers where MPI reads them
+};
+
 // The link between the last stage of one process and the first stage of the next: MPI
 // non-blocking point-to-point on one tag (MPI's non-overtaking rule keeps it FIFO as the plans
 // assume; each message carries its step and micro-batch, which the pipeline checks). Up to
@@ -96,21 +120,12 @@ class MpiLink final : public Link {
   // `sender`: this process runs `from_stage` (and sends to `peer`), else `from_stage + 1`.
   MpiLink(std::shared_ptr<const MpiSession> session, int peer, int from_stage, bool sender,
           int capacity, std::chrono::milliseconds reset_timeout);
-  ~MpiLink() override;
   void send(LinkMessage&& message, std::chrono::milliseconds timeout) override;
   LinkMessage recv(std::chrono::milliseconds timeout) override;
   void cancel() override;
   void reset() override;
 
  private:
-  // A message in flight: its header, then its rows straight from the stage's buffer.
-  struct Pending {
-    std::vector<std::byte> header;
-    std::vector<float> rows;
-    MPI_Request requests[2] = {MPI_REQUEST_NULL, MPI_REQUEST_NULL};
-  };
-  void post(Pending& p, const std::string& what);
-  void reap();  // forgets the sends that completed
   std::shared_ptr<const MpiSession> session_;
   int peer_;
   int from_stage_;
@@ -118,8 +133,8 @@ class MpiLink final : public Link {
   size_t capacity_;
   std::chrono::milliseconds reset_timeout_;
   std::atomic<bool> cancelled_{false};
-  std::string failed_;            // why the link is unusable for good
-  std::vector<Pending> pending_;  // the sender's messages in flight (used by one thread)
+  std::string failed_;       // why the link is unusable for good
+  SendsInFlight in_flight_;  // the sender's messages (used by one thread)
 };
 
 // A PeerChannel to rank `peer` over the session (tag kPeerTag): blocking sends and receives polled
@@ -128,21 +143,15 @@ class MpiPeerChannel final : public PeerChannel {
  public:
   MpiPeerChannel(std::shared_ptr<const MpiSession> session, int peer)
       : session_(std::move(session)), peer_(peer) {}
-  ~MpiPeerChannel() override;  // posted messages still in flight are left to MPI
   void send(std::vector<std::byte> bytes, std::chrono::milliseconds timeout,
             const StopFn& stop) override;
   std::vector<std::byte> recv(std::chrono::milliseconds timeout, const StopFn& stop) override;
   void post(std::vector<std::byte> bytes) override;
 
  private:
-  struct Posted {
-    std::vector<std::byte> bytes;
-    MPI_Request request = MPI_REQUEST_NULL;
-  };
-  void reap();  // forgets the posted messages that were delivered
   std::shared_ptr<const MpiSession> session_;
   int peer_;
-  std::vector<std::unique_ptr<Posted>> posted_;
+  SendsInFlight posted_;
 };
 
 // The leader's RemoteStages over MPI: control messages to every follower, a thread that

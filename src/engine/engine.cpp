@@ -103,16 +103,10 @@ Partition make_partition(const ModelConfig& config, const EngineOptions& options
 }
 
 // NCCL runs one rank per GPU, so two processes with neighbouring CUDA stages on one host must not
-// share a GPU (their link would be a communicator of one GPU twice). Compared by PCI bus id: with
-// per-process CUDA_VISIBLE_DEVICES every rank's GPU may be its device 0. Collective: throws on
-// every rank.
-void check_neighbour_gpus(dist::Distributed& processes, const std::string& host,
-                          const std::vector<int>& devices, int first_stage, int end_stage) {
-  std::string mine;
-  processes.fail_together([&] {
-    mine = fmt::format("{} {} {}", cuda_pci_bus_id(devices[static_cast<size_t>(first_stage)]),
-                       cuda_pci_bus_id(devices[static_cast<size_t>(end_stage - 1)]), host);
-  });
+// share a GPU (their link would be a communicator of one GPU twice). `mine`: the PCI bus ids of
+// this process' first and last stage's GPUs and its host (by bus id: with per-process
+// CUDA_VISIBLE_DEVICES every rank's GPU may be its device 0). Collective: throws on every rank.
+void check_neighbour_gpus(dist::Distributed& processes, const std::string& mine) {
   const std::vector<std::string> all = processes.gather(mine);
   processes.decided_by_rank0([&] {
     struct Rank {
@@ -272,6 +266,14 @@ Engine Engine::open(const std::filesystem::path& model, const EngineOptions& opt
     processes = dist::Distributed::create(*options.processes,
                                           std::chrono::milliseconds(options.link_timeout_ms));
   }
+  // A check that may fail on some processes only: across processes, all fail together.
+  const auto on_every_rank = [&](const std::function<void()>& check) {
+    if (processes) {
+      processes->fail_together(check);
+    } else {
+      check();
+    }
+  };
   const bool random_weights = options.random_weights_seed.has_value();
   std::optional<Checkpoint> checkpoint;
   ModelConfig config;
@@ -318,11 +320,7 @@ Engine Engine::open(const std::filesystem::path& model, const EngineOptions& opt
                         options.processes ? options.processes->size() : 1);
     }
   };
-  if (processes) {
-    processes->fail_together(open_model);
-  } else {
-    open_model();
-  }
+  on_every_rank(open_model);
   EngineOptions effective = options;
   if (processes && effective.n_stages == 0 &&
       (effective.partition == "even" || effective.partition == "balanced")) {
@@ -374,25 +372,24 @@ Engine Engine::open(const std::filesystem::path& model, const EngineOptions& opt
   const int first_stage = rank * per_rank;
   const int end_stage = first_stage + per_rank;
 
-  // CUDA: the device of each stage, checked where it runs (each process sees its own GPUs).
+  // CUDA: the device of each stage, checked where it runs (each process sees its own GPUs), and
+  // across processes which GPUs this process' end stages run on.
   std::vector<int> devices(static_cast<size_t>(n_stages), 0);
-  const auto assign_devices = [&] {
-    if (impl->backend == BackendKind::kCuda) {
-      devices = stage_devices(options.device, n_stages, first_stage, end_stage);
+  std::string gpus;
+  on_every_rank([&] {
+    if (impl->backend != BackendKind::kCuda) return;
+    devices = stage_devices(options.device, n_stages, first_stage, end_stage);
+    if (processes) {
+      gpus = fmt::format("{} {} {}", cuda_pci_bus_id(devices[static_cast<size_t>(first_stage)]),
+                         cuda_pci_bus_id(devices[static_cast<size_t>(end_stage - 1)]),
+                         options.processes->host());
     }
-  };
-  if (processes) {
-    processes->fail_together(assign_devices);
-  } else {
-    assign_devices();
-  }
+  });
 
   // Before any weights load: a transport that cannot work fails fast.
   auto make_link = make_links(impl->backend, config, options, devices, impl->max_context);
   if (processes) {
-    if (backend == BackendKind::kCuda) {
-      check_neighbour_gpus(*processes, options.processes->host(), devices, first_stage, end_stage);
-    }
+    if (backend == BackendKind::kCuda) check_neighbour_gpus(*processes, gpus);
     // The links that cross into the previous process and out to the next one: host rows over
     // the process transport, or CUDA rows over NCCL with the rest over the transport.
     auto crossing = [processes, backend, config, options, devices, max_context = impl->max_context](
